@@ -37,6 +37,15 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def zero_init(layer: nn.Module, names: tuple[str, ...] = ("weight", "bias")) -> None:
+    """Zero some parameters of a layer and mark them, so a generic re-initialisation (transformers' `post_init`,
+    `VideoPandaPreTrainedModel._init_weights`) keeps them zero: the reference's zero-inits make the new branches
+    start as identities."""
+    layer.zero_init_names = names
+    for name in names:
+        nn.init.zeros_(getattr(layer, name))
+
+
 class QuickGELU(nn.Module):
     """x * sigmoid(1.702 x): the CLIP activation the GSTRA MLP uses."""
 
@@ -59,11 +68,7 @@ class LocalTemporalMHRA(nn.Module):
             nn.Conv3d(inner, inner, kernel_size=(kernel, 1, 1), padding=(kernel // 2, 0, 0), groups=inner),
             nn.Conv3d(inner, dim, kernel_size=1),
         )
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        nn.init.zeros_(self.pos_embed[3].weight)
-        nn.init.zeros_(self.pos_embed[3].bias)
+        zero_init(self.pos_embed[3])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [B, C, T, G, G] -> [B, C, T, G, G]."""
@@ -121,12 +126,8 @@ class GSTRA(nn.Module):
         ]))
         self.ln_2 = nn.LayerNorm(dim)
         self.ln_3 = nn.LayerNorm(dim)
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        for layer in (self.attn.out_proj, self.mlp.c_proj):
-            nn.init.zeros_(layer.weight)
-            nn.init.zeros_(layer.bias)
+        zero_init(self.attn.out_proj)
+        zero_init(self.mlp.c_proj)
 
     def forward(self, query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         """query: [B, 1, C], keys: [B, L, C] -> [B, 1, C]."""
@@ -264,6 +265,7 @@ class STAB(nn.Module):
         self.patch_embedding = nn.Conv2d(3, dim, kernel_size=patch_size, stride=patch_size, bias=False)
         self.lmhra1 = LocalTemporalMHRA(dim, lste_reduction)
         self.dpe = nn.Conv3d(dim, dim, kernel_size=3, padding=1, groups=dim)
+        zero_init(self.dpe, ("bias",))
         self.dec = GSTRA(dim, num_heads, mlp_ratio, dropout)
         self.proj = nn.Sequential(nn.LayerNorm(dim), nn.Dropout(dropout), nn.Linear(dim, dim))
         self.local_attention = LocalAttention(dim, conv_stride, num_heads)
@@ -277,7 +279,6 @@ class STAB(nn.Module):
             self.split_embedding.normal_()
             self.temporal_cls_token.zero_()
             self.balance.zero_()
-        nn.init.zeros_(self.dpe.bias)
 
     def forward(self, pixel_values: torch.Tensor) -> STABOutput:
         """pixel_values: [B, T, 4, S, S] (RGB normalised + valid-pixel mask) -> STABOutput (tokens before projector)."""

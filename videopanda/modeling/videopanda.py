@@ -1,0 +1,168 @@
+"""Video-Panda over any causal LM: STAB + mlp2x_gelu projector + a transformers `AutoModelForCausalLM`.
+
+The processor expands each `<video>` of the prompt into exactly as many placeholder ids (`config.video_token_index`)
+as the video has visual tokens. Here the placeholder embeddings are replaced by the projected STAB tokens with one
+`masked_scatter` for the whole batch (as transformers' llava models do), replacing the reference's per-sample
+splice loop. Labels at placeholder positions are ignored in the loss.
+
+Shape legend: B batch, T frames, S canvas side, N tokens, D LLM width.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+
+from ..configuration import VideoPandaConfig
+from .stab import STAB, STABOutput
+
+IGNORE_INDEX = -100
+
+
+class VideoPandaPreTrainedModel(PreTrainedModel):
+    config: VideoPandaConfig
+    config_class = VideoPandaConfig
+    base_model_prefix = "videopanda"
+    main_input_name = "input_ids"
+    input_modalities = ("video", "image", "text")
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_attention_backend = True
+    _no_split_modules = ["STAB", "LlamaDecoderLayer", "Qwen2DecoderLayer"]
+    _skip_keys_device_placement = ["past_key_values"]
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """Fresh STAB/projector modules get their constructors' initialisation, zero-inits included (they matter:
+        LSTE and GSTRA start as identity residuals). The wrapped LLM keeps its own `_init_weights`."""
+        if isinstance(module, (nn.Linear, nn.Conv2d, nn.Conv3d, nn.LayerNorm, nn.BatchNorm3d)) or (
+                type(module).__module__.startswith("videopanda.") and hasattr(module, "reset_parameters")):
+            module.reset_parameters()
+        for name in getattr(module, "zero_init_names", ()):
+            nn.init.zeros_(getattr(module, name))
+
+
+class VideoPandaForCausalLM(VideoPandaPreTrainedModel, GenerationMixin):
+    """Video-Panda: visual tokens from the STAB, spliced into the prompt of a causal LM.
+
+    Args:
+        config: the model config.
+        language_model: an already built causal LM to wrap (e.g. one loaded from GGUF); built from
+            `config.text_config` when omitted.
+    """
+
+    _checkpoint_conversion_mapping: dict[str, str] = {}
+
+    def __init__(self, config: VideoPandaConfig, language_model: PreTrainedModel | None = None) -> None:
+        super().__init__(config)
+        self.video_tower = STAB(
+            config.stab_hidden_size, config.stab_num_heads, patch_size=config.patch_size,
+            conv_stride=config.conv_stride, chunk_size=config.chunk_size, lste_reduction=config.lste_reduction,
+            mlp_ratio=config.gstra_mlp_ratio, dropout=config.dropout, empty_frame_patches=config.empty_frame_patches)
+        D = config.llm_hidden_size
+        self.video_projector = nn.Sequential(nn.Linear(config.stab_hidden_size, D), nn.GELU(), nn.Linear(D, D))
+        self.language_model = language_model or AutoModelForCausalLM.from_config(config.text_config)
+        tied = getattr(self.language_model, "_tied_weights_keys", None) or {}
+        if config.tie_word_embeddings and isinstance(tied, dict):
+            self._tied_weights_keys = {f"language_model.{k}": f"language_model.{v}" for k, v in tied.items()}
+        self.generation_config = self.language_model.generation_config
+        self.post_init()
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, *args: Any, **kwargs: Any):
+        """Load our own checkpoints, official Video-Panda folders (EVE-style config.json), or "videopanda-default"."""
+        from ..weights import DEFAULT_MODEL, is_official_checkpoint, load_default_model, load_official
+
+        if str(pretrained_model_name_or_path) == DEFAULT_MODEL:
+            return load_default_model(kwargs.get("dtype") or torch.float32)[0]
+        if is_official_checkpoint(pretrained_model_name_or_path):
+            return load_official(cls, pretrained_model_name_or_path, **kwargs)
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+
+    # -- embeddings plumbing, so generate / resize / peft see the LLM's ------------------------------------------------
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module | None:
+        return self.language_model.get_output_embeddings()
+
+    def set_output_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_output_embeddings(value)
+
+    # -- vision -------------------------------------------------------------------------------------------------------
+    def encode_video_flat(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, STABOutput]:
+        """Projected visual tokens of a batch, flat in LLM order: ([N_total, D], STAB bookkeeping)."""
+        if pixel_values.ndim == 4:  # [B, 4, S, S] images
+            pixel_values = pixel_values[:, None]
+        if pixel_values.ndim != 5 or pixel_values.shape[2] != 4:
+            raise ValueError(f"pixel_values must be [B, T, 4, S, S] (RGB + mask), got {tuple(pixel_values.shape)}")
+        out = self.video_tower(pixel_values)
+        return self.video_projector(out.tokens), out
+
+    def encode_video(self, pixel_values: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        """Projected visual tokens in the exact order they enter the LLM.
+
+        Args:
+            pixel_values: [B, T, 4, S, S] from `VideoPandaProcessor` ([B, 4, S, S] for images).
+
+        Returns:
+            [B, N, D] with N = sum over frames of 1 + h*(w+1); a list of [N_b, D] when videos differ in N.
+        """
+        tokens, out = self.encode_video_flat(pixel_values)
+        per_video = out.tokens_per_frame.view(pixel_values.shape[0], -1).sum(1).tolist()
+        parts = list(tokens.split(per_video))
+        return torch.stack(parts) if len(set(per_video)) == 1 else parts
+
+    def embed_inputs(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None) -> torch.Tensor:
+        """Token embeddings with every placeholder replaced by its visual token. [B, N] -> [B, N, D]."""
+        placeholder = input_ids == self.config.video_token_index
+        embeds = self.get_input_embeddings()(input_ids.masked_fill(placeholder, 0))
+        if pixel_values is None:
+            if input_ids.shape[1] > 1 and placeholder.any():  # prefill only: decode steps stay sync-free
+                raise ValueError("the prompt holds video placeholder tokens but no pixel_values were given")
+            return embeds
+        visual, _ = self.encode_video_flat(pixel_values)
+        n_slots = int(placeholder.sum())
+        if n_slots != visual.shape[0]:
+            raise ValueError(f"the prompt holds {n_slots} video placeholder tokens but the videos give "
+                             f"{visual.shape[0]} visual tokens; build inputs with VideoPandaProcessor, which expands "
+                             "each <video> to the right count")
+        return embeds.masked_scatter(placeholder[..., None], visual.to(embeds.dtype))
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Any = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs: Any,
+    ):
+        """Causal-LM forward; returns the wrapped LM's `CausalLMOutputWithPast` (loss when labels are given).
+
+        Args:
+            input_ids: [B, N] with placeholder ids where visual tokens go.
+            pixel_values: [B, T, 4, S, S] or None (text only, or decode steps after the prefill).
+            labels: [B, N]; placeholder positions are ignored whatever they hold.
+        """
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_inputs(input_ids, pixel_values)
+            if labels is not None:
+                labels = labels.masked_fill(input_ids == self.config.video_token_index, IGNORE_INDEX)
+        return self.language_model(
+            inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
+            past_key_values=past_key_values, labels=labels, use_cache=use_cache, logits_to_keep=logits_to_keep,
+            **kwargs)
