@@ -18,7 +18,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 
 from ..configuration import VideoPandaConfig
-from .stab import STAB, STABOutput
+from .stab import STAB
 
 IGNORE_INDEX = -100
 
@@ -97,26 +97,40 @@ class VideoPandaForCausalLM(VideoPandaPreTrainedModel, GenerationMixin):
         self.language_model.set_output_embeddings(value)
 
     # -- vision -------------------------------------------------------------------------------------------------------
-    def encode_video_flat(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, STABOutput]:
-        """Projected visual tokens of a batch, flat in LLM order: ([N_total, D], STAB bookkeeping)."""
-        if pixel_values.ndim == 4:  # [B, 4, S, S] images
-            pixel_values = pixel_values[:, None]
-        if pixel_values.ndim != 5 or pixel_values.shape[2] != 4:
-            raise ValueError(f"pixel_values must be [B, T, 4, S, S] (RGB + mask), got {tuple(pixel_values.shape)}")
-        out = self.video_tower(pixel_values)
-        return self.video_projector(out.tokens), out
+    def encode_video_flat(self, pixel_values: torch.Tensor | list[torch.Tensor]) -> tuple[torch.Tensor, list[int]]:
+        """Projected visual tokens of a batch, flat in LLM order: ([N_total, D], tokens per video).
 
-    def encode_video(self, pixel_values: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        `pixel_values` is [B, T, 4, S, S], or a list of [T_b, 4, S, S] when frame counts differ (images mixed with
+        videos); a list is run as one STAB batch per distinct T.
+        """
+        if isinstance(pixel_values, torch.Tensor):
+            if pixel_values.ndim == 4:  # [B, 4, S, S] images
+                pixel_values = pixel_values[:, None]
+            _check_pixel_values(pixel_values)
+            out = self.video_tower(pixel_values)
+            per_video = out.tokens_per_frame.view(pixel_values.shape[0], -1).sum(1).tolist()
+            return self.video_projector(out.tokens), per_video
+        by_length: dict[int, list[int]] = {}
+        for i, video in enumerate(pixel_values):
+            by_length.setdefault(video.shape[0], []).append(i)
+        parts: list[torch.Tensor] = [None] * len(pixel_values)  # type: ignore[list-item]
+        for idx in by_length.values():
+            tokens, per_video = self.encode_video_flat(torch.stack([pixel_values[i] for i in idx]))
+            for i, part in zip(idx, tokens.split(per_video)):
+                parts[i] = part
+        return torch.cat(parts), [p.shape[0] for p in parts]
+
+    def encode_video(self, pixel_values: torch.Tensor | list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
         """Projected visual tokens in the exact order they enter the LLM.
 
         Args:
-            pixel_values: [B, T, 4, S, S] from `VideoPandaProcessor` ([B, 4, S, S] for images).
+            pixel_values: [B, T, 4, S, S] from `VideoPandaProcessor` ([B, 4, S, S] for images, or a list of
+                [T_b, 4, S, S]).
 
         Returns:
             [B, N, D] with N = sum over frames of 1 + h*(w+1); a list of [N_b, D] when videos differ in N.
         """
-        tokens, out = self.encode_video_flat(pixel_values)
-        per_video = out.tokens_per_frame.view(pixel_values.shape[0], -1).sum(1).tolist()
+        tokens, per_video = self.encode_video_flat(pixel_values)
         parts = list(tokens.split(per_video))
         return torch.stack(parts) if len(set(per_video)) == 1 else parts
 
@@ -166,3 +180,8 @@ class VideoPandaForCausalLM(VideoPandaPreTrainedModel, GenerationMixin):
             inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
             past_key_values=past_key_values, labels=labels, use_cache=use_cache, logits_to_keep=logits_to_keep,
             **kwargs)
+
+
+def _check_pixel_values(pixel_values: torch.Tensor) -> None:
+    if pixel_values.ndim != 5 or pixel_values.shape[2] != 4:
+        raise ValueError(f"pixel_values must be [B, T, 4, S, S] (RGB + valid-pixel mask), got {tuple(pixel_values.shape)}")

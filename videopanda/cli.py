@@ -1,0 +1,194 @@
+"""The `videopanda` command. Sub-commands are registered in `COMMANDS`; each has its own --help.
+
+Bad input (a missing or broken video, a bad model folder, a question that does not fit) prints one line starting
+with "error:" on stderr and exits with status 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import warnings
+from collections.abc import Callable
+
+EPILOG = """examples:
+  videopanda ask clip.mp4 "What is the man doing?"
+  videopanda ask clip.mp4 "..." --model ./Video-Panda-7B/videopanda_fitu --device cuda --dtype bfloat16
+  videopanda ask clip.mp4 "How many objects are there?" --json
+  videopanda chat clip.mp4
+  videopanda data synth --out data/synth --n 2000 --seed 0
+"""
+
+
+class UserError(Exception):
+    """Raised for input the user can fix; printed as one line."""
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="videopanda-default",
+                   help="'videopanda-default' (bundled, CPU-friendly), a folder saved by videopanda, or an official "
+                        "Video-Panda checkpoint folder (default: %(default)s)")
+    p.add_argument("--frames", type=int, default=None, help="frames sampled per video (default: the model's, 8)")
+    p.add_argument("--max-new-tokens", type=int, default=128, help="longest answer in tokens (default: %(default)s)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy, as the paper (default: %(default)s)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (default: %(default)s)")
+    p.add_argument("--dtype", default="auto",
+                   help="auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16, float16 (default: %(default)s)")
+
+
+def _read(args: argparse.Namespace):
+    """Check the arguments and decode the video before loading any model, so bad input fails in a second."""
+    from . import inference
+
+    if args.frames is not None and not 1 <= args.frames <= 256:
+        raise UserError(f"--frames must be between 1 and 256, got {args.frames}")
+    if args.max_new_tokens < 1:
+        raise UserError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    return inference.read_visual(args.video, args.frames or 8)
+
+
+def _load(args: argparse.Namespace):
+    from . import inference
+
+    model, processor = inference.load(args.model, device=args.device, dtype=args.dtype)
+    if args.frames is not None:
+        processor.config.num_frames = args.frames
+    if not model.visual_weights_trained:
+        print("note: the default model's visual weights (STAB + projector) are untrained in this version, so its "
+              "answers do not depend on the video yet", file=sys.stderr)
+    return model, processor
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    """Answer one question about a video (or an image); streams the answer unless --json."""
+    from transformers import TextStreamer
+
+    from . import inference
+
+    frames = _read(args)
+    model, processor = _load(args)
+    streamer = None if args.json else TextStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
+    result = inference.answer(model, processor, frames, args.question, max_new_tokens=args.max_new_tokens,
+                              temperature=args.temperature, streamer=streamer)
+    if args.json:
+        print(json.dumps({"answer": result.text, "question": args.question, "video": str(args.video),
+                          "model": str(args.model), "frames": processor.config.num_frames,
+                          "visual_tokens": result.visual_tokens, "prompt_tokens": result.prompt_tokens,
+                          "new_tokens": result.new_tokens, "seconds": round(result.seconds, 3),
+                          "visual_weights_trained": model.visual_weights_trained}))
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    """Multi-turn chat about one video: type a question, get an answer; /reset clears the history, /exit quits."""
+    from transformers import TextStreamer
+
+    from . import inference
+
+    frames = _read(args)
+    model, processor = _load(args)
+    history: list[tuple[str, str]] = []
+    interactive = sys.stdin.isatty()
+    print(f"chatting about {args.video}; /reset clears the history, /exit or Ctrl-D quits", file=sys.stderr)
+    while True:
+        if interactive:
+            print(">>> ", end="", flush=True, file=sys.stderr)
+        line = sys.stdin.readline()
+        if not line or line.strip() in ("/exit", "/quit"):
+            return 0
+        question = line.strip()
+        if not question:
+            continue
+        if question == "/reset":
+            history.clear()
+            continue
+        streamer = TextStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        try:
+            result = inference.answer(model, processor, frames, question, history,
+                                      max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                      streamer=streamer)
+        except inference.ContextLengthError as err:
+            print(f"error: {err}; /reset starts over", file=sys.stderr)
+            continue
+        history.append((question, result.text))
+
+
+def cmd_data_synth(args: argparse.Namespace) -> int:
+    """Render a synthetic video-QA data set (train/val/test splits and an MSVD-QA-style test set)."""
+    from .data.synth import generate
+
+    summary = generate(args.out, args.n, args.seed, num_frames=args.frames, size=args.size, fps=args.fps,
+                       workers=args.workers)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"ask": cmd_ask, "chat": cmd_chat,
+                                                            "data synth": cmd_data_synth}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="videopanda", description="Video-Panda: encoder-free video-language model.",
+                                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="show library logs and warnings")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    ask = sub.add_parser("ask", help=cmd_ask.__doc__, description=cmd_ask.__doc__)
+    ask.add_argument("video", help="video file (mp4, mkv, webm, avi, mov, gif) or image (jpg, png, ...)")
+    ask.add_argument("question")
+    _add_model_args(ask)
+    ask.add_argument("--json", action="store_true", help="print one JSON object (answer and stats), no streaming")
+    ask.set_defaults(func=cmd_ask)
+
+    chat = sub.add_parser("chat", help=cmd_chat.__doc__, description=cmd_chat.__doc__)
+    chat.add_argument("video", help="video file or image")
+    _add_model_args(chat)
+    chat.set_defaults(func=cmd_chat)
+
+    data = sub.add_parser("data", help="data sets: synth")
+    data_sub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
+    synth = data_sub.add_parser("synth", help=cmd_data_synth.__doc__, description=cmd_data_synth.__doc__)
+    synth.add_argument("--out", required=True, help="output folder")
+    synth.add_argument("--n", type=int, required=True, help="number of clips")
+    synth.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    synth.add_argument("--frames", type=int, default=16, help="frames per clip (default: %(default)s)")
+    synth.add_argument("--size", type=int, default=128, help="frame side in pixels (default: %(default)s)")
+    synth.add_argument("--fps", type=int, default=8, help="frame rate (default: %(default)s)")
+    synth.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: all cores)")
+    synth.set_defaults(func=cmd_data_synth)
+    return parser
+
+
+def _quiet() -> None:
+    """Library chatter (progress bars, deprecation notes) would bury the answer; -v brings it back."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    warnings.filterwarnings("ignore")
+    logging.getLogger().setLevel(logging.ERROR)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if not args.verbose:
+        _quiet()
+    from .video import VideoDecodeError
+    from .weights import CheckpointError
+
+    try:
+        return args.func(args)
+    except (UserError, VideoDecodeError, CheckpointError, ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
