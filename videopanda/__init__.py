@@ -1,19 +1,32 @@
-"""videopanda: Video-Panda (CVPR 2025), an encoder-free video-language model. Fast, faithful and practical."""
+"""videopanda: Video-Panda (CVPR 2025), an encoder-free video-language model. Fast, faithful and practical.
 
-from .configuration import VARIANTS, VideoPandaConfig
-from .modeling.stab import STAB
-from .modeling.videopanda import VideoPandaForCausalLM
-from .processing import VideoPandaProcessor
-from .video import VideoDecodeError, load_image, load_video
+Public names are imported lazily (PEP 562), so `import videopanda` is instant and the command-line tool starts fast.
+"""
 
-__all__ = [
-    "STAB",
-    "VARIANTS",
-    "VideoDecodeError",
-    "VideoPandaConfig",
-    "VideoPandaForCausalLM",
-    "VideoPandaProcessor",
-    "load_image",
-    "load_video",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "STAB": ".modeling.stab",
+    "VARIANTS": ".configuration",
+    "VideoDecodeError": ".video",
+    "VideoPandaConfig": ".configuration",
+    "VideoPandaForCausalLM": ".modeling.videopanda",
+    "VideoPandaProcessor": ".processing",
+    "load_image": ".video",
+    "load_video": ".video",
+}
+__all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'videopanda' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -126,8 +126,40 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train a stage (prealign, pretrain, finetune) on LLaVA-format video QA data; torchrun for many processes."""
+    from .train.recipe import TrainArgs, train
+
+    fields = {f: getattr(args, f) for f in TrainArgs.__dataclass_fields__}
+    summary = train(TrainArgs(**fields))
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _dataclass_flags(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One --flag per dataclass field; the attribute docstrings become the help text."""
+    import ast
+    import dataclasses
+    import inspect
+
+    body = ast.parse(inspect.getsource(cls)).body[0].body
+    docs = {a.target.id: b.value.value for a, b in zip(body, body[1:])
+            if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant)}
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        required = f.default is dataclasses.MISSING
+        default = None if required else f.default
+        kind = str(f.type)
+        help_text = docs.get(f.name, "") + ("" if required else " (default: %(default)s)")
+        if kind == "bool":
+            parser.add_argument(flag, action="store_true", help=help_text.replace(" (default: %(default)s)", ""))
+        else:
+            conv = int if kind == "int" else float if "float" in kind else str
+            parser.add_argument(flag, dest=f.name, type=conv, default=default, required=required, help=help_text)
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"ask": cmd_ask, "chat": cmd_chat,
-                                                            "data synth": cmd_data_synth}
+                                                            "data synth": cmd_data_synth, "train": cmd_train}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -147,6 +179,14 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("video", help="video file or image")
     _add_model_args(chat)
     chat.set_defaults(func=cmd_chat)
+
+    from .train.recipe import TrainArgs
+
+    train = sub.add_parser("train", help=cmd_train.__doc__, description=cmd_train.__doc__,
+                           epilog="example: videopanda train --stage finetune --data data/synth/train.json "
+                                  "--out runs/default --lora-r 32 --steps 2000")
+    _dataclass_flags(train, TrainArgs)
+    train.set_defaults(func=cmd_train)
 
     data = sub.add_parser("data", help="data sets: synth")
     data_sub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)

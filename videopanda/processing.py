@@ -92,7 +92,10 @@ class VideoPandaProcessor:
     # -- text ---------------------------------------------------------------------------------------------------------
     def build_prompt(self, question: str, history: Sequence[tuple[str, str]] = (), *, with_video: bool = True) -> str:
         """The generation prompt for `question` after earlier (question, answer) turns; `<video>` goes in turn one."""
-        turns = [*history, (question, None)]
+        return self.render([*history, (question, None)], with_video=with_video)
+
+    def render(self, turns: Sequence[tuple[str, str | None]], *, with_video: bool = True) -> str:
+        """Conversation text; a last turn with answer None ends with the generation prompt."""
         first = f"{VIDEO_TOKEN}\n" if with_video else ""
         if self.config.prompt_format == "videopanda_v1":
             eos = self.tokenizer.eos_token or "</s>"
@@ -106,7 +109,35 @@ class VideoPandaProcessor:
             messages.append({"role": "user", "content": (first if i == 0 else "") + q})
             if a is not None:
                 messages.append({"role": "assistant", "content": a})
-        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        open_turn = turns[-1][1] is None if turns else False
+        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=open_turn, tokenize=False)
+
+    def encode_conversation(self, turns: Sequence[tuple[str, str]], visual_count: int | None,
+                            ) -> tuple[list[int], list[int]]:
+        """Training ids and labels of a conversation: only the answers (and their end-of-turn text) are learned.
+
+        Each answer's text is the difference between the conversation rendered with and without that answer, so
+        any prefix-consistent chat template works. `visual_count` None means a text-only sample.
+        """
+        ids: list[int] = []
+        labels: list[int] = []
+        done = ""
+        for k, (question, answer) in enumerate(turns):
+            prompt = self.render([*turns[:k], (question, None)], with_video=visual_count is not None)
+            full = self.render(turns[: k + 1], with_video=visual_count is not None)
+            if not (prompt.startswith(done) and full.startswith(prompt)):
+                raise ValueError("the chat template is not prefix-consistent; cannot mask the answers")
+            piece = prompt[len(done):]
+            counts = [visual_count] if k == 0 and visual_count is not None else []
+            prompt_ids = self.tokenize(piece, counts) if k == 0 else self._plain(piece)
+            answer_ids = self._plain(full[len(prompt):])
+            ids += prompt_ids + answer_ids
+            labels += [-100] * len(prompt_ids) + answer_ids
+            done = full
+        return ids, labels
+
+    def _plain(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
 
     def tokenize(self, text: str, visual_counts: Sequence[int]) -> list[int]:
         """Token ids of a prompt whose k-th placeholder becomes `visual_counts[k]` placeholder ids."""

@@ -32,10 +32,14 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import av
 import numpy as np
-from av.video.stream import VideoStream
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+try:
+    import av
+    from av.video.stream import VideoStream
+except ImportError:  # decoding needs PyAV; frame sampling and image loading do not
+    av = None
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -282,6 +286,8 @@ def _read_video(
 
 
 def _open(path: str) -> av.container.InputContainer:
+    if av is None:
+        raise VideoDecodeError(path, "decoding videos needs PyAV: pip install av")
     try:
         return av.open(path, mode="r")
     except av.FFmpegError as err:

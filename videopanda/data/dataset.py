@@ -1,0 +1,152 @@
+"""Training data in the LLaVA / Video-LLaVA conversation format, loaded lazily.
+
+An item: {"id": ..., "video": "rel/path.mp4" (or "image": ...), "conversations": [{"from": "human", "value":
+"<video>\\nQuestion?"}, {"from": "gpt", "value": "Answer."}, ...]}. Items with neither video nor image are text-only.
+Broken or missing media and over-long samples are skipped and counted (never replaced by a random other sample);
+`SkipCounter` reports them, and the recipe fails if more than `max_skip_fraction` of a pass is skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..processing import VideoPandaProcessor
+from ..video import VideoDecodeError, load_image, load_video
+
+PLACEHOLDER = re.compile(r"\s*<(video|image)>\s*")
+
+
+@dataclass
+class Sample:
+    input_ids: torch.Tensor
+    labels: torch.Tensor
+    pixel_values: torch.Tensor | None
+
+
+@dataclass
+class Skipped:
+    """A sample that could not be used, and why."""
+
+    index: int
+    reason: str
+
+
+def read_items(path: str | Path) -> list[dict[str, Any]]:
+    try:
+        items = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: cannot read training JSON ({err})") from None
+    if not isinstance(items, list) or not all(isinstance(i, dict) and "conversations" in i for i in items):
+        raise ValueError(f"{path}: expected a list of items with 'conversations'")
+    return items
+
+
+def conversation_turns(item: dict[str, Any]) -> list[tuple[str, str]]:
+    """(question, answer) pairs with the placeholder removed (the processor puts it back in turn one)."""
+    conv = item["conversations"]
+    if len(conv) < 2 or len(conv) % 2:
+        raise ValueError(f"item {item.get('id')}: conversations must alternate human/gpt turns")
+    turns = []
+    for human, gpt in zip(conv[0::2], conv[1::2]):
+        if human.get("from") != "human" or gpt.get("from") != "gpt":
+            raise ValueError(f"item {item.get('id')}: expected human then gpt turns")
+        turns.append((PLACEHOLDER.sub(" ", human["value"]).strip(), gpt["value"].strip()))
+    return turns
+
+
+class ConversationDataset(torch.utils.data.Dataset):
+    """Lazy video-QA conversations.
+
+    Args:
+        json_path: the LLaVA-format list.
+        processor: tokenizer + frame preprocessing of the model being trained.
+        media_root: folder the item paths are relative to (default: the JSON's folder).
+        max_length: samples longer than this after visual expansion are skipped (the reference truncated before
+            expansion and could exceed the context; spec 8.15).
+        flip: random horizontal flip of the frames (augmentation; the reference flips even at inference).
+    """
+
+    def __init__(self, json_path: str | Path, processor: VideoPandaProcessor, *, media_root: str | Path | None = None,
+                 max_length: int | None = None, flip: bool = False) -> None:
+        self.items = read_items(json_path)
+        self.processor = processor
+        self.root = Path(media_root) if media_root else Path(json_path).parent
+        self.max_length = max_length
+        self.flip = flip
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def length_hint(self, index: int) -> int:
+        """Word count of the conversation, for length-grouped batching without decoding videos."""
+        return sum(len(turn["value"].split()) for turn in self.items[index]["conversations"])
+
+    def __getitem__(self, index: int) -> Sample | Skipped:
+        item = self.items[index]
+        try:
+            pixel_values = self._media(item)
+            count = None if pixel_values is None else self.processor.count_tokens(pixel_values)
+            ids, labels = self.processor.encode_conversation(conversation_turns(item), count)
+        except (VideoDecodeError, ValueError) as err:
+            return Skipped(index, str(err))
+        if self.max_length is not None and len(ids) > self.max_length:
+            return Skipped(index, f"{len(ids)} tokens > max_length {self.max_length}")
+        return Sample(torch.tensor(ids), torch.tensor(labels), pixel_values)
+
+    def _media(self, item: dict[str, Any]) -> torch.Tensor | None:
+        if "video" in item:
+            frames = load_video(self.root / item["video"], self.processor.config.num_frames)
+        elif "image" in item:
+            frames = load_image(self.root / item["image"])
+        else:
+            return None
+        pixel_values = self.processor.preprocess(frames)
+        if self.flip and torch.rand(()) < 0.5:
+            pixel_values = pixel_values.flip(-1)  # frames and mask together
+        return pixel_values
+
+
+@dataclass
+class SkipCounter:
+    """Skipped samples of a run, by reason; the recipe logs it and stops past a threshold."""
+
+    seen: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    def add(self, batch_seen: int, reasons: list[str]) -> None:
+        self.seen += batch_seen
+        for reason in reasons:
+            key = reason.split(":")[-1].strip()[:80]
+            self.skipped[key] = self.skipped.get(key, 0) + 1
+
+    @property
+    def total(self) -> int:
+        return sum(self.skipped.values())
+
+
+def collate(batch: list[Sample | Skipped], pad_id: int) -> dict[str, Any]:
+    """Right-padded batch; skipped samples are dropped and their reasons passed on for counting."""
+    samples = [s for s in batch if isinstance(s, Sample)]
+    reasons = [s.reason for s in batch if isinstance(s, Skipped)]
+    out: dict[str, Any] = {"skipped": reasons, "seen": len(batch)}
+    if not samples:
+        return out
+    width = max(len(s.input_ids) for s in samples)
+    ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(samples), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(samples), width), dtype=torch.long)
+    for row, s in enumerate(samples):
+        n = len(s.input_ids)
+        ids[row, :n], labels[row, :n], mask[row, :n] = s.input_ids, s.labels, 1
+    out.update(input_ids=ids, labels=labels, attention_mask=mask)
+    pixels = [s.pixel_values for s in samples if s.pixel_values is not None]
+    if pixels:
+        same = len({p.shape for p in pixels}) == 1
+        out["pixel_values"] = torch.stack(pixels) if same else pixels
+    return out

@@ -1,0 +1,1 @@
+"""Training: the paper's three stages (recipe.py) and LoRA glue (lora.py)."""

@@ -1,0 +1,348 @@
+"""The training recipe: the paper's three stages (prealign, pretrain, finetune) for any Video-Panda model.
+
+Launch with one process (`videopanda train ...`) or many (`torchrun --nproc_per_node 4 -m videopanda train ...`,
+DDP over NCCL on GPUs, gloo on CPUs). The data order is a pure function of (seed, step): a resumed run sees
+exactly the samples it would have seen, and N processes see the same global batches as one process. The loss is
+normalised by the token count of the whole global batch, so the loss curve does not depend on the process count.
+
+Checkpoints (`OUT/checkpoint-000200/`) hold the trainable weights, optimiser, scheduler, step and RNG states, and
+are written to a temporary folder then renamed (atomic). `--resume` continues from the newest one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from ..data.dataset import ConversationDataset, SkipCounter, collate
+from ..data.synth_stream import SynthQAStream
+from ..modeling.videopanda import VideoPandaForCausalLM
+from ..processing import VideoPandaProcessor
+from ..weights import DEFAULT_MODEL, save_visual_weights
+from .lora import add_lora, lora_state_dict, merge_lora
+
+VISUAL_PREFIXES = ("video_tower.", "video_projector.")
+
+# The paper's stages (spec 5.1): which modules learn, and the learning rates of the reference scripts.
+STAGES: dict[str, dict[str, Any]] = {
+    "prealign": dict(train_llm=False, lr=4e-5, visual_lr=4e-4, warmup_ratio=0.03),
+    "pretrain": dict(train_llm=True, lr=4e-5, visual_lr=4e-5, warmup_ratio=0.01),
+    "finetune": dict(train_llm=True, lr=2e-5, visual_lr=2e-5, warmup_ratio=0.01),
+}
+
+
+@dataclass
+class TrainArgs:
+    """Arguments of `videopanda train` (each field is a --flag)."""
+
+    data: str
+    """Training JSON in LLaVA/Video-LLaVA format, or synth:SEED for the endless synthetic video-QA stream."""
+    out: str
+    """Output folder: checkpoints, logs, final weights."""
+    stage: str = "finetune"
+    """prealign (STAB + projector only), pretrain or finetune (everything, or LoRA on the LLM with --lora-r)."""
+    model: str = DEFAULT_MODEL
+    """Starting point: 'videopanda-default', a saved folder, or an official checkpoint folder."""
+    media_root: str | None = None
+    """Folder the media paths of the JSON are relative to (default: the JSON's folder)."""
+    steps: int = 0
+    """Optimizer steps; 0 = one epoch (the paper trains one epoch per stage)."""
+    batch_size: int = 8
+    """Samples per process per micro-batch."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step."""
+    lr: float | None = None
+    """LLM learning rate (default: the stage's)."""
+    visual_lr: float | None = None
+    """STAB + projector learning rate (default: the stage's)."""
+    warmup_ratio: float | None = None
+    """Fraction of steps of linear warm-up before the cosine decay (default: the stage's)."""
+    weight_decay: float = 0.0
+    lora_r: int = 0
+    """LoRA rank for the LLM (0 = no LoRA: the stage decides whether the LLM trains fully)."""
+    lora_alpha: int = 32
+    max_length: int = 4096
+    """Samples longer than this (after visual expansion) are skipped and counted."""
+    max_skip_fraction: float = 0.05
+    """Stop with an error when more than this fraction of the samples seen so far had to be skipped."""
+    save_every: int = 500
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    num_workers: int = 4
+    seed: int = 42
+    dtype: str = "auto"
+    """auto = bfloat16 autocast on GPU, float32 on CPU."""
+    gradient_checkpointing: bool = False
+    flip: bool = False
+    """Random horizontal flips of whole clips (augmentation)."""
+    resume: bool = False
+    """Continue from the newest checkpoint in --out."""
+    max_minutes: float = 0.0
+    """Stop cleanly (checkpoint + final weights) after this many minutes of training; 0 = no limit."""
+
+    def __post_init__(self) -> None:
+        if self.stage not in STAGES:
+            raise ValueError(f"--stage must be one of {', '.join(STAGES)}, got {self.stage!r}")
+        for name in ("batch_size", "grad_accum", "save_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        stage = STAGES[self.stage]
+        self.lr = stage["lr"] if self.lr is None else self.lr
+        self.visual_lr = stage["visual_lr"] if self.visual_lr is None else self.visual_lr
+        self.warmup_ratio = stage["warmup_ratio"] if self.warmup_ratio is None else self.warmup_ratio
+
+
+def _dist() -> tuple[int, int]:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def setup_model(args: TrainArgs, device: torch.device) -> tuple[VideoPandaForCausalLM, VideoPandaProcessor]:
+    model = VideoPandaForCausalLM.from_pretrained(args.model)
+    processor = VideoPandaProcessor.from_pretrained(args.model)
+    train_llm = STAGES[args.stage]["train_llm"]
+    model.requires_grad_(False)
+    for name, param in model.named_parameters():
+        if name.startswith(VISUAL_PREFIXES):
+            param.requires_grad_(True)
+    if args.lora_r:
+        add_lora(model, args.lora_r, args.lora_alpha)
+    elif train_llm:
+        model.language_model.requires_grad_(True)
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model.to(device).train(), processor
+
+
+def step_indices(step: int, n_items: int, global_batch: int, seed: int, shuffle: bool = True) -> list[int]:
+    """Sample indices of one optimizer step: epochs are seeded permutations, concatenated (a stream: in order)."""
+    start = step * global_batch
+    if not shuffle:
+        return [(start + i) % n_items for i in range(global_batch)]
+    out: list[int] = []
+    while len(out) < global_batch:
+        epoch, offset = divmod(start + len(out), n_items)
+        perm = torch.randperm(n_items, generator=torch.Generator().manual_seed(seed + epoch))
+        out += perm[offset: offset + global_batch - len(out)].tolist()
+    return out
+
+
+class StepBatches(torch.utils.data.Sampler):
+    """Micro-batches of this rank for steps [start, stop): what makes resume and multi-process runs exact."""
+
+    def __init__(self, n_items: int, args: TrainArgs, rank: int, world: int, start: int, stop: int,
+                 shuffle: bool = True) -> None:
+        self.n, self.args, self.rank, self.world, self.start, self.stop = n_items, args, rank, world, start, stop
+        self.shuffle = shuffle
+
+    def __len__(self) -> int:
+        return (self.stop - self.start) * self.args.grad_accum
+
+    def __iter__(self):
+        a = self.args
+        per_step = a.batch_size * a.grad_accum * self.world
+        for step in range(self.start, self.stop):
+            idx = step_indices(step, self.n, per_step, a.seed, self.shuffle)
+            for micro in range(a.grad_accum):  # micro-batch m of rank r
+                base = (micro * self.world + self.rank) * a.batch_size
+                yield idx[base: base + a.batch_size]
+
+
+def make_optimizer(model: torch.nn.Module, args: TrainArgs, total_steps: int):
+    from transformers import get_cosine_schedule_with_warmup
+
+    visual = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith(VISUAL_PREFIXES)]
+    other = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith(VISUAL_PREFIXES)]
+    groups = [{"params": visual, "lr": args.visual_lr}] + ([{"params": other, "lr": args.lr}] if other else [])
+    optimizer = torch.optim.AdamW(groups, weight_decay=args.weight_decay)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(args.warmup_ratio * total_steps), total_steps)
+    return optimizer, scheduler
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()
+            if k in names or (k.startswith(VISUAL_PREFIXES) and "running_" in k)}
+
+
+def save_checkpoint(out: Path, step: int, model, optimizer, scheduler, args: TrainArgs, counter: SkipCounter) -> None:
+    final = out / f"checkpoint-{step:06d}"
+    tmp = out / f".tmp-checkpoint-{step:06d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    torch.save({"model": trainable_state(model), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "step": step, "skipped": counter.skipped, "seen": counter.seen,
+                "rng": {"torch": torch.get_rng_state(),
+                        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+                "args": asdict(args)}, tmp / "state.pt")
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    for old in sorted(out.glob("checkpoint-*"))[: -args.keep_checkpoints]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    found = sorted(p for p in out.glob("checkpoint-*") if (p / "state.pt").is_file())
+    return found[-1] if found else None
+
+
+def load_checkpoint(path: Path, model, optimizer, scheduler, counter: SkipCounter) -> int:
+    state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
+    missing = set(state["model"]) - set(model.state_dict())
+    if missing:
+        raise ValueError(f"{path}: checkpoint does not fit this model ({sorted(missing)[:3]} ...)")
+    model.load_state_dict(state["model"], strict=False)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"]["torch"])
+    if state["rng"]["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    counter.skipped, counter.seen = state["skipped"], state["seen"]
+    return state["step"]
+
+
+def save_final(out: Path, model: VideoPandaForCausalLM, processor: VideoPandaProcessor, args: TrainArgs) -> Path:
+    """The default model ships only what it adds (STAB, projector, LoRA deltas); others save a full folder."""
+    target = out / "final"
+    if args.model == DEFAULT_MODEL:
+        save_visual_weights(model, target / "visual.safetensors")
+        if args.lora_r:
+            from safetensors.torch import save_file
+
+            save_file(lora_state_dict(model), str(target / "lora.safetensors"))
+    else:
+        merge_lora(model)
+        model.save_pretrained(target)
+        processor.save_pretrained(target)
+    return target
+
+
+def make_dataset(args: TrainArgs, processor: VideoPandaProcessor) -> torch.utils.data.Dataset:
+    """A LLaVA-format JSON file, or `synth:SEED` for the endless in-memory synthetic video-QA stream."""
+    if args.data.startswith("synth:"):
+        return SynthQAStream(processor, seed=int(args.data.split(":", 1)[1]))
+    return ConversationDataset(args.data, processor, media_root=args.media_root, max_length=args.max_length,
+                               flip=args.flip)
+
+
+def train(args: TrainArgs) -> dict[str, Any]:
+    rank, world = _dist()
+    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    torch.manual_seed(args.seed)
+    model, processor = setup_model(args, device)
+    data = make_dataset(args, processor)
+    stream = isinstance(data, SynthQAStream)
+    per_step = args.batch_size * args.grad_accum * world
+    if stream and not args.steps:
+        raise ValueError("--data synth:SEED is an endless stream: give --steps")
+    total = args.steps or math.ceil(len(data) / per_step)
+    optimizer, scheduler = make_optimizer(model, args, total)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    counter = SkipCounter()
+    start = 0
+    if args.resume and (ckpt := latest_checkpoint(out)) is not None:
+        start = load_checkpoint(ckpt, model, optimizer, scheduler, counter)
+    ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    loader = torch.utils.data.DataLoader(
+        data, batch_sampler=StepBatches(len(data), args, rank, world, start, total, shuffle=not stream), num_workers=args.num_workers,
+        collate_fn=partial(collate, pad_id=processor.tokenizer.pad_token_id), persistent_workers=False)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and args.dtype != "float32" \
+        else torch.autocast("cpu", enabled=False)
+    log = (out / "train_log.jsonl").open("a") if rank == 0 else None
+    bar = tqdm(total=total, initial=start, disable=rank != 0, desc=f"train {args.stage}")
+    micro = iter(loader)
+    last_loss = float("nan")
+    tick, tokens = time.perf_counter(), 0
+    deadline = time.monotonic() + 60 * args.max_minutes if args.max_minutes else float("inf")
+    for step in range(start, total):
+        if _time_is_up(deadline, world, device):
+            if rank == 0:
+                save_checkpoint(out, step, model, optimizer, scheduler, args, counter)
+            total = step
+            break
+        batches = [next(micro) for _ in range(args.grad_accum)]
+        for b in batches:
+            counter.add(b["seen"], b["skipped"])
+        if counter.total > args.max_skip_fraction * max(counter.seen, 1) and counter.seen >= 20:
+            raise RuntimeError(f"too many skipped samples: {counter.total} of {counter.seen} ({counter.skipped})")
+        n_tokens = torch.tensor(float(sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches if "labels" in b)),
+                                device=device)
+        if world > 1:
+            dist.all_reduce(n_tokens)
+        step_loss = torch.zeros((), device=device)
+        for i, b in enumerate(batches):
+            if "input_ids" not in b:
+                continue
+            inputs = {k: (v.to(device) if isinstance(v, torch.Tensor) else [x.to(device) for x in v])
+                      for k, v in b.items() if k in ("input_ids", "labels", "attention_mask", "pixel_values")}
+            sync = i == len(batches) - 1 or world == 1
+            ctx = ddp.no_sync() if (world > 1 and not sync) else _null()
+            with ctx, autocast:
+                # loss = sum of token losses / tokens of the global step; DDP averages grads over ranks, hence * world
+                loss = ddp(**inputs, num_items_in_batch=n_tokens / world).loss
+            loss.backward()
+            step_loss += loss.detach() / world
+            tokens += int(b["attention_mask"].sum())
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        if world > 1:
+            dist.all_reduce(step_loss)
+        last_loss = float(step_loss)
+        bar.update(1)
+        if rank == 0 and ((step + 1) % args.log_every == 0 or step + 1 == total):
+            rate = tokens * world / (time.perf_counter() - tick)
+            record = {"step": step + 1, "loss": last_loss, "lr": scheduler.get_last_lr()[0], "tokens_per_s": rate,
+                      "skipped": counter.total}
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+            bar.set_postfix(loss=f"{last_loss:.4f}")
+            tick, tokens = time.perf_counter(), 0
+        if rank == 0 and ((step + 1) % args.save_every == 0 or step + 1 == total):
+            save_checkpoint(out, step + 1, model, optimizer, scheduler, args, counter)
+        if world > 1:
+            dist.barrier()
+    bar.close()
+    summary = {"steps": total, "final_loss": last_loss, "skipped": counter.skipped, "seen": counter.seen}
+    if rank == 0:
+        summary["final"] = str(save_final(out, model, processor, args))
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return summary
+
+
+def _time_is_up(deadline: float, world: int, device: torch.device) -> bool:
+    """Every rank stops at the same step: rank 0's clock decides."""
+    flag = torch.tensor(float(time.monotonic() > deadline), device=device)
+    if world > 1:
+        dist.broadcast(flag, 0)
+    return bool(flag)
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
