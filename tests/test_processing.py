@@ -57,6 +57,8 @@ def test_placeholders_match_the_model_token_count(tokenizer):
     model = VideoPandaForCausalLM(p.config).eval()
     for clip in (frames(), frames(1), frames(8, 64, 36)):
         inputs = p(videos=clip, text="What is it?")
+        image = p(images=clip[:1], text="What is it?")
+        assert int((image["input_ids"] == 49152).sum()) == model.encode_video(image["pixel_values"]).shape[1]
         n = int((inputs["input_ids"] == 49152).sum())
         assert n == model.encode_video(inputs["pixel_values"]).shape[1]
         model(**inputs)  # splices without a count mismatch
@@ -65,12 +67,13 @@ def test_placeholders_match_the_model_token_count(tokenizer):
 def test_video_is_padded_to_num_frames_and_image_is_one_frame(tokenizer):
     p = processor(tokenizer)
     assert p(videos=frames(3), text="q")["pixel_values"].shape == (1, 8, 4, 112, 112)
+    assert p(videos=frames(1), text="q")["pixel_values"].shape == (1, 8, 4, 112, 112)  # a 1-frame video
     assert p(images=frames(1)[0], text="q")["pixel_values"].shape == (1, 1, 4, 112, 112)
 
 
 def test_batch_is_left_padded_and_mixed_lengths_give_a_list(tokenizer):
     p = processor(tokenizer)
-    batch = p(videos=[frames(8), frames(1)], text=["short?", "a much longer question about the clip?"])
+    batch = p(videos=[frames(8)], images=[frames(1)[0]], text=["short?", "a much longer question about the clip?"])
     ids, mask = batch["input_ids"], batch["attention_mask"]
     shorter = int(mask.sum(1).argmin())
     assert ids.shape[0] == 2 and mask[:, -1].all() and not mask[shorter, 0]

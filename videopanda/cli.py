@@ -41,18 +41,27 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 def _read(args: argparse.Namespace):
     """Check the arguments and decode the video before loading any model, so bad input fails in a second."""
-    from . import inference
+    from .video import is_image_path, load_image, load_video
 
     if args.frames is not None and not 1 <= args.frames <= 256:
         raise UserError(f"--frames must be between 1 and 256, got {args.frames}")
     if args.max_new_tokens < 1:
         raise UserError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    return inference.read_visual(args.video, args.frames or 8)
+    if args.dtype not in ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16"):
+        raise UserError(f"--dtype must be auto, float32, bfloat16 or float16; got {args.dtype!r}")
+    if args.model != "videopanda-default" and not os.path.isfile(os.path.join(args.model, "config.json")):
+        raise UserError(f"--model {args.model}: not a model folder (no config.json); pass a checkpoint folder or "
+                        "'videopanda-default'")
+    return load_image(args.video) if is_image_path(args.video) else load_video(args.video, args.frames or 8)
 
 
 def _load(args: argparse.Namespace):
     from . import inference
 
+    if not args.verbose:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     model, processor = inference.load(args.model, device=args.device, dtype=args.dtype)
     if args.frames is not None:
         processor.config.num_frames = args.frames
@@ -64,15 +73,16 @@ def _load(args: argparse.Namespace):
 
 def cmd_ask(args: argparse.Namespace) -> int:
     """Answer one question about a video (or an image); streams the answer unless --json."""
+    frames = _read(args)
     from transformers import TextStreamer
 
     from . import inference
+    from .video import is_image_path
 
-    frames = _read(args)
     model, processor = _load(args)
     streamer = None if args.json else TextStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
-    result = inference.answer(model, processor, frames, args.question, max_new_tokens=args.max_new_tokens,
-                              temperature=args.temperature, streamer=streamer)
+    result = inference.answer(model, processor, frames, args.question, image=is_image_path(args.video),
+                              max_new_tokens=args.max_new_tokens, temperature=args.temperature, streamer=streamer)
     if args.json:
         print(json.dumps({"answer": result.text, "question": args.question, "video": str(args.video),
                           "model": str(args.model), "frames": processor.config.num_frames,
@@ -84,11 +94,12 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
 def cmd_chat(args: argparse.Namespace) -> int:
     """Multi-turn chat about one video: type a question, get an answer; /reset clears the history, /exit quits."""
+    frames = _read(args)
     from transformers import TextStreamer
 
     from . import inference
+    from .video import is_image_path
 
-    frames = _read(args)
     model, processor = _load(args)
     history: list[tuple[str, str]] = []
     interactive = sys.stdin.isatty()
@@ -107,7 +118,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
             continue
         streamer = TextStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
         try:
-            result = inference.answer(model, processor, frames, question, history,
+            result = inference.answer(model, processor, frames, question, history, image=is_image_path(args.video),
                                       max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                       streamer=streamer)
         except inference.ContextLengthError as err:
@@ -128,7 +139,8 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train a stage (prealign, pretrain, finetune) on LLaVA-format video QA data; torchrun for many processes."""
-    from .train.recipe import TrainArgs, train
+    from .train.args import TrainArgs
+    from .train.recipe import train
 
     fields = {f: getattr(args, f) for f in TrainArgs.__dataclass_fields__}
     summary = train(TrainArgs(**fields))
@@ -180,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(chat)
     chat.set_defaults(func=cmd_chat)
 
-    from .train.recipe import TrainArgs
+    from .train.args import TrainArgs
 
     train = sub.add_parser("train", help=cmd_train.__doc__, description=cmd_train.__doc__,
                            epilog="example: videopanda train --stage finetune --data data/synth/train.json "
@@ -209,21 +221,15 @@ def _quiet() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     warnings.filterwarnings("ignore")
     logging.getLogger().setLevel(logging.ERROR)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not args.verbose:
         _quiet()
-    from .video import VideoDecodeError
-    from .weights import CheckpointError
-
     try:
         return args.func(args)
-    except (UserError, VideoDecodeError, CheckpointError, ValueError, FileNotFoundError) as err:
+    except (UserError, ValueError, FileNotFoundError) as err:  # VideoDecodeError, CheckpointError are ValueErrors
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

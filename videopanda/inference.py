@@ -71,12 +71,13 @@ def read_visual(path: str | Path, num_frames: int) -> Any:
 
 @torch.inference_mode()
 def answer(model: VideoPandaForCausalLM, processor: VideoPandaProcessor, frames: Any, question: str,
-           history: Sequence[tuple[str, str]] = (), *, max_new_tokens: int = 128, temperature: float = 0.0,
-           streamer: Any = None) -> Answer:
-    """Answer `question` about `frames` after earlier (question, answer) turns. Greedy unless temperature > 0."""
+           history: Sequence[tuple[str, str]] = (), *, image: bool = False, max_new_tokens: int = 128,
+           temperature: float = 0.0, streamer: Any = None) -> Answer:
+    """Answer `question` about `frames` (a video, or an image with image=True) after earlier (question, answer)
+    turns. Greedy unless temperature > 0."""
     start = time.perf_counter()
     prompt = processor.build_prompt(question, history)
-    inputs = processor(videos=[frames], text=prompt)
+    inputs = processor(images=[frames], text=prompt) if image else processor(videos=[frames], text=prompt)
     n_prompt = inputs["input_ids"].shape[1]
     limit = getattr(model.config.text_config, "max_position_embeddings", None)
     if limit is not None and n_prompt + max_new_tokens > limit:

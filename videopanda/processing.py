@@ -72,14 +72,14 @@ class VideoPandaProcessor:
         self.tokenizer.save_pretrained(folder)
 
     # -- pixels -------------------------------------------------------------------------------------------------------
-    def preprocess(self, frames: Frames, *, pad: bool = True) -> torch.Tensor:
-        """[T, H, W, 3] uint8 -> [T', 4, S, S]. Videos are padded with empty frames to `num_frames` (as the
-        reference); a single frame stays a single frame (the image path)."""
+    def preprocess(self, frames: Frames, *, image: bool = False) -> torch.Tensor:
+        """[T, H, W, 3] uint8 -> [T', 4, S, S]. Videos (a 1-frame video too) are padded with empty frames to
+        `num_frames`, as the reference does; an image stays a single frame (the T=1 image path)."""
         if isinstance(frames, torch.Tensor) and frames.ndim == 4 and frames.shape[1] == 4:
             return frames  # already pixel values
         frames = np.asarray(frames)
         c = self.config
-        num = c.num_frames if pad and frames.ndim == 4 and frames.shape[0] > 1 else None
+        num = None if image else c.num_frames
         return frames_to_pixel_values(frames, num_frames=num, image_size=c.image_size,
                                       teacher_size=c.teacher_image_size, patch_size=c.patch_size,
                                       mean=CLIP_MEAN, std=CLIP_STD)
@@ -170,8 +170,8 @@ class VideoPandaProcessor:
             BatchFeature with input_ids [B, N], attention_mask [B, N] and pixel_values [V, T, 4, S, S] (a list of
             [T_v, 4, S, S] when frame counts differ, e.g. images mixed with videos).
         """
-        visuals = _as_list(videos) + [np.asarray(i)[None] if np.asarray(i).ndim == 3 else i for i in _as_list(images)]
-        pixel = [self.preprocess(v) for v in visuals]
+        stills = [np.asarray(i)[None] if np.asarray(i).ndim == 3 else i for i in _as_list(images)]
+        pixel = [self.preprocess(v) for v in _as_list(videos)] + [self.preprocess(i, image=True) for i in stills]
         counts = [self.count_tokens(p) for p in pixel]
         texts = [text] if isinstance(text, str) else list(text or [""])
         if not any(PLACEHOLDER.search(t) for t in texts) and pixel:

@@ -106,7 +106,7 @@ class ConversationDataset(torch.utils.data.Dataset):
             frames = load_image(self.root / item["image"])
         else:
             return None
-        pixel_values = self.processor.preprocess(frames)
+        pixel_values = self.processor.preprocess(frames, image="video" not in item)
         if self.flip and torch.rand(()) < 0.5:
             pixel_values = pixel_values.flip(-1)  # frames and mask together
         return pixel_values

@@ -16,7 +16,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -30,78 +30,10 @@ from ..data.synth_stream import SynthQAStream
 from ..modeling.videopanda import VideoPandaForCausalLM
 from ..processing import VideoPandaProcessor
 from ..weights import DEFAULT_MODEL, save_visual_weights
+from .args import STAGES, TrainArgs
 from .lora import add_lora, lora_state_dict, merge_lora
 
 VISUAL_PREFIXES = ("video_tower.", "video_projector.")
-
-# The paper's stages (spec 5.1): which modules learn, and the learning rates of the reference scripts.
-STAGES: dict[str, dict[str, Any]] = {
-    "prealign": dict(train_llm=False, lr=4e-5, visual_lr=4e-4, warmup_ratio=0.03),
-    "pretrain": dict(train_llm=True, lr=4e-5, visual_lr=4e-5, warmup_ratio=0.01),
-    "finetune": dict(train_llm=True, lr=2e-5, visual_lr=2e-5, warmup_ratio=0.01),
-}
-
-
-@dataclass
-class TrainArgs:
-    """Arguments of `videopanda train` (each field is a --flag)."""
-
-    data: str
-    """Training JSON in LLaVA/Video-LLaVA format, or synth:SEED for the endless synthetic video-QA stream."""
-    out: str
-    """Output folder: checkpoints, logs, final weights."""
-    stage: str = "finetune"
-    """prealign (STAB + projector only), pretrain or finetune (everything, or LoRA on the LLM with --lora-r)."""
-    model: str = DEFAULT_MODEL
-    """Starting point: 'videopanda-default', a saved folder, or an official checkpoint folder."""
-    media_root: str | None = None
-    """Folder the media paths of the JSON are relative to (default: the JSON's folder)."""
-    steps: int = 0
-    """Optimizer steps; 0 = one epoch (the paper trains one epoch per stage)."""
-    batch_size: int = 8
-    """Samples per process per micro-batch."""
-    grad_accum: int = 1
-    """Micro-batches per optimizer step."""
-    lr: float | None = None
-    """LLM learning rate (default: the stage's)."""
-    visual_lr: float | None = None
-    """STAB + projector learning rate (default: the stage's)."""
-    warmup_ratio: float | None = None
-    """Fraction of steps of linear warm-up before the cosine decay (default: the stage's)."""
-    weight_decay: float = 0.0
-    lora_r: int = 0
-    """LoRA rank for the LLM (0 = no LoRA: the stage decides whether the LLM trains fully)."""
-    lora_alpha: int = 32
-    max_length: int = 4096
-    """Samples longer than this (after visual expansion) are skipped and counted."""
-    max_skip_fraction: float = 0.05
-    """Stop with an error when more than this fraction of the samples seen so far had to be skipped."""
-    save_every: int = 500
-    keep_checkpoints: int = 2
-    log_every: int = 10
-    num_workers: int = 4
-    seed: int = 42
-    dtype: str = "auto"
-    """auto = bfloat16 autocast on GPU, float32 on CPU."""
-    gradient_checkpointing: bool = False
-    flip: bool = False
-    """Random horizontal flips of whole clips (augmentation)."""
-    resume: bool = False
-    """Continue from the newest checkpoint in --out."""
-    max_minutes: float = 0.0
-    """Stop cleanly (checkpoint + final weights) after this many minutes of training; 0 = no limit."""
-
-    def __post_init__(self) -> None:
-        if self.stage not in STAGES:
-            raise ValueError(f"--stage must be one of {', '.join(STAGES)}, got {self.stage!r}")
-        for name in ("batch_size", "grad_accum", "save_every", "log_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        stage = STAGES[self.stage]
-        self.lr = stage["lr"] if self.lr is None else self.lr
-        self.visual_lr = stage["visual_lr"] if self.visual_lr is None else self.visual_lr
-        self.warmup_ratio = stage["warmup_ratio"] if self.warmup_ratio is None else self.warmup_ratio
-
 
 def _dist() -> tuple[int, int]:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
@@ -263,8 +195,8 @@ def train(args: TrainArgs) -> dict[str, Any]:
         start = load_checkpoint(ckpt, model, optimizer, scheduler, counter)
     ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     loader = torch.utils.data.DataLoader(
-        data, batch_sampler=StepBatches(len(data), args, rank, world, start, total, shuffle=not stream), num_workers=args.num_workers,
-        collate_fn=partial(collate, pad_id=processor.tokenizer.pad_token_id), persistent_workers=False)
+        data, batch_sampler=StepBatches(len(data), args, rank, world, start, total, shuffle=not stream),
+        num_workers=args.num_workers, collate_fn=partial(collate, pad_id=processor.tokenizer.pad_token_id))
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and args.dtype != "float32" \
         else torch.autocast("cpu", enabled=False)
     log = (out / "train_log.jsonl").open("a") if rank == 0 else None

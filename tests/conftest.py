@@ -1,0 +1,116 @@
+"""Shared fixtures: test inputs (good and bad videos, images) generated once per session with tests/clips.py.
+
+pytest puts tests/ on sys.path (rootdir-relative "prepend" import mode, no __init__.py), so ``clips`` imports here
+exactly as it does in tests/test_video.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from clips import available_encoder, make_audio_only, make_clip
+from PIL import Image
+
+
+def _one_frame(d: Path) -> str:
+    """A 1-frame square mp4: a *video*, so it is padded to the model's 8 frames as the reference pads short clips."""
+    return make_clip(d / "one_frame.mp4", frames=1, size=(64, 64))
+
+
+def _short_gif(d: Path) -> str:
+    return make_clip(d / "short.gif", frames=6, size=(64, 48))
+
+
+def _portrait_with_audio(d: Path) -> str:
+    """A 9:16 portrait clip (72 x 128, 2 s at 8 fps) with an AAC sound track, as phones record."""
+    return make_clip(d / "portrait_audio.mp4", frames=16, size=(72, 128), audio=True)
+
+
+def _uhd(d: Path) -> str:
+    """Two 4K (3840 x 2160) frames; a solid pattern keeps the encode quick."""
+    return make_clip(d / "uhd.mp4", frames=2, size=(3840, 2160), pattern="solid")
+
+
+def _plain(d: Path) -> str:
+    """A small valid clip, for failures that must come *after* a successful decode (bad --model, --dtype ...)."""
+    return make_clip(d / "plain.mp4", frames=16)
+
+
+def _empty(d: Path) -> str:
+    (d / "empty.mp4").write_bytes(b"")
+    return str(d / "empty.mp4")
+
+
+def _text(d: Path) -> str:
+    (d / "notes.mp4").write_text("this is not a video\n" * 20)
+    return str(d / "notes.mp4")
+
+
+def _truncated_mkv(d: Path) -> str:
+    """An mkv cut right before its first video packet: it opens, but nothing in it can be decoded."""
+    path = make_clip(d / "full.mkv", frames=8)
+    with av.open(path) as container:
+        first = next(p.pos for p in container.demux(container.streams.video[0]) if p.size)
+    (d / "truncated.mkv").write_bytes(Path(path).read_bytes()[:first])
+    return str(d / "truncated.mkv")
+
+
+def _truncated_mp4(d: Path) -> str:
+    """An mp4 cut after 64 bytes (a download that stopped): its index (moov) is at the end, so it cannot be opened."""
+    path = make_clip(d / "full.mp4", frames=8)
+    (d / "truncated.mp4").write_bytes(Path(path).read_bytes()[:64])
+    return str(d / "truncated.mp4")
+
+
+def _audio_only(d: Path) -> str:
+    return make_audio_only(d / "sound.m4a")
+
+
+def _wide_video(d: Path) -> str:
+    """10000 x 10 frames; mpeg4 cannot encode that width, so use an encoder that can (as tests/test_video.py)."""
+    codec = available_encoder(("libx264", "mjpeg", "libvpx"))
+    suffix = {"libx264": ".mkv", "mjpeg": ".avi", "libvpx": ".webm"}[codec]
+    return make_clip(d / f"wide{suffix}", frames=2, size=(10000, 10), codec=codec, pattern="solid")
+
+
+def _wide_image(d: Path) -> str:
+    Image.fromarray(np.full((10, 10000, 3), 128, dtype=np.uint8)).save(d / "wide.png")
+    return str(d / "wide.png")
+
+
+MAKERS: dict[str, Callable[[Path], str]] = {
+    "one_frame": _one_frame,
+    "short_gif": _short_gif,
+    "portrait_with_audio": _portrait_with_audio,
+    "uhd": _uhd,
+    "plain": _plain,
+    "empty": _empty,
+    "text": _text,
+    "truncated_mkv": _truncated_mkv,
+    "truncated_mp4": _truncated_mp4,
+    "audio_only": _audio_only,
+    "wide_video": _wide_video,
+    "wide_image": _wide_image,
+}
+
+
+class ClipFolder:
+    """Test inputs by name (see ``MAKERS``), each written on first use and then reused for the whole session."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._made: dict[str, Path] = {}
+
+    def __getitem__(self, name: str) -> Path:
+        if name not in self._made:
+            self._made[name] = Path(MAKERS[name](self.root))
+        return self._made[name]
+
+
+@pytest.fixture(scope="session")
+def cli_inputs(tmp_path_factory: pytest.TempPathFactory) -> ClipFolder:
+    return ClipFolder(tmp_path_factory.mktemp("cli_clips"))
