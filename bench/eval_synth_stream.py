@@ -10,28 +10,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import time
 from collections import defaultdict
 
 import torch
 
 from videopanda.data.synth_stream import SynthQAStream
+from videopanda.eval.metrics import exact_match, token_f1
 from videopanda.inference import load
-
-
-def normalize(text: str) -> str:
-    text = re.sub(r"[^a-z0-9 ]", " ", text.lower())
-    return " ".join(w for w in text.split() if w not in ("a", "an", "the"))
-
-
-def token_f1(pred: str, answer: str) -> float:
-    p, a = normalize(pred).split(), normalize(answer).split()
-    common = sum(min(p.count(w), a.count(w)) for w in set(a))
-    if not p or not a or not common:
-        return 0.0
-    prec, rec = common / len(p), common / len(a)
-    return 2 * prec * rec / (prec + rec)
 
 
 @torch.inference_mode()
@@ -48,7 +34,7 @@ def evaluate(model, processor, seed: int, n: int, batch_size: int) -> dict:
         preds = processor.batch_decode(out[:, inputs["input_ids"].shape[1]:])
         for (_, q), pred in zip(items, preds):
             score = token_f1(pred, q["answer"]) if q["family"] == "caption" else \
-                float(normalize(pred) == normalize(q["answer"]))
+                float(exact_match(pred, q["answer"]))
             per_family[q["family"]].append(score)
             if len(examples) < 40:
                 examples.append({**q, "pred": pred})
