@@ -69,7 +69,9 @@ class ConversationDataset(torch.utils.data.Dataset):
         media_root: folder the item paths are relative to (default: the JSON's folder).
         max_length: samples longer than this after visual expansion are skipped (the reference truncated before
             expansion and could exceed the context; spec 8.15).
-        flip: random horizontal flip of the frames (augmentation; the reference flips even at inference).
+        flip: random horizontal flip of the frames (augmentation; the reference flips even at inference). It draws
+            from the torch RNG of the loading process, so it is not reproducible across DataLoader worker counts or
+            resumes; `videopanda train --flip` uses `recipe.PositionFlip` (keyed by sample position) instead.
     """
 
     def __init__(self, json_path: str | Path, processor: VideoPandaProcessor, *, media_root: str | Path | None = None,

@@ -21,11 +21,12 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from ..data.dataset import ConversationDataset, SkipCounter, collate
+from ..data.dataset import ConversationDataset, Sample, SkipCounter, Skipped, collate
 from ..data.synth_stream import SynthQAStream
 from ..modeling.videopanda import VideoPandaForCausalLM
 from ..processing import VideoPandaProcessor
@@ -77,9 +78,9 @@ class StepBatches(torch.utils.data.Sampler):
     """Micro-batches of this rank for steps [start, stop): what makes resume and multi-process runs exact."""
 
     def __init__(self, n_items: int, args: TrainArgs, rank: int, world: int, start: int, stop: int,
-                 shuffle: bool = True) -> None:
+                 shuffle: bool = True, positions: bool = False) -> None:
         self.n, self.args, self.rank, self.world, self.start, self.stop = n_items, args, rank, world, start, stop
-        self.shuffle = shuffle
+        self.shuffle, self.positions = shuffle, positions
 
     def __len__(self) -> int:
         return (self.stop - self.start) * self.args.grad_accum
@@ -91,7 +92,33 @@ class StepBatches(torch.utils.data.Sampler):
             idx = step_indices(step, self.n, per_step, a.seed, self.shuffle)
             for micro in range(a.grad_accum):  # micro-batch m of rank r
                 base = (micro * self.world + self.rank) * a.batch_size
-                yield idx[base: base + a.batch_size]
+                batch = idx[base: base + a.batch_size]
+                # positions=True: (index, place in the global sample stream) pairs, for `PositionFlip`
+                yield [(i, step * per_step + base + j) for j, i in enumerate(batch)] if self.positions else batch
+
+
+class PositionFlip(torch.utils.data.Dataset):
+    """--flip as a pure function of (seed, place of the sample in the global stream), like the data order.
+
+    `ConversationDataset(flip=True)` draws from the torch RNG of whichever process loads the sample: a DataLoader
+    worker, re-seeded at every (re)start and fed every num_workers-th batch, so the flips changed with a resume,
+    --num-workers and the process count. Here each sample's coin is fixed by (seed, step, slot). Items are
+    `(index, position)` pairs from `StepBatches(positions=True)`.
+    """
+
+    def __init__(self, data: torch.utils.data.Dataset, seed: int) -> None:
+        self.data, self.seed = data, seed
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, key: tuple[int, int]) -> Sample | Skipped:
+        index, position = key
+        sample = self.data[index]
+        if isinstance(sample, Sample) and sample.pixel_values is not None \
+                and np.random.default_rng([self.seed % 2**32, position]).random() < 0.5:
+            sample.pixel_values = sample.pixel_values.flip(-1)  # frames and mask together
+        return sample
 
 
 def make_optimizer(model: torch.nn.Module, args: TrainArgs, total_steps: int):
@@ -106,9 +133,11 @@ def make_optimizer(model: torch.nn.Module, args: TrainArgs, total_steps: int):
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Trainable parameters plus every buffer of the visual modules: BatchNorm's running statistics *and* its
+    `num_batches_tracked` (matching only "running_" left that counter at its starting value after a resume)."""
     names = {n for n, p in model.named_parameters() if p.requires_grad}
-    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()
-            if k in names or (k.startswith(VISUAL_PREFIXES) and "running_" in k)}
+    buffers = {n for n, _ in model.named_buffers() if n.startswith(VISUAL_PREFIXES)}
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if k in names or k in buffers}
 
 
 def save_checkpoint(out: Path, step: int, model, optimizer, scheduler, args: TrainArgs, counter: SkipCounter) -> None:
@@ -167,8 +196,8 @@ def make_dataset(args: TrainArgs, processor: VideoPandaProcessor) -> torch.utils
     """A LLaVA-format JSON file, or `synth:SEED` for the endless in-memory synthetic video-QA stream."""
     if args.data.startswith("synth:"):
         return SynthQAStream(processor, seed=int(args.data.split(":", 1)[1]))
-    return ConversationDataset(args.data, processor, media_root=args.media_root, max_length=args.max_length,
-                               flip=args.flip)
+    data = ConversationDataset(args.data, processor, media_root=args.media_root, max_length=args.max_length)
+    return PositionFlip(data, args.seed) if args.flip else data  # flips by position: see PositionFlip
 
 
 def train(args: TrainArgs) -> dict[str, Any]:
@@ -194,9 +223,14 @@ def train(args: TrainArgs) -> dict[str, Any]:
     if args.resume and (ckpt := latest_checkpoint(out)) is not None:
         start = load_checkpoint(ckpt, model, optimizer, scheduler, counter)
     ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    # The loader gets its own generator: by default `iter(loader)` draws its workers' base seed from the global
+    # torch RNG, one draw more in a resumed run than in an uninterrupted one at the same step, which shifted every
+    # later dropout mask and made resume inexact.
     loader = torch.utils.data.DataLoader(
-        data, batch_sampler=StepBatches(len(data), args, rank, world, start, total, shuffle=not stream),
-        num_workers=args.num_workers, collate_fn=partial(collate, pad_id=processor.tokenizer.pad_token_id))
+        data, batch_sampler=StepBatches(len(data), args, rank, world, start, total, shuffle=not stream,
+                                        positions=isinstance(data, PositionFlip)),
+        num_workers=args.num_workers, collate_fn=partial(collate, pad_id=processor.tokenizer.pad_token_id),
+        generator=torch.Generator().manual_seed(args.seed + start))
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and args.dtype != "float32" \
         else torch.autocast("cpu", enabled=False)
     log = (out / "train_log.jsonl").open("a") if rank == 0 else None
@@ -212,8 +246,15 @@ def train(args: TrainArgs) -> dict[str, Any]:
             total = step
             break
         batches = [next(micro) for _ in range(args.grad_accum)]
-        for b in batches:
-            counter.add(b["seen"], b["skipped"])
+        counts = [(b["seen"], b["skipped"]) for b in batches]
+        # Every rank counts the whole global batch: the log, summary and checkpoint hold the run's counts (not rank
+        # 0's share), and all ranks stop together on too many skips (one rank raising alone left the others hanging).
+        if world > 1:
+            gathered: list[Any] = [None] * world
+            dist.all_gather_object(gathered, counts)
+            counts = [c for rank_counts in gathered for c in rank_counts]
+        for seen, reasons in counts:
+            counter.add(seen, reasons)
         if counter.total > args.max_skip_fraction * max(counter.seen, 1) and counter.seen >= 20:
             raise RuntimeError(f"too many skipped samples: {counter.total} of {counter.seen} ({counter.skipped})")
         n_tokens = torch.tensor(float(sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches if "labels" in b)),

