@@ -19,8 +19,9 @@ LLAMA = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_att
 TOWER = "videopanda/config/videopanda-video-LB-patch14-anypixel-448"
 
 
-def official_config(stab_dim: int) -> dict:
-    return {"model_type": "videopanda", "architectures": ["VideoPandaLlamaForCausalLM"], **LLAMA,
+def official_config(stab_dim: int, model_type: str = "videopanda") -> dict:
+    """`model_type` "videopanda" as the released prtr1/fitu configs, "eve" as the repo's stage-1 config.json."""
+    return {"model_type": model_type, "architectures": ["VideoPandaLlamaForCausalLM"], **LLAMA,
             "hidden_act": "silu", "torch_dtype": "float32", "transformers_version": "4.31.0",
             "mm_hidden_size": stab_dim, "video_hidden_size": stab_dim, "mm_projector_type": "mlp2x_gelu",
             "mm_use_im_patch_token": False, "mm_use_im_start_end": False, "mm_vision_select_feature": "patch",
@@ -63,7 +64,7 @@ def official_state_dict(model: VideoPandaForCausalLM) -> dict[str, torch.Tensor]
 
 
 def write_official_checkpoint(folder: Path, *, stab_dim: int = 32, fmt: str = "bin-sharded",
-                              seed: int = 0) -> VideoPandaForCausalLM:
+                              seed: int = 0, model_type: str = "videopanda") -> VideoPandaForCausalLM:
     """Write the folder and return the model whose weights it holds (for comparing outputs)."""
     torch.manual_seed(seed)
     config = VideoPandaConfig(text_config={"model_type": "llama", **LLAMA}, stab_hidden_size=stab_dim,
@@ -76,7 +77,7 @@ def write_official_checkpoint(folder: Path, *, stab_dim: int = 32, fmt: str = "b
         bn.running_mean.uniform_(-0.1, 0.1)
         bn.running_var.uniform_(0.5, 1.5)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps(official_config(stab_dim), indent=2))
+    (folder / "config.json").write_text(json.dumps(official_config(stab_dim, model_type), indent=2))
     pre = folder / Path(TOWER).name
     pre.mkdir(exist_ok=True)
     (pre / "preprocessor_config.json").write_text(json.dumps(

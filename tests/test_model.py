@@ -114,10 +114,11 @@ def test_save_and_load_round_trip(model, tmp_path):
                           again(input_ids=ids, pixel_values=px).logits, atol=1e-5)
 
 
-@pytest.mark.parametrize("fmt", ["bin-sharded", "safetensors"])
-def test_official_checkpoint_loads_strictly(tmp_path, fmt):
+@pytest.mark.parametrize(("fmt", "model_type"), [("bin-sharded", "videopanda"), ("safetensors", "videopanda"),
+                                                  ("safetensors", "eve")])
+def test_official_checkpoint_loads_strictly(tmp_path, fmt, model_type):
     folder = tmp_path / "videopanda_fitu"
-    ref = write_official_checkpoint(folder, fmt=fmt)
+    ref = write_official_checkpoint(folder, fmt=fmt, model_type=model_type)
     loaded = VideoPandaForCausalLM.from_pretrained(folder).eval()
     assert loaded.config.prompt_format == "videopanda_v1"
     report = loaded.loading_report["skipped"]
@@ -148,3 +149,22 @@ def test_config_validates_itself():
         VideoPandaConfig(text_config=TEXT, stab_hidden_size=30, stab_num_heads=4)
     with pytest.raises(ValueError, match="image_size"):
         VideoPandaConfig(text_config=TEXT, image_size=100, teacher_image_size=56)
+
+
+@pytest.mark.parametrize("text", [
+    dict(model_type="qwen2", hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+         num_key_value_heads=2, vocab_size=300, max_position_embeddings=2048),
+    dict(model_type="mistral", hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+         num_key_value_heads=2, vocab_size=300, max_position_embeddings=2048),
+])
+def test_wraps_other_causal_lms(text, tmp_path):
+    torch.manual_seed(0)
+    config = VideoPandaConfig(text_config=text, video_token_index=VID, **VARIANTS["videopanda-tiny"])
+    net = VideoPandaForCausalLM(config).eval()
+    ids = torch.tensor([prompt(168)])
+    out = net.generate(input_ids=ids, pixel_values=video()[None], max_new_tokens=3, do_sample=False)
+    assert out.shape == (1, ids.shape[1] + 3)
+    net.save_pretrained(tmp_path)
+    again = VideoPandaForCausalLM.from_pretrained(tmp_path).eval()
+    assert type(again.language_model) is type(net.language_model)
+    assert torch.equal(again.generate(input_ids=ids, pixel_values=video()[None], max_new_tokens=3, do_sample=False), out)
