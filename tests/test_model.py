@@ -167,4 +167,5 @@ def test_wraps_other_causal_lms(text, tmp_path):
     net.save_pretrained(tmp_path)
     again = VideoPandaForCausalLM.from_pretrained(tmp_path).eval()
     assert type(again.language_model) is type(net.language_model)
-    assert torch.equal(again.generate(input_ids=ids, pixel_values=video()[None], max_new_tokens=3, do_sample=False), out)
+    again_out = again.generate(input_ids=ids, pixel_values=video()[None], max_new_tokens=3, do_sample=False)
+    assert torch.equal(again_out, out)
