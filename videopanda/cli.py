@@ -41,7 +41,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 def _read(args: argparse.Namespace):
     """Check the arguments and decode the video before loading any model, so bad input fails in a second."""
-    from .video import is_image_path, load_image, load_video
+    from .video import load_visual
 
     if args.frames is not None and not 1 <= args.frames <= 256:
         raise UserError(f"--frames must be between 1 and 256, got {args.frames}")
@@ -52,7 +52,7 @@ def _read(args: argparse.Namespace):
     if args.model != "videopanda-default" and not os.path.isfile(os.path.join(args.model, "config.json")):
         raise UserError(f"--model {args.model}: not a model folder (no config.json); pass a checkpoint folder or "
                         "'videopanda-default'")
-    return load_image(args.video) if is_image_path(args.video) else load_video(args.video, args.frames or 8)
+    return load_visual(args.video, args.frames or 8)
 
 
 def _load(args: argparse.Namespace):

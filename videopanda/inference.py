@@ -12,7 +12,6 @@ import torch
 
 from .modeling.videopanda import VideoPandaForCausalLM
 from .processing import VideoPandaProcessor
-from .video import is_image_path, load_image, load_video
 from .weights import DEFAULT_MODEL, CheckpointError, load_default_model
 
 
@@ -62,11 +61,6 @@ def load(model: str | Path = DEFAULT_MODEL, *, device: str = "auto",
         net, trained = VideoPandaForCausalLM.from_pretrained(path, dtype=dt), True
     net.visual_weights_trained = trained
     return net.to(dev).eval(), VideoPandaProcessor.from_pretrained(model)
-
-
-def read_visual(path: str | Path, num_frames: int) -> Any:
-    """Frames of a video file ([T, H, W, 3] uint8), or of an image file ([1, H, W, 3])."""
-    return load_image(path) if is_image_path(path) else load_video(path, num_frames)
 
 
 @torch.inference_mode()

@@ -93,6 +93,11 @@ def is_image_path(path: str | os.PathLike) -> bool:
     return os.path.splitext(os.fspath(path))[1].lower() in IMAGE_SUFFIXES
 
 
+def load_visual(path: str | os.PathLike, num_frames: int = 8) -> np.ndarray:
+    """Frames of a video file ([t, H, W, 3]) or of an image file ([1, H, W, 3]), chosen by the file's suffix."""
+    return load_image(path) if is_image_path(path) else load_video(path, num_frames)
+
+
 def sample_indices(num_total: int, fps: float, num_frames: int, *, sampling: str = "reference") -> list[int]:
     """Choose which frames of a video to keep.
 
