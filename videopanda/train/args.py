@@ -58,7 +58,7 @@ class TrainArgs:
     """auto = bfloat16 autocast on GPU, float32 on CPU."""
     gradient_checkpointing: bool = False
     flip: bool = False
-    """Random horizontal flips of whole clips (augmentation)."""
+    """Random horizontal flips of whole clips (augmentation; wrong for data asking about left/right motion)."""
     resume: bool = False
     """Continue from the newest checkpoint in --out."""
     max_minutes: float = 0.0
