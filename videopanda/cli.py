@@ -14,6 +14,8 @@ import sys
 import warnings
 from collections.abc import Callable
 
+from .eval import commands as eval_commands  # light: torch is imported when a command runs
+
 EPILOG = """examples:
   videopanda ask clip.mp4 "What is the man doing?"
   videopanda ask clip.mp4 "..." --model ./Video-Panda-7B/videopanda_fitu --device cuda --dtype bfloat16
@@ -137,31 +139,6 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_eval_videoqa(args: argparse.Namespace) -> int:
-    """Zero-shot open-ended VideoQA (MSVD/MSRVTT/TGIF/ActivityNet format): batched greedy answers, resumable JSONL,
-    judge-free scores (exact match, contains match, token F1) per question family/type."""
-    from pathlib import Path
-
-    from .eval.videoqa import merge_and_score, read_qa, run_videoqa
-
-    items = read_qa(args.questions, args.answers)
-    if not Path(args.video_dir).is_dir():
-        raise UserError(f"--video-dir {args.video_dir}: no such folder")
-    args.frames = None
-    args.temperature = 0.0
-    model, processor = _load(args)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    run = run_videoqa(model, processor, items, args.video_dir, out / "predictions.jsonl", dataset=args.dataset,
-                      batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
-    scores = merge_and_score(out / "predictions.jsonl", items, key=args.group_by)
-    result = {"dataset": args.dataset, "model": args.model, "run": run, "scores": scores}
-    (out / "results.json").write_text(json.dumps(result, indent=2))
-    print(json.dumps({"done": run["done"], "failed": run["num_failed"], "scores": {
-        k: scores[k] for k in ("count", "exact_match", "contains_match", "token_f1")}}, indent=2))
-    return 0
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     """Train a stage (prealign, pretrain, finetune) on LLaVA-format video QA data; torchrun for many processes."""
     from .train.args import TrainArgs
@@ -197,7 +174,9 @@ def _dataclass_flags(parser: argparse.ArgumentParser, cls: type) -> None:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"ask": cmd_ask, "chat": cmd_chat,
                                                             "data synth": cmd_data_synth, "train": cmd_train,
-                                                            "eval videoqa": cmd_eval_videoqa}
+                                                            "eval videoqa": eval_commands.cmd_videoqa,
+                                                            "eval judge": eval_commands.cmd_judge,
+                                                            "eval vcgbench": eval_commands.cmd_vcgbench}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -226,23 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     _dataclass_flags(train, TrainArgs)
     train.set_defaults(func=cmd_train)
 
-    ev = sub.add_parser("eval", help="evaluation: videoqa")
+    ev = sub.add_parser("eval", help="evaluation: videoqa, judge, vcgbench")
     ev_sub = ev.add_subparsers(dest="eval_command", metavar="EVAL_COMMAND", required=True)
-    vqa = ev_sub.add_parser("videoqa", help=cmd_eval_videoqa.__doc__, description=cmd_eval_videoqa.__doc__)
-    vqa.add_argument("--dataset", default="msvd", choices=["msvd", "msrvtt", "tgif", "activitynet", "synth"],
-                     help="file naming of the benchmark (activitynet adds 'v_') (default: %(default)s)")
-    vqa.add_argument("--questions", required=True, help="test_q.json")
-    vqa.add_argument("--answers", required=True, help="test_a.json (aligned with the questions by index)")
-    vqa.add_argument("--video-dir", required=True, help="folder of the videos")
-    vqa.add_argument("--out", required=True, help="output folder: predictions.jsonl (resumable), results.json")
-    vqa.add_argument("--batch-size", type=int, default=8, help="questions per generate call (default: %(default)s)")
-    vqa.add_argument("--group-by", default="family", help="answer field to break scores down by (default: %(default)s)")
-    vqa.add_argument("--model", default="videopanda-default", help="model name or folder (default: %(default)s)")
-    vqa.add_argument("--max-new-tokens", type=int, default=32, help="(default: %(default)s)")
-    vqa.add_argument("--device", default="auto")
-    vqa.add_argument("--dtype", default="auto")
-    vqa.add_argument("-v", "--verbose", action="store_true", default=False, help=argparse.SUPPRESS)
-    vqa.set_defaults(func=cmd_eval_videoqa)
+    eval_commands.register(ev_sub, videoqa=True)
 
     data = sub.add_parser("data", help="data sets: synth")
     data_sub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)

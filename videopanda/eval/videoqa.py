@@ -47,6 +47,7 @@ DATASETS: dict[str, tuple[str, tuple[str, ...]]] = {
     "tgif": ("", (".mp4", ".gif")),
     "activitynet": ("v_", VIDEO_EXTENSIONS),
     "synth": ("", VIDEO_EXTENSIONS),
+    "vcgbench": ("", VIDEO_EXTENSIONS),  # Video-ChatGPT benchmark: ActivityNet videos, names as in the question files
 }
 KEPT_FIELDS = ("family", "type")  # extra input fields copied to the output lines (grouping keys for the scores)
 _PREFETCH_BATCHES = 2  # batches whose videos are decoded ahead of the one being generated
