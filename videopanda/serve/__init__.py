@@ -1,0 +1,102 @@
+"""Serving: `videopanda serve` (an OpenAI-compatible chat completions API for videos) and `videopanda demo` (a
+Gradio web page). See docs/serving.md.
+
+This module holds only the two settings dataclasses, so that `videopanda --help` works without the optional
+dependencies (fastapi, uvicorn, gradio: `pip install videopanda[serve]`); `api.py` and `demo.py` import them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+__all__ = ["DemoArgs", "ServeArgs"]
+
+_DTYPES = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
+
+
+def _check_model(model: str) -> None:
+    if model != "videopanda-default" and not os.path.isfile(os.path.join(model, "config.json")):
+        raise ValueError(f"--model {model}: not a model folder (no config.json); pass a checkpoint folder or "
+                         "'videopanda-default'")
+
+
+def _check_common(model: str, port: int, frames: int | None, max_tokens: int, dtype: str) -> None:
+    _check_model(model)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"--port must be between 0 and 65535, got {port}")
+    if frames is not None and not 1 <= frames <= 256:
+        raise ValueError(f"--frames must be between 1 and 256, got {frames}")
+    if max_tokens < 1:
+        raise ValueError(f"--max-tokens must be >= 1, got {max_tokens}")
+    if dtype not in _DTYPES:
+        raise ValueError(f"--dtype must be one of {', '.join(_DTYPES)}; got {dtype!r}")
+
+
+@dataclass
+class ServeArgs:
+    """Settings of `videopanda serve`; each attribute docstring is its --help text."""
+
+    model: str = "videopanda-default"
+    """'videopanda-default' (bundled, CPU-friendly), a folder saved by videopanda, or an official checkpoint folder;
+    also the model id that /v1/models lists and requests must name"""
+    host: str = "127.0.0.1"
+    """address to bind; 127.0.0.1 keeps the server private to this machine, 0.0.0.0 opens it to the network"""
+    port: int = 8000
+    """TCP port (0 picks a free one)"""
+    api_key: str | None = None
+    """require 'Authorization: Bearer KEY' on /v1 routes (default: $VIDEOPANDA_API_KEY if set, else no key)"""
+    media_dir: str | None = None
+    """folder whose files requests may name by path or file:// URL; without it only data: URL uploads are accepted"""
+    max_upload_mb: float = 64.0
+    """largest video or image a request may upload, in MiB (decoded size; the request body may be 4/3 of it)"""
+    max_queue: int = 16
+    """requests that may wait for the model besides the batch being generated; more are answered 503"""
+    max_batch: int = 4
+    """non-streaming requests with compatible settings generated together in one batch"""
+    max_tokens: int = 512
+    """largest max_tokens a request may ask for, and the value used when it asks for none"""
+    frames: int | None = None
+    """frames sampled per video (default: the model's, 8)"""
+    device: str = "auto"
+    """auto, cpu, cuda, cuda:1 ..."""
+    dtype: str = "auto"
+    """auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16, float16"""
+
+    def __post_init__(self) -> None:
+        _check_common(self.model, self.port, self.frames, self.max_tokens, self.dtype)
+        if not self.max_upload_mb > 0:
+            raise ValueError(f"--max-upload-mb must be > 0, got {self.max_upload_mb}")
+        if self.max_queue < 1 or self.max_batch < 1:
+            raise ValueError(f"--max-queue and --max-batch must be >= 1, got {self.max_queue} and {self.max_batch}")
+        if self.media_dir is not None and not os.path.isdir(self.media_dir):
+            raise ValueError(f"--media-dir {self.media_dir}: no such folder")
+        if self.api_key is not None and not self.api_key.strip():
+            raise ValueError("--api-key must not be empty")
+
+
+@dataclass
+class DemoArgs:
+    """Settings of `videopanda demo`; each attribute docstring is its --help text."""
+
+    model: str = "videopanda-default"
+    """'videopanda-default' (bundled, CPU-friendly), a folder saved by videopanda, or an official checkpoint folder"""
+    host: str = "127.0.0.1"
+    """address to bind; 0.0.0.0 opens the page to the network"""
+    port: int = 7860
+    """TCP port"""
+    max_upload_mb: float = 64.0
+    """largest video the page accepts, in MiB"""
+    max_tokens: int = 128
+    """longest answer in tokens"""
+    frames: int | None = None
+    """frames sampled per video (default: the model's, 8)"""
+    device: str = "auto"
+    """auto, cpu, cuda, cuda:1 ..."""
+    dtype: str = "auto"
+    """auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16, float16"""
+
+    def __post_init__(self) -> None:
+        _check_common(self.model, self.port, self.frames, self.max_tokens, self.dtype)
+        if not self.max_upload_mb > 0:
+            raise ValueError(f"--max-upload-mb must be > 0, got {self.max_upload_mb}")
