@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
-import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -306,30 +304,13 @@ def register(eval_subparsers: argparse._SubParsersAction, *, videoqa: bool = Fal
         vqa.set_defaults(func=cmd_videoqa)
 
 
-def _quiet() -> None:
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    warnings.filterwarnings("ignore")
-    logging.getLogger().setLevel(logging.ERROR)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m videopanda.eval.commands judge|vcgbench|videoqa ...`: the same as `videopanda eval ...`."""
-    parser = argparse.ArgumentParser(prog="python -m videopanda.eval.commands", description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-v", "--verbose", action="store_true", help="show library logs and warnings")
-    register(parser.add_subparsers(dest="eval_command", metavar="EVAL_COMMAND", required=True), videoqa=True)
-    args = parser.parse_args(argv)
-    if not args.verbose:
-        _quiet()
-    func: Callable[[argparse.Namespace], int] = args.func
-    try:
-        return func(args)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    """`python -m videopanda.eval.commands [-v] SUB ...` is `videopanda [-v] eval SUB ...` (kept for torchrun -m)."""
+    from ..cli import main as cli_main
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    flags = argv[:1] if argv[:1] in (["-v"], ["--verbose"]) else []
+    return cli_main([*flags, "eval", *argv[len(flags):]])
 
 
 if __name__ == "__main__":

@@ -98,17 +98,10 @@ def _add_flags(parser: argparse.ArgumentParser, cls: type) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`videopanda serve|demo` without the rest of the CLI; bad settings print one `error:` line and exit 2."""
-    parser = argparse.ArgumentParser(prog="videopanda", description="Video-Panda: serving and web demo.")
-    register(parser.add_subparsers(dest="command", metavar="COMMAND", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    """`python -m videopanda.serve.commands serve|demo ...` is `videopanda serve|demo ...`."""
+    from ..cli import main as cli_main
+
+    return cli_main(argv)
 
 
 if __name__ == "__main__":
