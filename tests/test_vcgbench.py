@@ -86,7 +86,7 @@ def test_consistency_asks_both_wordings(tmp_path):
         ("generic", {"video_name": "v"}, "expected a JSON list"),
         ("generic", [{"video_name": "v", "Q": "q"}], r"entry 0 lacks \['A'\]"),
         ("consistency", [{"video_name": "v", "Q1": "q", "A": "a"}], r"lacks \['Q2'\].*Q1, Q2"),
-        ("generic", [3], "entry 0 lacks"),
+        ("generic", [3], "entry 0 is int, not an object"),
         ("spatial", [], "unknown benchmark file kind"),
     ],
 )

@@ -30,7 +30,7 @@ from typing import Any
 
 from .judges import Judge, Rubric
 from .sharding import sharded_videoqa
-from .videoqa import QAItem, read_jsonl
+from .videoqa import QAItem, load_json_list, read_jsonl
 
 __all__ = [
     "ASPECTS",
@@ -128,17 +128,12 @@ def read_vcg(path: str | os.PathLike, kind: str) -> list[VCGItem]:
     if kind not in KINDS:
         raise ValueError(f"unknown benchmark file kind {kind!r}; expected one of {', '.join(KINDS)}")
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a JSON list of objects, got {type(data).__name__}")
+    data = load_json_list(path)
     names = ("Q1", "Q2") if kind == "consistency" else ("Q",)
     seen: Counter[str] = Counter()
     items = []
     for i, entry in enumerate(data):
-        missing = [k for k in ("video_name", *names, "A") if not isinstance(entry, dict) or entry.get(k) is None]
+        missing = [k for k in ("video_name", *names, "A") if entry.get(k) is None]
         if missing:
             need = ", ".join(("video_name", *names, "A"))
             raise ValueError(f"{path}: entry {i} lacks {missing} (a {kind} item needs {need})")

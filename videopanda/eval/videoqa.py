@@ -79,7 +79,8 @@ class QAItem:
 
 
 # -- reading the question files ----------------------------------------------------------------------------------------
-def _load_json_list(path: Path) -> list[dict[str, Any]]:
+def load_json_list(path: Path) -> list[dict[str, Any]]:
+    """A JSON file holding a list of objects, or one clear ValueError."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
@@ -114,7 +115,7 @@ def read_qa(questions_path: str | os.PathLike, answers_path: str | os.PathLike) 
             not a string or integer, differs between the two files at the same index, or occurs twice.
     """
     q_path, a_path = Path(questions_path), Path(answers_path)
-    questions, answers = _load_json_list(q_path), _load_json_list(a_path)
+    questions, answers = load_json_list(q_path), load_json_list(a_path)
     if len(questions) != len(answers):
         raise ValueError(
             f"{q_path} holds {len(questions)} questions but {a_path} holds {len(answers)} answers; "
