@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Train the bundled default model on the lent H100 (run through the `device` tool; see bench/results/train_default.md).
-# The GGUF of SmolLM2 (98 MB) does not fit one transfer, so it arrives in two parts: an earlier call left
-# .devcache/smol.part1 and the wheels (gguf, transformers 5.23) there; this call carries .xfer/smol.part2.
+# Train the bundled default model on the lent H100 (run through the `device` tool; see docs/training.md).
+# The GGUF of SmolLM2 (98 MB) does not fit one transfer (64 MiB), so it arrives in two parts: an earlier call on the
+# same warm machine copied the second part to /var/tmp/vp/smol.part2; this call carries .xfer/smol.part1 and the
+# wheels (gguf, transformers 5.23). The two continuation runs (--resume, then the visual-only stage) are in
+# docs/training.md with their exact commands.
 set -euo pipefail
 STEPS=${STEPS:-1200}
 MINUTES=${MINUTES:-7}

@@ -13,6 +13,7 @@ import av
 import numpy as np
 import pytest
 from clips import available_encoder, make_audio_only, make_clip
+from judge_server import JudgeServer
 from PIL import Image
 
 
@@ -114,3 +115,21 @@ class ClipFolder:
 @pytest.fixture(scope="session")
 def cli_inputs(tmp_path_factory: pytest.TempPathFactory) -> ClipFolder:
     return ClipFolder(tmp_path_factory.mktemp("cli_clips"))
+
+
+# -- the loopback judge server of the judge and benchmark tests --------------------------------------------------------
+@pytest.fixture(scope="module")
+def server():
+    s = JudgeServer()
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def api(server, monkeypatch):
+    """The server, reset, with the environment cleared of real OpenAI settings."""
+    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "VIDEOPANDA_JUDGE_MODEL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    server.reset()
+    return server

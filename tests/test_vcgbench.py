@@ -1,6 +1,6 @@
 """The Video-ChatGPT benchmark: question files, consistency pairs (Q2 really asked and really shown to the judge),
 the five aspect scores against a real HTTP judge, and `eval vcgbench` end to end with a tiny model on synthetic
-clips, resumed without new generation or judge requests. The judge server is tests/test_judges.py's."""
+clips, resumed without new generation or judge requests. The judge server is tests/judge_server.py."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_judges import JudgeServer
 from transformers import AutoTokenizer
 
 from videopanda import VARIANTS, VideoPandaConfig, VideoPandaForCausalLM
@@ -25,22 +24,6 @@ pytest.importorskip("openai")
 TEXT = dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
             num_key_value_heads=2, vocab_size=49152, max_position_embeddings=8192)
 PAPER_ROW = "| Video-Panda, paper (GPT-3.5 judge) | 2.74 | 2.47 | 3.01 | 2.26 | 2.36 | 2.57 |"
-
-
-@pytest.fixture(scope="module")
-def server():
-    s = JudgeServer()
-    yield s
-    s.close()
-
-
-@pytest.fixture
-def api(server, monkeypatch):
-    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "VIDEOPANDA_JUDGE_MODEL"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    server.reset()
-    return server
 
 
 def write_json(path: Path, data) -> Path:

@@ -44,18 +44,16 @@ __all__ = [
     "world",
 ]
 
+from ..distributed import init_distributed
+
 logger = logging.getLogger(__name__)
 
 STRATEGIES = ("contiguous", "strided")
 
 
 def world() -> tuple[int, int]:
-    """(rank, world size); joins the torchrun process group (NCCL with CUDA, else gloo) when WORLD_SIZE > 1."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    if dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+    """(rank, world size) of this process under torchrun (1 process otherwise)."""
+    return init_distributed()
 
 
 def close() -> None:

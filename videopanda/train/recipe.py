@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from ..data.dataset import ConversationDataset, Sample, SkipCounter, Skipped, collate
 from ..data.synth_stream import SynthQAStream
+from ..distributed import init_distributed
 from ..modeling.videopanda import VideoPandaForCausalLM
 from ..processing import VideoPandaProcessor
 from ..weights import DEFAULT_MODEL, save_visual_weights
@@ -35,14 +36,6 @@ from .args import STAGES, TrainArgs
 from .lora import add_lora, lora_state_dict, merge_lora
 
 VISUAL_PREFIXES = ("video_tower.", "video_projector.")
-
-def _dist() -> tuple[int, int]:
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    if dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
 
 def setup_model(args: TrainArgs, device: torch.device) -> tuple[VideoPandaForCausalLM, VideoPandaProcessor]:
     model = VideoPandaForCausalLM.from_pretrained(args.model)
@@ -201,7 +194,7 @@ def make_dataset(args: TrainArgs, processor: VideoPandaProcessor) -> torch.utils
 
 
 def train(args: TrainArgs) -> dict[str, Any]:
-    rank, world = _dist()
+    rank, world = init_distributed()
     device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda":
         torch.cuda.set_device(device)
