@@ -21,8 +21,8 @@ from videopanda.inference import load
 
 
 @torch.inference_mode()
-def evaluate(model, processor, seed: int, n: int, batch_size: int) -> dict:
-    stream = SynthQAStream(processor, seed=seed, noise=0.0)
+def evaluate(model, processor, seed: int, n: int, batch_size: int, wide: bool = False) -> dict:
+    stream = SynthQAStream(processor, seed=seed, noise=0.0, wide=wide)
     per_family: dict[str, list[float]] = defaultdict(list)
     examples = []
     start = time.perf_counter()
@@ -41,7 +41,7 @@ def evaluate(model, processor, seed: int, n: int, batch_size: int) -> dict:
     qa = [s for fam, scores in per_family.items() if fam != "caption" for s in scores]
     return {"overall_accuracy_without_caption": sum(qa) / max(len(qa), 1),
             "per_family": {f: {"n": len(s), "score": sum(s) / len(s)} for f, s in sorted(per_family.items())},
-            "caption_metric": "token F1", "n": n, "seed": seed, "seconds": time.perf_counter() - start,
+            "caption_metric": "token F1", "n": n, "seed": seed, "wide": wide, "seconds": time.perf_counter() - start,
             "examples": examples}
 
 
@@ -52,12 +52,15 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=700)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--wide", action="store_true", help="the wide stream (synth:SEED:wide): varied clip length, "
+                        "frame rate, frame shape, object size, travel and outline")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     model, processor = load(args.model, device=args.device)
-    result = evaluate(model, processor, args.seed, args.n, args.batch_size)
-    result["command"] = "python bench/eval_synth_stream.py " + " ".join(f"--{k.replace('_', '-')} {v}"
-                                                                          for k, v in vars(args).items())
+    result = evaluate(model, processor, args.seed, args.n, args.batch_size, args.wide)
+    flags = [f"--{k.replace('_', '-')}" + ("" if isinstance(v, bool) else f" {v}")
+             for k, v in vars(args).items() if v is not False]
+    result["command"] = "python bench/eval_synth_stream.py " + " ".join(flags)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=2)
     print(json.dumps({k: v for k, v in result.items() if k != "examples"}, indent=2))

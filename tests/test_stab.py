@@ -169,3 +169,97 @@ def test_zero_inits_make_temporal_branches_identities():
     for layer in (stab.lmhra1.pos_embed[3], stab.dec.attn.out_proj, stab.dec.mlp.c_proj):
         assert not layer.weight.any() and not layer.bias.any()
     assert not stab.dpe.bias.any() and not stab.balance.any() and not stab.temporal_cls_token.any()
+
+
+# -- ablation switches (issue #3 item 7) -------------------------------------------------------------------------------
+ABLATIONS = {
+    "no_lste": (dict(use_lste=False), ("lmhra1", "dpe")),
+    "no_gstra": (dict(use_gstra=False), ("dec", "temporal_cls_token", "balance", "proj")),
+    "no_fsra": (dict(use_fsra=False), ("global_attention", "class_embedding", "balance", "proj")),
+    "avgpool": (dict(downsample="avgpool"), ("local_attention",)),
+    "no_gstra_no_fsra": (dict(use_gstra=False, use_fsra=False),
+                         ("dec", "temporal_cls_token", "global_attention", "class_embedding", "balance", "proj")),
+}
+CONFIG_NAMES = dict(use_lste="stab_use_lste", use_gstra="stab_use_gstra", use_fsra="stab_use_fsra",
+                    downsample="stab_downsample")
+
+
+@pytest.mark.parametrize("name", list(ABLATIONS))
+def test_ablation_removes_exactly_its_modules(name):
+    kw, removed = ABLATIONS[name]
+    full, ablated = STAB(32, 4), STAB(32, 4, **kw)
+    full_names = {n.split(".")[0] for n, _ in full.named_parameters()}
+    ablated_names = {n.split(".")[0] for n, _ in ablated.named_parameters()}
+    assert full_names - ablated_names == set(removed)
+    assert all(getattr(ablated, r) is None for r in removed)
+    gone = sum(p.numel() for n, p in full.named_parameters() if n.split(".")[0] in removed)
+    assert sum(p.numel() for p in ablated.parameters()) == sum(p.numel() for p in full.parameters()) - gone
+
+
+@pytest.mark.parametrize("T", [1, 3, 8])
+@pytest.mark.parametrize("name", list(ABLATIONS))
+def test_ablation_runs_and_keeps_the_token_layout(name, T):
+    stab = tiny_stab(**ABLATIONS[name][0]).train()
+    boxes = [(0, 0, 112, 112), (28, 0, 56, 112)]
+    px = box_input(2, T, 112, boxes, empty=1 if T > 1 else 0)
+    out = stab(px)
+    assert torch.isfinite(out.tokens).all()
+    assert out.tokens_per_frame.view(2, T).sum(1).tolist() == count_visual_tokens(px, 14, 2)
+    out.tokens.square().mean().backward()
+    used = [n for n, p in stab.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0]
+    if T > 1:  # every built parameter is used by a video (GSTRA is idle on images, as in the full model)
+        assert sorted(used) == sorted(n for n, _ in stab.named_parameters())
+
+
+def test_ablation_class_tokens():
+    """Which token sits in the CLS slot: FSRA's without GSTRA, GSTRA's without FSRA, the mean LSD token with neither."""
+    px = box_input(1, 4, 112, [(0, 0, 112, 112)])
+    with torch.no_grad():
+        no_gstra = tiny_stab(use_gstra=False)
+        out = no_gstra(px)
+        feats = no_gstra._temporal(no_gstra.patch_embedding(px[0, :, :3])[None])[0]
+        tokens = no_gstra.local_attention(feats.permute(0, 2, 3, 1))
+        assert torch.allclose(out.tokens[0], no_gstra.global_attention(no_gstra.class_embedding, tokens[:1])[0],
+                              atol=1e-5)
+        no_fsra = tiny_stab(use_fsra=False)
+        _, video_cls = no_fsra._temporal(no_fsra.patch_embedding(px[0, :, :3])[None])
+        cls = no_fsra(px).tokens.view(4, 21, 32)[:, 0]
+        assert torch.allclose(cls, video_cls, atol=1e-5)
+        neither = tiny_stab(use_gstra=False, use_fsra=False, downsample="avgpool")
+        frame = neither(px).tokens[:21]
+        rows = frame[1:].view(4, 5, 32)[:, :4]
+        assert torch.allclose(frame[0], rows.reshape(16, 32).mean(0), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", list(ABLATIONS))
+def test_ablated_model_agrees_with_the_processor_and_reloads(name, tmp_path):
+    from types import SimpleNamespace
+
+    from videopanda import VARIANTS, VideoPandaConfig, VideoPandaForCausalLM, VideoPandaProcessor
+
+    text = dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                num_attention_heads=4, num_key_value_heads=2, vocab_size=300, max_position_embeddings=4096)
+    switches = {CONFIG_NAMES[k]: v for k, v in ABLATIONS[name][0].items()}
+    config = VideoPandaConfig(text_config=text, **VARIANTS["videopanda-tiny"], **switches)
+    model = VideoPandaForCausalLM(config).eval()
+    processor = VideoPandaProcessor(SimpleNamespace(pad_token_id=0), config)
+    videos = [box_input(1, 8, 112, [(28, 0, 56, 112)], empty=2)[0], box_input(1, 1, 112, [(0, 0, 112, 112)])[0]]
+    with torch.no_grad():
+        _, per_video = model.encode_video_flat(videos)
+    assert per_video == [processor.count_tokens(v) for v in videos]
+    model.save_pretrained(tmp_path)
+    again = VideoPandaForCausalLM.from_pretrained(tmp_path)
+    assert all(getattr(again.config, k) == v for k, v in switches.items())
+    assert again.state_dict().keys() == model.state_dict().keys()
+
+
+def test_config_switches_default_to_the_full_stab():
+    from videopanda import VideoPandaConfig
+
+    config = VideoPandaConfig(text_config={"model_type": "llama"})
+    assert (config.stab_use_lste, config.stab_use_gstra, config.stab_use_fsra, config.stab_downsample) == (
+        True, True, True, "lsd")
+    with pytest.raises(ValueError, match="stab_downsample"):
+        VideoPandaConfig(text_config={"model_type": "llama"}, stab_downsample="maxpool")
+    with pytest.raises(ValueError, match="downsample"):
+        STAB(32, 4, downsample="maxpool")

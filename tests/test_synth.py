@@ -284,3 +284,56 @@ def test_write_video_rejects_bad_frames(tmp_path: Path) -> None:
         write_video(np.zeros((2, 32, 32, 3), np.float32), tmp_path / "x.mp4", fps=8)
     with pytest.raises(ValueError, match="even"):
         write_video(np.zeros((2, 33, 32, 3), np.uint8), tmp_path / "x.mp4", fps=8)
+
+
+def test_wide_scenes_keep_the_rules_and_vary_what_version_1_fixed() -> None:
+    scenes = _scenes(200, seed=3, wide=True)
+    sizes, travels, outlines = [], [], Counter()
+    for scene, questions in scenes:
+        t = scene.num_frames
+        outlines[scene.outline] += 1
+        for obj in scene.objects:
+            centres = obj.centres(t)
+            assert np.all(centres - obj.extent(scene.size) >= 0) and np.all(centres + obj.extent(scene.size) <= 1)
+            travels.append(obj.speed * (t - 1))
+            sizes.append(obj.size)
+        assert questions
+    assert min(travels) >= 0.15 - 1e-9 and max(travels) > 0.5 and min(sizes) < 0.06 and max(sizes) > 0.13
+    assert set(outlines) == {"dark", "light", "none"}
+    # the narrow default is version 1: same scenes as before the wide option existed
+    assert all(s.outline == "dark" for s, _ in _scenes(20))
+
+
+def test_wide_direction_answers_match_rendered_motion() -> None:
+    checked = 0
+    for scene, questions in _scenes(60, seed=5, wide=True, size=96):
+        frames = render_scene(scene)
+        for q in (q for q in questions if q["family"] == "direction"):
+            obj = next(o for o in scene.objects if o.name in q["question"])
+            if sum(o.colour == obj.colour for o in scene.objects) > 1:
+                continue
+            mask = _colour_mask(frames, obj.colour)
+            visible = np.flatnonzero(mask.any(axis=(1, 2)))
+            dx, dy = _centroid(mask[visible[-1]]) - _centroid(mask[visible[0]])
+            observed = ("right" if dx > 0 else "left") if abs(dx) > abs(dy) else ("down" if dy > 0 else "up")
+            assert observed == q["answer"]
+            checked += 1
+    assert checked >= 20
+
+
+def test_wide_stream_varies_frame_shape_and_is_deterministic() -> None:
+    from videopanda.configuration import VARIANTS, VideoPandaConfig
+    from videopanda.data.synth_stream import SynthQAStream
+
+    class Processor:  # `example` needs only the frame count of the model
+        config = VideoPandaConfig(text_config={"model_type": "llama"}, **VARIANTS["videopanda-tiny"])
+
+    wide = SynthQAStream(Processor(), seed=1, wide=True)
+    shapes = {wide.example(i)[0].shape for i in range(30)}
+    assert {s[0] for s in shapes} == {8} and len(shapes) >= 5
+    assert any(h < w for _, h, w, _ in shapes) and any(h > w for _, h, w, _ in shapes)
+    frames, question = wide.example(7)
+    again, same = wide.example(7)
+    assert np.array_equal(frames, again) and question == same
+    narrow = SynthQAStream(Processor(), seed=1)
+    assert {narrow.example(i)[0].shape for i in range(5)} == {(8, 128, 128, 3)}

@@ -12,11 +12,13 @@ import importlib.util
 import json
 import math
 import os
+import shutil
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -24,6 +26,7 @@ from safetensors.torch import load_file
 import videopanda.train.recipe as recipe
 from videopanda import VARIANTS, VideoPandaConfig, VideoPandaForCausalLM, VideoPandaProcessor
 from videopanda.cli import main
+from videopanda.data.sampler import LengthGroupedOrder, LengthGroupedStepBatches, estimate_lengths, visual_tokens
 from videopanda.data.synth import generate
 from videopanda.train.args import TrainArgs
 
@@ -108,6 +111,59 @@ def test_ranks_and_micro_batches_partition_the_global_batch(shuffle):
         # a resumed sampler yields exactly the tail of the uninterrupted one
         tail = list(recipe.StepBatches(n, args, 0, world, 2, 5, shuffle=shuffle))
         assert tail == ranks[0][2 * accum:]
+
+
+@pytest.mark.parametrize("world,batch,accum,group", [(1, 4, 1, 1), (2, 2, 1, 1), (4, 1, 1, 1), (2, 1, 2, 3),
+                                                      (2, 2, 2, 2), (3, 1, 1, 4)])
+def test_length_grouped_batches(world, batch, accum, group):
+    """--group-by-length: megabatches sorted longest first, every index once per epoch, and the ranks of a step
+    together get exactly the global batch one process gets (same samples, same stream positions), resumable."""
+    n, seed, steps = 23, 7, 7  # n is no multiple of any megabatch: short last megabatches, steps across epochs
+    lengths = np.random.default_rng(0).integers(10, 500, n)
+    micro, mega = batch * world, group * batch * world
+    order = LengthGroupedOrder(lengths, seed, mega)
+    for epoch in (0, 1, 2):
+        stream = order.epoch(epoch)
+        assert sorted(stream.tolist()) == list(range(n))
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
+        for s in range(0, n, mega):
+            assert sorted(stream[s: s + mega].tolist()) == sorted(perm[s: s + mega])  # a reordered megabatch
+            assert (np.diff(lengths[stream[s: s + mega]]) <= 0).all()  # longest first
+
+    def sampler(rank: int, n_ranks: int, per_rank: int, start: int = 0) -> list:
+        return list(LengthGroupedStepBatches(lengths, batch_size=per_rank, grad_accum=accum, seed=seed,
+                                             group_size=group, rank=rank, world=n_ranks, start=start, stop=steps,
+                                             positions=True))
+
+    ranks = [sampler(r, world, batch) for r in range(world)]
+    single = sampler(0, 1, micro)  # one process, the same global micro-batch
+    assert all(len(b) == batch for r in ranks for b in r)
+    for k in range(steps * accum):
+        assert sorted(p for r in ranks for p in r[k]) == sorted(single[k]), k
+    positions = sorted(p for _, p in (x for r in ranks for b in r for x in b))
+    assert positions == list(range(steps * accum * micro))  # each stream slot once
+    by_position = {p: i for _, b in enumerate(single) for i, p in b}
+    assert all(by_position[p] == order.slice(p, 1)[0] for p in range(0, len(positions), 5))
+    for r in range(world):  # a resumed sampler yields exactly the tail of the uninterrupted one
+        assert sampler(r, world, batch, start=3) == ranks[r][3 * accum:]
+    plain = list(LengthGroupedStepBatches(lengths, batch_size=batch, grad_accum=accum, seed=seed, group_size=group,
+                                          rank=0, world=world, start=0, stop=steps))
+    assert plain == [[i for i, _ in b] for b in ranks[0]]
+
+
+def test_length_estimate_counts_words_and_visual_tokens(setup):
+    """The estimate reads only the JSON; for square clips its visual part is the processor's exact count."""
+    processor = VideoPandaProcessor.from_pretrained(setup.model)
+    items = json.loads(setup.data.read_text())
+    lengths = estimate_lengths(items, processor.config)
+    words = [sum(len(t["value"].split()) for t in item["conversations"]) for item in items]
+    sample = recipe.ConversationDataset(setup.data, processor)[0]
+    exact = processor.count_tokens(sample.pixel_values)
+    assert exact == visual_tokens(processor.config, processor.config.num_frames)
+    assert lengths.tolist() == [w + exact for w in words]
+    text_only = {"conversations": [{"from": "human", "value": "a b c"}, {"from": "gpt", "value": "d"}]}
+    assert estimate_lengths([text_only, {**text_only, "image": "x.jpg"}], processor.config).tolist() == [
+        4, 4 + visual_tokens(processor.config, 1)]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -258,6 +314,88 @@ def test_two_processes_match_one_process(setup, tmp_path):
     summary = json.loads((two / "summary.json").read_text())
     assert summary["seen"] == 6  # the whole global batch is counted, not only rank 0's share
     VideoPandaForCausalLM.from_pretrained(two / "final")
+
+
+def _torchrun(argv: list[str], nproc: int = 2) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+                           "--master_port", str(_free_port()), "-m", "videopanda", *argv],
+                          capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+
+
+def test_fsdp_two_processes_match_one_process_and_checkpoints_interchange(setup, tmp_path):
+    """torchrun --fsdp (FSDP2 on gloo) with 2 x batch 1 = 1 process x batch 2, with gradient accumulation and
+    length-grouped batches: the same loss curve, the same weights, and checkpoints in one format: an FSDP checkpoint
+    resumes in one process and a one-process checkpoint resumes under FSDP, both continuing the same curve.
+
+    As in the DDP test, dropout is off and the STAB does not learn (its BatchNorm sees each process's micro-batch).
+    The gradient norms are 2.6 to 5.4 here, so clipping at 1 acts: equal curves mean it clips by the global norm.
+    """
+    pytest.importorskip("torch.distributed.fsdp", reason="FSDP2 needs torch >= 2.6").fully_shard
+    common = ["--lr", "1e-3", "--visual-lr", "0", "--warmup-ratio", "0", "--grad-accum", "2", "--group-by-length",
+              "--length-group-size", "2", "--no-tensorboard"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main(setup.args(one, *common, steps=3, model=setup.model_nodrop)) == 0
+    argv = setup.args(two, *common, "--batch-size", "1", "--fsdp", steps=3, model=setup.model_nodrop)[1:]
+    result = _torchrun(argv)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert [r["step"] for r in read_log(two)] == [1, 2, 3]
+    torch.testing.assert_close(losses(two), losses(one), rtol=1e-4, atol=0)
+    assert losses(one)[2] < losses(one)[0]
+
+    # the final folder loads in one process and holds what the run trained: the same weights as one process
+    final_one, final_two = weights(one / "final"), weights(two / "final")
+    assert final_one.keys() == final_two.keys()
+    for key in final_one:
+        if "running_" not in key and "num_batches" not in key:  # BatchNorm statistics are per process
+            torch.testing.assert_close(final_two[key], final_one[key], rtol=1e-4, atol=1e-6, msg=key)
+    reloaded = VideoPandaForCausalLM.from_pretrained(two / "final").state_dict()
+    assert all(torch.equal(reloaded[k], final_two[k]) for k in final_two)
+
+    # checkpoints: the same format (weights by name, optimiser state by index) and nearly the same values
+    a, b = (torch.load(d / "checkpoint-000002" / "state.pt", map_location="cpu", weights_only=False)
+            for d in (one, two))
+    assert a["model"].keys() == b["model"].keys() and a["step"] == b["step"] == 2 and a["seen"] == b["seen"]
+    assert a["optimizer"]["param_groups"] == b["optimizer"]["param_groups"]
+    assert a["optimizer"]["state"].keys() == b["optimizer"]["state"].keys()
+    names = [n for n, _ in VideoPandaForCausalLM.from_pretrained(setup.model_nodrop).named_parameters()]
+    slots = [n for n in names if n.startswith(VISUAL)] + [n for n in names if not n.startswith(VISUAL)]
+    for i, slot in a["optimizer"]["state"].items():
+        if slots[i].startswith("video_tower."):  # gradients behind the per-process BatchNorm differ
+            continue
+        for name, value in slot.items():
+            torch.testing.assert_close(b["optimizer"]["state"][i][name], value, rtol=1e-3, atol=1e-7, msg=slots[i])
+
+    # FSDP checkpoint -> one process, and one-process checkpoint -> FSDP: step 3 continues the same curve
+    for source, target, launch in ((two, tmp_path / "two_to_one", "main"), (one, tmp_path / "one_to_two", "fsdp")):
+        target.mkdir()
+        shutil.copytree(source / "checkpoint-000002", target / "checkpoint-000002")
+        if launch == "main":
+            assert main(setup.args(target, *common, "--resume", steps=3, model=setup.model_nodrop)) == 0
+        else:
+            result = _torchrun(setup.args(target, *common, "--batch-size", "1", "--fsdp", "--resume", steps=3,
+                                          model=setup.model_nodrop)[1:])
+            assert result.returncode == 0, result.stderr[-4000:]
+        assert [r["step"] for r in read_log(target)] == [3]
+        torch.testing.assert_close(losses(target), losses(one)[2:], rtol=1e-4, atol=0)
+
+
+def test_tensorboard_event_file(setup, tmp_path):
+    """Rank 0 writes the log records as TensorBoard scalars in OUT/tensorboard (on by default)."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "tb"
+    assert main(setup.args(out, *FAST_LR, steps=2)) == 0
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/lr", "train/tokens_per_s", "train/skipped"} <= tags
+    logged = [(s.step, s.value) for s in events.Scalars("train/loss")]
+    assert logged == [(r["step"], pytest.approx(r["loss"], rel=1e-6)) for r in read_log(out)]
+    off = tmp_path / "off"
+    assert main(setup.args(off, *FAST_LR, "--no-tensorboard", steps=1)) == 0
+    assert not (off / "tensorboard").exists()
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -44,6 +44,13 @@ class VideoPandaConfig(PreTrainedConfig):
             inside the LLM vocabulary: placeholder positions are overwritten before the LLM sees them.
         prompt_format: "videopanda_v1" for the official checkpoints (the reference's eval template), "chat_template"
             to use the LLM tokenizer's own chat template.
+        stab_use_lste, stab_use_gstra, stab_use_fsra, stab_downsample: ablation switches of the STAB's components
+            (docs/model.md "Ablation switches"). The defaults build the full STAB; a switched-off
+            component is not built (so such models do not load the official weights strictly). LSTE = local
+            spatio-temporal encoding (`lmhra1` + `dpe`); GSTRA = global spatio-temporal relationship aggregator (the
+            per-chunk temporal class token, `dec`); FSRA = frame-wise spatial relationship aggregator (the per-frame
+            class embedding attention, `global_attention`); `stab_downsample` "lsd" (learned local attention
+            downsampling) or "avgpool" (2x2 average pooling instead). The visual token count never changes.
     """
 
     model_type = "videopanda"
@@ -66,6 +73,10 @@ class VideoPandaConfig(PreTrainedConfig):
     video_token_index: int = -200
     prompt_format: str = "chat_template"
     tie_word_embeddings: bool = False
+    stab_use_lste: bool = True
+    stab_use_gstra: bool = True
+    stab_use_fsra: bool = True
+    stab_downsample: str = "lsd"
 
     def __post_init__(self, **kwargs: Any) -> None:
         super().__post_init__(**kwargs)
@@ -88,6 +99,9 @@ class VideoPandaConfig(PreTrainedConfig):
         if self.teacher_image_size % self.patch_size:
             raise ValueError(f"VideoPandaConfig.teacher_image_size ({self.teacher_image_size}) must be a multiple of "
                              f"patch_size ({self.patch_size})")
+        if self.stab_downsample not in ("lsd", "avgpool"):
+            raise ValueError(f"VideoPandaConfig.stab_downsample must be 'lsd' or 'avgpool', "
+                             f"got {self.stab_downsample!r}")
         if self.prompt_format not in ("chat_template", "videopanda_v1"):
             raise ValueError(f"VideoPandaConfig.prompt_format must be 'chat_template' or 'videopanda_v1', "
                              f"got {self.prompt_format!r}")

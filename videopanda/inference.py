@@ -1,9 +1,21 @@
-"""One place that turns (model name, video, question) into an answer; the CLI, server and evaluation call it."""
+"""One place that turns (model name, video, question) into an answer; the CLI, server and evaluation call it.
+
+Speed options (docs/speed.md has the measurements behind the defaults):
+  * `decoding`: "dynamic" (transformers' `generate` with its default growing KV cache), "static" (a preallocated KV
+    cache kept between calls, eager), "compiled" (static cache + a decode step compiled and captured as a CUDA graph;
+    the first call pays the compilation, later calls are fast) or "auto" (see `DEFAULT_DECODING`). Single greedy
+    requests in "static"/"compiled" take a lean loop (`greedy_generate`); batches and sampling take transformers'
+    `generate` with the same cache and compilation settings. Greedy tokens are the same whichever is chosen.
+  * `load(..., quantization="8bit" | "4bit")`: bitsandbytes quantization of the LLM's Linear layers only; the STAB,
+    the projector and the LM head stay in `dtype` (bfloat16 on GPU).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +29,24 @@ from .weights import DEFAULT_MODEL, CheckpointError, load_default_model
 
 class ContextLengthError(ValueError):
     """The prompt plus the answer would not fit the LLM's context window."""
+
+
+class QuantizationError(ValueError):
+    """Quantized loading was asked for but cannot be done here (no bitsandbytes, no supported device, ...)."""
+
+
+DECODING_MODES = ("auto", "dynamic", "static", "compiled")
+# What "auto" means per device type (measured: bench/results/, docs/speed.md). CPU: transformers' dynamic cache (a
+# static cache gains nothing there without CUDA graphs, and compiling costs minutes). CUDA: the static-cache lean loop
+# without compilation: 7B-shaped, 64 tokens after a 2.2k-token video prompt on an H100, 1.97 s vs 2.26 s for the
+# dynamic cache, and no warm-up. "compiled" (0.50 s) is opt-in (--compile): its one-time compilation (~40 s for the
+# 7B) only pays off over many answers (chat, serve) or long ones.
+DEFAULT_DECODING = {"cpu": "dynamic", "cuda": "static"}
+QUANTIZATION_MODES = ("8bit", "4bit")
+# Modules kept out of quantization (transformers' `llm_int8_skip_modules`, matched on module-name boundaries): the
+# visual side is small and precision-sensitive, and the LM head is conventionally kept in 16 bits.
+QUANTIZATION_SKIP_MODULES = ["video_tower", "video_projector", "language_model.lm_head"]
+CACHE_BUCKET = 256  # static caches are sized up to a multiple of this, so prompts of similar length share one
 
 
 @dataclass
@@ -46,29 +76,288 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return names[dtype]
 
 
-def load(model: str | Path = DEFAULT_MODEL, *, device: str = "auto",
-         dtype: str = "auto") -> tuple[VideoPandaForCausalLM, VideoPandaProcessor]:
-    """Model (eval mode, on `device`) and its processor. The model gets `visual_weights_trained` (bool)."""
+def check_quantization(quantization: str | None, device: torch.device) -> None:
+    """Raise a one-line QuantizationError unless `quantization` (None, "8bit" or "4bit") can run on `device`."""
+    if quantization is None:
+        return
+    if quantization not in QUANTIZATION_MODES:
+        raise QuantizationError(f"--load-in must be 8bit or 4bit, got {quantization!r}")
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise QuantizationError(f"--load-in {quantization} needs bitsandbytes: pip install 'videopanda[quant]' "
+                                "(or pip install bitsandbytes)")
+    if device.type == "cuda":
+        return
+    if device.type == "cpu":
+        from importlib.metadata import version
+
+        found = version("bitsandbytes")
+        if tuple(int(x) for x in found.split(".")[:2] if x.isdigit()) >= (0, 46):
+            return  # CPU kernels since 0.46: saves memory, but slower than bfloat16
+        raise QuantizationError(f"--load-in {quantization} on CPU needs bitsandbytes >= 0.46 (found {found}); "
+                                "pip install -U bitsandbytes, or use a CUDA GPU")
+    raise QuantizationError(f"--load-in {quantization} on {device.type}: bitsandbytes is supported here on CUDA GPUs "
+                            "and CPUs only; use --device cuda or --device cpu")
+
+
+def quantization_config(quantization: str, compute_dtype: torch.dtype = torch.bfloat16) -> Any:
+    """transformers `BitsAndBytesConfig` for the LLM only (`QUANTIZATION_SKIP_MODULES` stay in 16 bits).
+
+    "4bit" is NF4 with double quantization and `compute_dtype` matmuls (QLoRA's recipe); "8bit" is LLM.int8() with
+    the default outlier threshold 6.0.
+    """
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "4bit":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                  bnb_4bit_compute_dtype=compute_dtype,
+                                  llm_int8_skip_modules=list(QUANTIZATION_SKIP_MODULES))
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=list(QUANTIZATION_SKIP_MODULES))
+    raise QuantizationError(f"quantization must be None, '8bit' or '4bit'; got {quantization!r}")
+
+
+def load(model: str | Path = DEFAULT_MODEL, *, device: str = "auto", dtype: str = "auto",
+         quantization: str | None = None) -> tuple[VideoPandaForCausalLM, VideoPandaProcessor]:
+    """Model (eval mode, on `device`) and its processor. The model gets `visual_weights_trained` (bool).
+
+    Args:
+        model: "videopanda-default" or a checkpoint folder (ours or an official Video-Panda one).
+        device, dtype: see `resolve_device` / `resolve_dtype`.
+        quantization: None, "8bit" or "4bit": bitsandbytes quantization of the LLM's Linear layers while loading
+            (checkpoint folders only; the default model's LLM has 135M parameters and needs none).
+    """
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
+    if quantization is not None and str(model) == DEFAULT_MODEL:
+        raise QuantizationError("--load-in is for checkpoint folders such as Video-Panda-7B; the default model's LLM "
+                                "is small (135M parameters): use --dtype bfloat16 to halve its memory instead")
+    check_quantization(quantization, dev)
     if str(model) == DEFAULT_MODEL:
         net, trained = load_default_model(dt)
+        net = net.to(dev)
     else:
         path = Path(model)
         if not (path / "config.json").is_file():
             raise CheckpointError(f"{model}: not a model folder (no config.json); pass a checkpoint folder or "
                                   f"'{DEFAULT_MODEL}'")
-        net, trained = VideoPandaForCausalLM.from_pretrained(path, dtype=dt), True
+        if quantization is None:
+            net = VideoPandaForCausalLM.from_pretrained(path, dtype=dt).to(dev)
+        else:  # a quantized model is placed while loading; it cannot be moved afterwards
+            net = VideoPandaForCausalLM.from_pretrained(path, dtype=dt, device_map={"": dev},
+                                                        quantization_config=quantization_config(quantization, dt))
+        trained = True
     net.visual_weights_trained = trained
-    return net.to(dev).eval(), VideoPandaProcessor.from_pretrained(model)
+    net.eval()
+    if hasattr(net, "optimize_for_inference"):  # the fused STAB: same function, fewer and larger kernels. Not
+        net.optimize_for_inference()  # compiled: for one video that gains nothing on an H100 (2.65 vs 2.68 ms)
+    return net, VideoPandaProcessor.from_pretrained(model)
+
+
+def resolve_decoding(decoding: str, device: torch.device) -> str:
+    """"auto" -> the device's default (`DEFAULT_DECODING`); other modes are checked and returned."""
+    if decoding not in DECODING_MODES:
+        raise ValueError(f"decoding must be one of {', '.join(DECODING_MODES)}; got {decoding!r}")
+    if decoding == "auto":
+        return DEFAULT_DECODING.get(device.type, "dynamic")
+    return decoding
+
+
+def _bucket(length: int) -> int:
+    return -(-length // CACHE_BUCKET) * CACHE_BUCKET
+
+
+def _reusable_static_cache(model: torch.nn.Module, batch_size: int, max_length: int) -> Any:
+    """A StaticCache kept on the model and reset for each call, so its tensors keep their addresses: the compiled,
+    CUDA-graph decode step is then captured once and replayed by every later call of the same batch size and
+    bucket. A call that needs more room or another batch size replaces it."""
+    from transformers import StaticCache
+
+    length = _bucket(max_length)
+    held = getattr(model, "_videopanda_static_cache", None)
+    if held is not None and held[0] == batch_size and held[1] >= length:
+        with torch.inference_mode():  # its tensors were made under inference mode (generate, answer)
+            held[2].reset()
+        return held[2]
+    model._videopanda_static_cache = None  # free the old one before allocating the new one
+    cache = StaticCache(config=model.config.get_text_config(decoder=True), max_cache_len=length)
+    model._videopanda_static_cache = (batch_size, length, cache)
+    return cache
+
+
+def _cache_lock(model: torch.nn.Module) -> threading.Lock:
+    return model.__dict__.setdefault("_videopanda_cache_lock", threading.Lock())
+
+
+@contextlib.contextmanager
+def decoding_options(model: torch.nn.Module, decoding: str = "auto", max_length: int | None = None,
+                     batch_size: int = 1) -> Iterator[dict[str, Any]]:
+    """`model.generate` keyword arguments for a decoding mode, as a context manager (transformers' own loop: used
+    for batches and sampling; single greedy requests go through `generate`'s faster loop).
+
+    For "static" and "compiled", `max_length` (prompt + new tokens) and `batch_size` size a static KV cache kept on
+    the model between calls (rounded up to `CACHE_BUCKET` tokens); while one call uses it, a concurrent call gets a
+    fresh one. "compiled" lets transformers compile the decode step with CUDA graphs. Greedy outputs are the same in
+    every mode.
+    """
+    mode = resolve_decoding(decoding, model.device)
+    if mode == "dynamic":
+        yield {}
+        return
+    kwargs: dict[str, Any] = {}
+    if mode == "static":
+        kwargs["disable_compile"] = True
+    else:
+        from transformers import CompileConfig
+
+        config = CompileConfig(fullgraph=True, mode="reduce-overhead")
+        if model.device.type != "cuda":  # transformers compiles on CUDA only unless told otherwise
+            config._compile_all_devices = True
+        kwargs["compile_config"] = config
+    lock = _cache_lock(model)
+    if max_length is None or not lock.acquire(blocking=False):
+        yield {**kwargs, "cache_implementation": "static"}
+        return
+    try:
+        yield {**kwargs, "past_key_values": _reusable_static_cache(model, batch_size, max_length)}
+    finally:
+        lock.release()
+
+
+# -- a lean greedy loop for single requests ----------------------------------------------------------------------------
+def _greedy_step(lm: torch.nn.Module, token: torch.Tensor, position: torch.Tensor, cache: Any) -> torch.Tensor:
+    """One decode step of the wrapped LLM: [1, 1] token at [1, 1] position -> [1, V] next-token logits in the model's
+    dtype (the argmax is taken outside, on float32 copies, as transformers does, so compiled and eager agree)."""
+    out = lm(input_ids=token, position_ids=position, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    return out.logits[:, -1]
+
+
+_COMPILED_STEP: dict[str, Any] = {}
+
+
+def _compiled_step(device: torch.device) -> Callable[..., torch.Tensor]:
+    """`_greedy_step` compiled once per process: captured as a CUDA graph on a GPU (mode "reduce-overhead")."""
+    key = device.type
+    if key not in _COMPILED_STEP:
+        mode = "reduce-overhead" if device.type == "cuda" else None
+        _COMPILED_STEP[key] = torch.compile(_greedy_step, mode=mode, fullgraph=True)
+    return _COMPILED_STEP[key]
+
+
+def _eos_ids(model: torch.nn.Module) -> set[int]:
+    eos = getattr(model.generation_config, "eos_token_id", None)
+    return set() if eos is None else {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])}
+
+
+@torch.inference_mode()
+def greedy_generate(model: VideoPandaForCausalLM, input_ids: torch.Tensor, pixel_values: Any, max_new_tokens: int,
+                    *, compiled: bool, min_new_tokens: int = 0, streamer: Any = None) -> torch.Tensor:
+    """Greedy answer to one request ([1, N] ids without padding) with a static KV cache: the prefill (STAB + LLM)
+    runs eagerly, then each new token costs one call of `_greedy_step`, a CUDA-graph replay when `compiled`.
+
+    Compared with transformers' `generate` this loop skips the per-step logits processors, mask building and
+    bookkeeping, which cost milliseconds per token outside the graph, and it keeps the GPU one step ahead of the
+    host: step i+1 is launched before token i is read back (one wasted step after the EOS token). It stops at an
+    EOS token (after `min_new_tokens`) or after `max_new_tokens`, and returns [1, N + new] like `generate`. The
+    caller holds the model's cache lock.
+    """
+    if input_ids.shape[0] != 1:
+        raise ValueError(f"greedy_generate answers one request at a time, got a batch of {input_ids.shape[0]}")
+    n, device = input_ids.shape[1], input_ids.device
+    cache = _reusable_static_cache(model, 1, n + max_new_tokens)
+    if streamer is not None:
+        streamer.put(input_ids.cpu())
+    logits = model(input_ids=input_ids, pixel_values=pixel_values, past_key_values=cache, use_cache=True,
+                   logits_to_keep=1).logits[:, -1].float()
+    eos, new = _eos_ids(model), []
+    bias = torch.zeros(logits.shape[-1], device=device)
+    if min_new_tokens > 0 and eos:  # as transformers' MinNewTokensLengthLogitsProcessor
+        bias[[e for e in eos if e < bias.numel()]] = float("-inf")
+    step = _compiled_step(device) if compiled else _greedy_step
+    graphs = compiled and device.type == "cuda"
+    host = _TokenReadback(max_new_tokens, device)
+    token = (logits + bias).argmax(-1, keepdim=True)
+    host.push(0, token)
+    position = torch.full((1, 1), n, dtype=torch.long, device=device)
+    for i in range(max_new_tokens):
+        if i + 1 < max_new_tokens:  # launch token i+1 before reading token i back
+            if i + 1 == min_new_tokens:
+                bias.zero_()
+            if graphs:
+                torch.compiler.cudagraph_mark_step_begin()
+            logits = step(model.language_model, token, position, cache)
+            token = (logits.float() + bias).argmax(-1, keepdim=True)  # queued before the graph's next replay
+            position.add_(1)
+            host.push(i + 1, token)
+        value = host.read(i)
+        new.append(value)
+        if streamer is not None:
+            streamer.put(torch.tensor([value]))
+        if value in eos and i + 1 >= min_new_tokens:
+            break
+    if streamer is not None:
+        streamer.end()
+    return torch.cat([input_ids, torch.tensor([new], dtype=input_ids.dtype, device=device)], 1)
+
+
+class _TokenReadback:
+    """Copies each new token to the host without stopping the GPU: on CUDA, a non-blocking copy into pinned
+    memory and an event per token; `read(i)` waits for token i only, not for the steps queued after it."""
+
+    def __init__(self, size: int, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.host = torch.empty(size, dtype=torch.long, pin_memory=self.cuda)
+        self.events: list[Any] = [None] * size
+
+    def push(self, i: int, token: torch.Tensor) -> None:
+        self.host[i : i + 1].copy_(token.view(1), non_blocking=self.cuda)
+        if self.cuda:
+            self.events[i] = torch.cuda.Event()
+            self.events[i].record()
+
+    def read(self, i: int) -> int:
+        if self.cuda:
+            self.events[i].synchronize()
+        return int(self.host[i])
+
+
+def generate(model: VideoPandaForCausalLM, inputs: dict[str, Any], *, max_new_tokens: int, decoding: str = "auto",
+             temperature: float = 0.0, min_new_tokens: int = 0, streamer: Any = None,
+             pad_token_id: int | None = None) -> torch.Tensor:
+    """Token ids ([B, N + new]) for model inputs already on the model's device, in a decoding mode.
+
+    A single greedy request in "static" or "compiled" mode takes `greedy_generate`'s lean loop (the static cache,
+    and for "compiled" the CUDA-graph step); batches, sampling and "dynamic" take transformers' `generate` (with the
+    mode's cache and compilation). Greedy tokens are the same whichever path runs.
+    """
+    mode = resolve_decoding(decoding, model.device)
+    ids = inputs["input_ids"]
+    mask = inputs.get("attention_mask")
+    single = ids.shape[0] == 1 and (mask is None or bool(mask.all()))
+    if mode != "dynamic" and single and temperature <= 0:
+        lock = _cache_lock(model)
+        if lock.acquire(blocking=False):
+            try:
+                return greedy_generate(model, ids, inputs.get("pixel_values"), max_new_tokens,
+                                       compiled=mode == "compiled", min_new_tokens=min_new_tokens, streamer=streamer)
+            finally:
+                lock.release()
+    sampling = dict(do_sample=True, temperature=temperature) if temperature > 0 else dict(do_sample=False)
+    extra = {"min_new_tokens": min_new_tokens} if min_new_tokens else {}
+    if pad_token_id is not None:
+        extra["pad_token_id"] = pad_token_id
+    with decoding_options(model, mode, ids.shape[1] + max_new_tokens, ids.shape[0]) as speed:
+        return model.generate(**inputs, max_new_tokens=max_new_tokens, streamer=streamer, **sampling, **extra,
+                              **speed)
 
 
 @torch.inference_mode()
 def answer(model: VideoPandaForCausalLM, processor: VideoPandaProcessor, frames: Any, question: str,
            history: Sequence[tuple[str, str]] = (), *, image: bool = False, max_new_tokens: int = 128,
-           temperature: float = 0.0, streamer: Any = None) -> Answer:
+           temperature: float = 0.0, streamer: Any = None, decoding: str = "auto") -> Answer:
     """Answer `question` about `frames` (a video, or an image with image=True) after earlier (question, answer)
-    turns. Greedy unless temperature > 0."""
+    turns. Greedy unless temperature > 0. `decoding`: "auto", "dynamic", "static" or "compiled" (module docstring)."""
     start = time.perf_counter()
     prompt = processor.build_prompt(question, history)
     inputs = processor(images=[frames], text=prompt) if image else processor(videos=[frames], text=prompt)
@@ -80,8 +369,8 @@ def answer(model: VideoPandaForCausalLM, processor: VideoPandaProcessor, frames:
                                  "question or the history, or use fewer frames or --max-new-tokens")
     inputs = inputs.to(model.device)
     inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
-    sampling = dict(do_sample=True, temperature=temperature) if temperature > 0 else dict(do_sample=False)
-    out = model.generate(**inputs, max_new_tokens=max_new_tokens, streamer=streamer, **sampling)
+    out = generate(model, dict(inputs), max_new_tokens=max_new_tokens, decoding=decoding, temperature=temperature,
+                   streamer=streamer)
     new = out[0, n_prompt:]
     visual = int((inputs["input_ids"] == model.config.video_token_index).sum())
     return Answer(processor.decode(new), n_prompt, visual, int(new.numel()), time.perf_counter() - start)

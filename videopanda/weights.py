@@ -45,8 +45,8 @@ OFFICIAL_SKIPPED_KEYS: dict[str, str] = {
     r"^model\.video_tower\.lmhra2\.": "deprecated lmhra2 (built by the reference, never called)",
     r"^model\.vision_tower\.": "alias of model.video_tower (the same tensors)",
     r"^model\.mm_projector\.": "alias of model.video_projector (the same tensors)",
-    r"^model\.video_teacher\.": "training-only LanguageBind teacher",
-    r"^model\.video_tower_compressor\.": "training-only distillation compressor",
+    r"^model\.video_teacher\.": "training-only LanguageBind teacher (see load_official_teacher)",
+    r"^model\.video_tower_compressor\.": "training-only distillation compressor (see load_official_compressor)",
     r"^model\.(image_teacher|vision_tower_compressor)\.": "training-only image distillation modules",
     r"\.rotary_emb\.inv_freq$": "rotary buffer (recomputed)",
 }
@@ -220,6 +220,74 @@ def load_official(cls, path: str | Path, **kwargs: Any):
                               f"unexpected {unexpected[:5]}, mismatched {mismatched[:5]}")
     model.loading_report = {"kept": len(kept), "skipped": {why: len(k) for why, k in skipped.items()}}
     return model
+
+
+def has_weights(folder: str | Path) -> bool:
+    folder = Path(folder)
+    names = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
+    return any((folder / name).is_file() for name in names)
+
+
+def load_prefixed_tensors(folder: str | Path, prefix: str) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint folder whose names start with `prefix`, prefix removed; only the shards that
+    hold some are read (safetensors or .bin, sharded or not)."""
+    folder = Path(folder)
+    files: dict[str, list[str]] = {}
+    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        if (folder / index).is_file():
+            for key, shard in json.loads((folder / index).read_text())["weight_map"].items():
+                if key.startswith(prefix):
+                    files.setdefault(shard, []).append(key)
+            break
+    else:
+        single = next((n for n in ("model.safetensors", "pytorch_model.bin") if (folder / n).is_file()), None)
+        if single is None:
+            raise CheckpointError(f"{folder}: no model.safetensors, pytorch_model.bin or shard index found")
+        files[single] = []  # filtered after reading
+    out: dict[str, torch.Tensor] = {}
+    for name in files:
+        if name.endswith(".safetensors"):
+            from safetensors import safe_open
+
+            with safe_open(str(folder / name), "pt") as f:
+                out.update({k: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)})
+        else:
+            state = torch.load(folder / name, map_location="cpu", weights_only=True, mmap=True)
+            out.update({k: v for k, v in state.items() if k.startswith(prefix)})
+    return {k[len(prefix):]: v for k, v in out.items()}
+
+
+def load_official_compressor(compressor: torch.nn.Module, folder: str | Path) -> None:
+    """`model.video_tower_compressor.*` of an official checkpoint (its `teacher_layer.*` alias of the teacher left
+    out) into a `VideoCompressor`, strictly."""
+    state = {k: v for k, v in load_prefixed_tensors(folder, "model.video_tower_compressor.").items()
+             if not k.startswith("teacher_layer.")}
+    if not state:
+        raise CheckpointError(f"{folder}: no model.video_tower_compressor.* keys")
+    load_strict(compressor, state, f"{folder} (compressor)")
+
+
+def load_official_teacher(tower: torch.nn.Module, folder: str | Path) -> None:
+    """`model.video_teacher.video_tower.*` (or its alias under the compressor's `teacher_layer`) of an official
+    checkpoint into a LanguageBind vision tower, strictly (`position_ids` ignored)."""
+    for prefix in ("model.video_teacher.video_tower.", "model.video_tower_compressor.teacher_layer.video_tower."):
+        state = load_prefixed_tensors(folder, prefix)
+        if state:
+            break
+    else:
+        raise CheckpointError(f"{folder}: no model.video_teacher.video_tower.* keys (the checkpoint has no teacher)")
+    load_strict(tower, {k: v for k, v in state.items() if not k.endswith("position_ids")}, f"{folder} (teacher)")
+
+
+def load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """`load_state_dict` that names what is missing, unexpected or mis-shaped (a CheckpointError)."""
+    own = module.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    shapes = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or shapes:
+        raise CheckpointError(f"{source}: weights do not fit: missing {missing[:4]}, unexpected {unexpected[:4]}, "
+                              f"wrong shape {shapes[:4]}")
+    module.load_state_dict(state)
 
 
 def is_official_checkpoint(path: str | Path) -> bool:

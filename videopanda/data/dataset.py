@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,8 @@ class Sample:
     input_ids: torch.Tensor
     labels: torch.Tensor
     pixel_values: torch.Tensor | None
+    teacher_pixel_values: torch.Tensor | None = None
+    """Distillation only: the same frames laid out for the teacher ([T, 4, R, R]); None otherwise."""
 
 
 @dataclass
@@ -72,15 +75,19 @@ class ConversationDataset(torch.utils.data.Dataset):
         flip: random horizontal flip of the frames (augmentation; the reference flips even at inference). It draws
             from the torch RNG of the loading process, so it is not reproducible across DataLoader worker counts or
             resumes; `videopanda train --flip` uses `recipe.PositionFlip` (keyed by sample position) instead.
+        teacher_inputs: distillation only (default off): frames -> teacher pixel values (`teachers.TeacherInputs`),
+            filling `Sample.teacher_pixel_values` from the same decoded frames (flipped together with the student's).
     """
 
     def __init__(self, json_path: str | Path, processor: VideoPandaProcessor, *, media_root: str | Path | None = None,
-                 max_length: int | None = None, flip: bool = False) -> None:
+                 max_length: int | None = None, flip: bool = False,
+                 teacher_inputs: Callable[..., torch.Tensor] | None = None) -> None:
         self.items = read_items(json_path)
         self.processor = processor
         self.root = Path(media_root) if media_root else Path(json_path).parent
         self.max_length = max_length
         self.flip = flip
+        self.teacher_inputs = teacher_inputs
 
     def __len__(self) -> int:
         return len(self.items)
@@ -92,26 +99,29 @@ class ConversationDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> Sample | Skipped:
         item = self.items[index]
         try:
-            pixel_values = self._media(item)
+            pixel_values, teacher = self._media(item)
             count = None if pixel_values is None else self.processor.count_tokens(pixel_values)
             ids, labels = self.processor.encode_conversation(conversation_turns(item), count)
         except (VideoDecodeError, ValueError) as err:
             return Skipped(index, str(err))
         if self.max_length is not None and len(ids) > self.max_length:
             return Skipped(index, f"{len(ids)} tokens > max_length {self.max_length}")
-        return Sample(torch.tensor(ids), torch.tensor(labels), pixel_values)
+        return Sample(torch.tensor(ids), torch.tensor(labels), pixel_values, teacher)
 
-    def _media(self, item: dict[str, Any]) -> torch.Tensor | None:
+    def _media(self, item: dict[str, Any]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(student pixel values, teacher pixel values or None), or (None, None) for a text-only item."""
         if "video" in item:
             frames = load_video(self.root / item["video"], self.processor.config.num_frames)
         elif "image" in item:
             frames = load_image(self.root / item["image"])
         else:
-            return None
+            return None, None
         pixel_values = self.processor.preprocess(frames, image="video" not in item)
+        teacher = self.teacher_inputs(frames, image="video" not in item) if self.teacher_inputs else None
         if self.flip and torch.rand(()) < 0.5:
             pixel_values = pixel_values.flip(-1)  # frames and mask together
-        return pixel_values
+            teacher = None if teacher is None else teacher.flip(-1)  # the same flip (the reference drew its own)
+        return pixel_values, teacher
 
 
 @dataclass
@@ -151,4 +161,9 @@ def collate(batch: list[Sample | Skipped], pad_id: int) -> dict[str, Any]:
     if pixels:
         same = len({p.shape for p in pixels}) == 1
         out["pixel_values"] = torch.stack(pixels) if same else pixels
+    teacher = [s.teacher_pixel_values for s in samples if s.pixel_values is not None]
+    if pixels and any(t is not None for t in teacher):  # distillation: aligned with pixel_values, video by video
+        if any(t is None for t in teacher):
+            raise ValueError("some samples of the batch have teacher pixel values and some do not")
+        out["teacher_pixel_values"] = torch.stack(teacher) if len({t.shape for t in teacher}) == 1 else teacher
     return out

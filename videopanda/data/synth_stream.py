@@ -8,6 +8,8 @@ bundled default model without writing or decoding hundreds of thousands of clips
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
@@ -23,6 +25,12 @@ def reference_frame_indices(num_total: int, fps: float, num_frames: int) -> list
     return sample_indices(num_total, fps, num_frames)
 
 
+_WIDE_FPS = (6, 8, 10, 12, 15, 24, 30)
+_WIDE_RENDER_SIZES = (96, 112, 128, 160)
+_WIDE_ASPECTS = (1.0, 1.0, 4 / 3, 16 / 9, 3 / 4)  # width / height; square twice as likely
+_WIDE_LONG_SIDES = (112, 160, 224, 256)
+
+
 class SynthQAStream(torch.utils.data.Dataset):
     """Map-style view of an endless stream (index -> sample), so DataLoader workers and resume stay deterministic.
 
@@ -32,13 +40,20 @@ class SynthQAStream(torch.utils.data.Dataset):
         length: nominal length (how many items the sampler may ask for).
         families: restrict to these question families (default: all, caption included).
         noise: std of Gaussian pixel noise (in 0-255 units) added to the rendered frames.
+        teacher_inputs: distillation only (default off): frames -> teacher pixel values (`teachers.TeacherInputs`).
+        wide: vary what version 1 of the stream kept fixed, per item: clip length (12-48 frames) and frame rate
+            (hence which frames are sampled), render size, frame shape (landscape and portrait frames, resized
+            from the square render with antialiasing, so the STAB sees letterboxed canvases), object size and
+            travel and outline (`sample_scene(wide=True)`). `synth:SEED:wide` in `videopanda train --data`.
     """
 
     def __init__(self, processor: VideoPandaProcessor, *, seed: int = 0, length: int = 10**8, num_frames: int = 16,
-                 size: int = 128, fps: int = 8, families: tuple[str, ...] | None = None, noise: float = 3.0) -> None:
+                 size: int = 128, fps: int = 8, families: tuple[str, ...] | None = None, noise: float = 3.0,
+                 teacher_inputs: Callable[..., torch.Tensor] | None = None, wide: bool = False) -> None:
         self.processor, self.seed, self.length = processor, seed, length
         self.num_frames, self.size, self.fps = num_frames, size, fps
         self.families, self.noise = families, noise
+        self.teacher_inputs, self.wide = teacher_inputs, wide
         self.indices = reference_frame_indices(num_frames, fps, processor.config.num_frames)
 
     def __len__(self) -> int:
@@ -47,10 +62,24 @@ class SynthQAStream(torch.utils.data.Dataset):
     def example(self, index: int) -> tuple[np.ndarray, dict]:
         """(sampled frames [T, H, W, 3] uint8, question dict with family/question/answer) of item `index`."""
         rng = np.random.default_rng([self.seed, index])
-        scene = sample_scene(rng, num_frames=self.num_frames, size=self.size, fps=self.fps)
+        if not self.wide:
+            scene = sample_scene(rng, num_frames=self.num_frames, size=self.size, fps=self.fps)
+            indices, out_hw = self.indices, None
+        else:
+            num_frames, fps = int(rng.integers(12, 49)), int(rng.choice(_WIDE_FPS))
+            size = int(rng.choice(_WIDE_RENDER_SIZES))
+            scene = sample_scene(rng, num_frames=num_frames, size=size, fps=fps, wide=True)
+            indices = reference_frame_indices(num_frames, fps, self.processor.config.num_frames)
+            aspect = float(rng.choice(_WIDE_ASPECTS))  # width / height
+            long_side = int(rng.choice(_WIDE_LONG_SIDES))
+            out_hw = (round(long_side / aspect), long_side) if aspect >= 1 else (long_side, round(long_side * aspect))
         questions = [q for q in make_questions(scene, rng) if self.families is None or q["family"] in self.families]
         question = questions[int(rng.integers(len(questions)))]
-        frames = render_scene(scene)[self.indices].astype(np.float32)
+        frames = render_scene(scene)[indices].astype(np.float32)
+        if out_hw is not None and out_hw != frames.shape[1:3]:
+            resized = torch.nn.functional.interpolate(torch.from_numpy(frames).permute(0, 3, 1, 2), size=out_hw,
+                                                      mode="bilinear", antialias=True, align_corners=False)
+            frames = resized.permute(0, 2, 3, 1).numpy()
         if self.noise:
             frames += rng.normal(0.0, self.noise, frames.shape).astype(np.float32)
         return np.clip(frames, 0, 255).astype(np.uint8), question
@@ -60,4 +89,5 @@ class SynthQAStream(torch.utils.data.Dataset):
         pixel_values = self.processor.preprocess(frames)
         ids, labels = self.processor.encode_conversation([(q["question"], q["answer"])],
                                                          self.processor.count_tokens(pixel_values))
-        return Sample(torch.tensor(ids), torch.tensor(labels), pixel_values)
+        teacher = self.teacher_inputs(frames) if self.teacher_inputs else None
+        return Sample(torch.tensor(ids), torch.tensor(labels), pixel_values, teacher)

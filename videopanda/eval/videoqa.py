@@ -8,7 +8,8 @@ The output is JSONL, one ``{"id", "question", "answer", "pred"}`` line per answe
 Differences from the reference's ``run_inference_video_qa.py``, all for speed or robustness:
 - Batched greedy generation (left padding) instead of batch size 1; a batch gives the same answers as one by one.
 - Each video is decoded once, however many questions ask about it (MSVD/MSRVTT have many per video), in worker
-  threads that run ahead of generation, instead of once per question in the generating process.
+  threads that run ahead of generation, instead of once per question in the generating process; the next batch is
+  also tokenised, stacked, cast to the model's dtype and pinned in a worker thread while the GPU answers this one.
 - Resumable: a rerun skips the questions already in the output file, so a killed run loses at most one batch.
 - A missing or undecodable video is reported (``failed`` in the summary, with the reason) instead of silently
   skipped; the run goes on.
@@ -260,13 +261,48 @@ def _batches(items: Sequence[QAItem], batch_size: int) -> list[list[QAItem]]:
     return [ordered[i : i + batch_size] for i in range(0, len(ordered), batch_size)]
 
 
-class _Prefetcher:
-    """Decodes the videos of upcoming batches in worker threads; holds each until its last question is done."""
+@dataclass
+class _Batch:
+    """One batch ready for generation: the questions whose video decoded, with their model inputs (on the CPU,
+    pixel values already in the model's dtype, pinned for an asynchronous copy when the model is on a GPU), and
+    the questions that failed."""
 
-    def __init__(self, batches: list[list[QAItem]], decode: Callable[[str], _Visual], num_workers: int) -> None:
-        self.batches, self.decode = batches, decode
+    items: list[QAItem]
+    inputs: dict[str, Any] | None
+    failed: list[dict[str, Any]]
+
+
+def _collate(processor: VideoPandaProcessor, batch: list[QAItem], visuals: list[_Visual], dtype: torch.dtype | None,
+             pin: bool) -> _Batch:
+    """Tokenise a batch (left padding) and stack its pixel values; runs in a worker thread ahead of generation."""
+    ok = [(item, v) for item, v in zip(batch, visuals) if v.error is None]
+    failed = [{"id": item.question_id, "video_name": item.video_name, "reason": v.error}
+              for item, v in zip(batch, visuals) if v.error is not None]
+    if not ok:
+        return _Batch([], None, failed)
+    inputs = dict(processor(videos=[v.pixel_values for _, v in ok], text=[item.question for item, _ in ok]))
+    pixels = inputs["pixel_values"]
+    pixels = [pixels] if isinstance(pixels, torch.Tensor) else pixels
+    if dtype is not None:
+        pixels = [p.to(dtype) for p in pixels]
+    if pin:
+        pixels = [p.pin_memory() for p in pixels]
+    inputs["pixel_values"] = pixels[0] if isinstance(inputs["pixel_values"], torch.Tensor) else pixels
+    return _Batch([item for item, _ in ok], inputs, failed)
+
+
+class _Prefetcher:
+    """Runs ahead of generation in worker threads: decodes the videos of the next batches (each video once, held
+    until its last question is done) and collates the next batch (tokenise, stack, cast, pin)."""
+
+    def __init__(self, batches: list[list[QAItem]], decode: Callable[[str], _Visual],
+                 collate: Callable[[list[QAItem], list[_Visual]], _Batch], num_workers: int) -> None:
+        self.batches, self.decode, self.collate = batches, decode, collate
         self.pool = ThreadPoolExecutor(num_workers, thread_name_prefix="videoqa-decode") if num_workers > 0 else None
+        # A separate thread for collation: it waits on decode futures, so it must not take a decode worker's place.
+        self.collator = ThreadPoolExecutor(1, thread_name_prefix="videoqa-collate") if num_workers > 0 else None
         self.futures: dict[str, Future[_Visual]] = {}
+        self.collated: dict[int, Future[_Batch]] = {}
         self.remaining = Counter(item.video_name for batch in batches for item in batch)
         self.submitted = 0  # batches whose videos are submitted
 
@@ -281,13 +317,31 @@ class _Prefetcher:
                         self.futures[name].set_result(self.decode(name))
         self.submitted = max(self.submitted, end)
 
-    def get(self, index: int) -> list[_Visual]:
-        """The decoded videos of batch `index`, one per question; starts decoding the next batches."""
+    def _collate(self, index: int) -> _Batch:
+        batch = self.batches[index]
+        return self.collate(batch, [self.futures[item.video_name].result() for item in batch])
+
+    def _submit_collate(self, index: int) -> None:
+        if index < len(self.batches) and index not in self.collated:
+            if self.collator is None:
+                self.collated[index] = Future()
+                self.collated[index].set_result(self._collate(index))
+            else:
+                futures = [self.futures[item.video_name] for item in self.batches[index]]  # taken now: safe to release
+                batch = self.batches[index]
+                self.collated[index] = self.collator.submit(
+                    lambda: self.collate(batch, [f.result() for f in futures]))
+
+    def get(self, index: int) -> _Batch:
+        """Batch `index`, collated; starts decoding the next batches and collating the next one."""
         if self.pool is None:
             self._submit_until(index + 1)
+            self._submit_collate(index)
         else:
             self._submit_until(index + 1 + _PREFETCH_BATCHES)
-        return [self.futures[item.video_name].result() for item in self.batches[index]]
+            self._submit_collate(index)
+            self._submit_collate(index + 1)
+        return self.collated.pop(index).result()
 
     def release(self, index: int) -> None:
         for item in self.batches[index]:
@@ -296,8 +350,9 @@ class _Prefetcher:
                 del self.futures[item.video_name]
 
     def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
+        for pool in (self.collator, self.pool):
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
 
 
 # -- inference ---------------------------------------------------------------------------------------------------------
@@ -305,26 +360,26 @@ class _Prefetcher:
 def _generate(
     model: torch.nn.Module,
     processor: VideoPandaProcessor,
-    questions: list[str],
-    pixel_values: list[torch.Tensor],
+    inputs: dict[str, Any],
     max_new_tokens: int,
+    **generate_kwargs: Any,
 ) -> list[str]:
-    """Greedy answers to a batch of questions, one video each (left-padded prompts; only new tokens decoded)."""
-    inputs = processor(videos=pixel_values, text=questions)
+    """Greedy answers to one collated batch (left-padded prompts, one video each); only new tokens are decoded."""
     prompt_len = inputs["input_ids"].shape[1]
-    pixels = inputs.pop("pixel_values")
+    pixels = inputs["pixel_values"]
     pixels = (
-        pixels.to(model.device, model.dtype)
+        pixels.to(model.device, model.dtype, non_blocking=True)
         if isinstance(pixels, torch.Tensor)
-        else [p.to(model.device, model.dtype) for p in pixels]
+        else [p.to(model.device, model.dtype, non_blocking=True) for p in pixels]
     )
-    inputs = {k: v.to(model.device) for k, v in inputs.items()}
+    tensors = {k: v.to(model.device) for k, v in inputs.items() if k != "pixel_values"}
     out = model.generate(
-        **inputs,
+        **tensors,
         pixel_values=pixels,
         do_sample=False,
         max_new_tokens=max_new_tokens,
         pad_token_id=processor.tokenizer.pad_token_id,
+        **generate_kwargs,
     )
     return processor.batch_decode(out[:, prompt_len:])
 
@@ -360,7 +415,8 @@ def run_videoqa(
         batch_size: questions generated together.
         max_new_tokens: answer length limit.
         num_frames: frames sampled per video; the model's `num_frames` by default.
-        num_workers: threads decoding videos ahead of generation; 0 decodes in the calling thread.
+        num_workers: threads decoding videos ahead of generation (plus one collating the next batch); 0 does
+            everything in the calling thread.
         progress: show a tqdm bar.
 
     Returns:
@@ -391,27 +447,30 @@ def run_videoqa(
     pending = [item for item in items if item.question_id not in done]
     batches = _batches(pending, batch_size)
     frames = num_frames or processor.config.num_frames
-    prefetch = _Prefetcher(batches, lambda name: _decode(video_dir, name, dataset, processor, frames), num_workers)
+    cast = getattr(model, "dtype", None)
+    cast = cast if isinstance(cast, torch.dtype) and cast != torch.float32 else None  # float32 = the processor's
+    pin = getattr(getattr(model, "device", None), "type", "cpu") == "cuda"
+    prefetch = _Prefetcher(
+        batches,
+        lambda name: _decode(video_dir, name, dataset, processor, frames),
+        lambda batch, visuals: _collate(processor, batch, visuals, cast, pin),
+        num_workers,
+    )
     failed: list[dict[str, Any]] = []
     bar = tqdm(total=len(items), initial=skipped, disable=not progress, desc="videoqa", unit="q")
     try:
         with out_path.open("a", encoding="utf-8") as out:
-            for index, batch in enumerate(batches):
-                visuals = prefetch.get(index)
-                ok = [(item, v) for item, v in zip(batch, visuals) if v.error is None]
-                for item, v in zip(batch, visuals):
-                    if v.error is not None:
-                        failed.append({"id": item.question_id, "video_name": item.video_name, "reason": v.error})
-                if ok:
-                    preds = _generate(
-                        model, processor, [i.question for i, _ in ok], [v.pixel_values for _, v in ok], max_new_tokens
-                    )
-                    records = [item.record(pred) for (item, _), pred in zip(ok, preds)]
+            for index in range(len(batches)):
+                ready = prefetch.get(index)
+                failed.extend(ready.failed)
+                if ready.items:
+                    preds = _generate(model, processor, ready.inputs, max_new_tokens)
+                    records = [item.record(pred) for item, pred in zip(ready.items, preds)]
                     out.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
                     out.flush()
                     done.update((r["id"], r) for r in records)
                 prefetch.release(index)
-                bar.update(len(batch))
+                bar.update(len(batches[index]))
                 bar.set_postfix(failed=len(failed), refresh=False)
     finally:
         bar.close()

@@ -25,11 +25,20 @@ Deliberate differences from the reference, none of which changes the function co
 Kept on purpose because released checkpoints depend on them: the LSD/FSRA attention scale C**-0.5 (not
 head_dim**-0.5), the dense connection, the un-masked GSTRA over padding, and the fixed 16x16-patch crop of
 all-padding frames.
+
+Two forms of the same function (docs/model.md, "Fast inference"):
+  * the straightforward modules below: training, the parity tests, the reading of the maths;
+  * `STAB.fuse()`: an inference-only form that folds BatchNorm and other constants, keeps one channels-last layout,
+    runs the patch embedding as one matmul, absorbs the constant GSTRA/FSRA queries into their key weights and needs
+    no host sync when the crop boxes are known (`crop_boxes=`). `unfuse()` goes back.
+Ablation switches (`use_lste`, `use_gstra`, `use_fsra`, `downsample`) remove one component each (docs/model.md,
+"Ablation switches"); a switched-off component is not built. The token count per frame never changes.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -192,11 +201,30 @@ class STABOutput:
     tokens: [N_total, C] frame by frame, each frame as [cls, row_0 (w tokens), split, row_1, split, ...].
     tokens_per_frame: [B*T] long, 1 + h*(w+1) per frame.
     grid_hw: [B*T, 2] long, the LSD grid (h, w) of each frame.
+    The two long tensors are on the tokens' device, except in the fused form, which keeps them on the host (it
+    knows them there; reading them costs no sync).
     """
 
     tokens: torch.Tensor
     tokens_per_frame: torch.Tensor
     grid_hw: torch.Tensor
+
+
+class _HostLayoutOutput(STABOutput):
+    """The fused form's STABOutput: the layout stays Python ints until read, so that a compiled forward holds no
+    host tensor ops (those would keep inductor from using CUDA graphs for it)."""
+
+    def __init__(self, tokens: torch.Tensor, grid: list[tuple[int, int]]) -> None:
+        self.tokens = tokens
+        self._grid = grid
+
+    @property
+    def grid_hw(self) -> torch.Tensor:
+        return torch.tensor(self._grid, dtype=torch.long).view(-1, 2)
+
+    @property
+    def tokens_per_frame(self) -> torch.Tensor:
+        return torch.tensor([1 + h * (w + 1) for h, w in self._grid], dtype=torch.long)
 
 
 def crop_boxes(patch_mask: torch.Tensor, empty_side: int) -> torch.Tensor:
@@ -239,6 +267,9 @@ def count_visual_tokens(pixel_values: torch.Tensor, patch_size: int, conv_stride
     return (1 + h * (w + 1)).view(B, T).sum(1).tolist()
 
 
+CropBoxes = Sequence[Sequence[int]] | torch.Tensor | str
+
+
 class STAB(nn.Module):
     """The STAB (reference class `VideoTokenizer`), without the projector (which lives in the top model).
 
@@ -250,38 +281,81 @@ class STAB(nn.Module):
         chunk_size: frames per GSTRA chunk.
         lste_reduction, mlp_ratio, dropout: see `VideoPandaConfig`.
         empty_frame_patches: patch side kept for all-padding frames.
+        use_lste: build LSTE (`lmhra1` + `dpe`). Off: frame features skip it (the dense connection still adds the
+            raw patch embedding, so a video frame's features are 2 x patch embedding, i.e. LSTE's branches read as 0).
+        use_gstra: build GSTRA (`dec`, `temporal_cls_token`). Off: no video-level token; every frame's CLS is its
+            FSRA token as on the image path.
+        use_fsra: build FSRA (`global_attention`, `class_embedding`). Off: a video frame's CLS is its chunk's GSTRA
+            token; with no class-token source at all (images, or GSTRA off too) it is the mean of the frame's
+            LSD tokens, so the layout [cls, rows...] and the token count stay those of the full model.
+        downsample: "lsd" (learned 2x2 local attention) or "avgpool" (the same windows average-pooled; no
+            `local_attention`).
+    The CLS fusion (`balance`, `proj`) exists only when both GSTRA and FSRA do: with one source there is nothing
+    to fuse and its token is used as is (as the image path uses FSRA's).
     """
 
     def __init__(self, dim: int = 1024, num_heads: int = 8, *, patch_size: int = 14, conv_stride: int = 2,
                  chunk_size: int = 4, lste_reduction: float = 1.5, mlp_ratio: float = 4.0, dropout: float = 0.5,
-                 empty_frame_patches: int = 16) -> None:
+                 empty_frame_patches: int = 16, use_lste: bool = True, use_gstra: bool = True, use_fsra: bool = True,
+                 downsample: str = "lsd") -> None:
         super().__init__()
-        self.dim, self.patch_size, self.conv_stride = dim, patch_size, conv_stride
+        if downsample not in ("lsd", "avgpool"):
+            raise ValueError(f"downsample must be 'lsd' or 'avgpool', got {downsample!r}")
+        self.dim, self.num_heads, self.patch_size, self.conv_stride = dim, num_heads, patch_size, conv_stride
         self.chunk_size, self.empty_frame_patches = chunk_size, empty_frame_patches
-        self.class_embedding = nn.Parameter(torch.randn(dim))
+        self.downsample = downsample
+        fuse_cls = use_gstra and use_fsra
+        # Registration order = the reference's state_dict order; switched-off parts are plain None attributes.
+        self.class_embedding = nn.Parameter(torch.randn(dim)) if use_fsra else None
         self.split_embedding = nn.Parameter(torch.randn(dim))
-        self.temporal_cls_token = nn.Parameter(torch.zeros(1, 1, dim))
-        self.balance = nn.Parameter(torch.zeros(dim))
+        self.temporal_cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if use_gstra else None
+        self.balance = nn.Parameter(torch.zeros(dim)) if fuse_cls else None
         self.patch_embedding = nn.Conv2d(3, dim, kernel_size=patch_size, stride=patch_size, bias=False)
-        self.lmhra1 = LocalTemporalMHRA(dim, lste_reduction)
-        self.dpe = nn.Conv3d(dim, dim, kernel_size=3, padding=1, groups=dim)
-        zero_init(self.dpe, ("bias",))
-        self.dec = GSTRA(dim, num_heads, mlp_ratio, dropout)
-        self.proj = nn.Sequential(nn.LayerNorm(dim), nn.Dropout(dropout), nn.Linear(dim, dim))
-        self.local_attention = LocalAttention(dim, conv_stride, num_heads)
-        self.global_attention = GlobalAttention(dim, num_heads)
+        self.lmhra1 = LocalTemporalMHRA(dim, lste_reduction) if use_lste else None
+        self.dpe = nn.Conv3d(dim, dim, kernel_size=3, padding=1, groups=dim) if use_lste else None
+        if self.dpe is not None:
+            zero_init(self.dpe, ("bias",))
+        self.dec = GSTRA(dim, num_heads, mlp_ratio, dropout) if use_gstra else None
+        self.proj = nn.Sequential(nn.LayerNorm(dim), nn.Dropout(dropout), nn.Linear(dim, dim)) if fuse_cls else None
+        self.local_attention = LocalAttention(dim, conv_stride, num_heads) if downsample == "lsd" else None
+        self.global_attention = GlobalAttention(dim, num_heads) if use_fsra else None
+        self._fused = False
+        self._shift_convs: bool | None = None  # fused depthwise convs: None = shifted sums when compiling, else conv
+        self.register_load_state_dict_post_hook(_refold_after_load)
         self.reset_parameters()
+
+    @classmethod
+    def from_config(cls, config) -> STAB:
+        """The STAB of a `VideoPandaConfig`."""
+        return cls(config.stab_hidden_size, config.stab_num_heads, patch_size=config.patch_size,
+                   conv_stride=config.conv_stride, chunk_size=config.chunk_size, lste_reduction=config.lste_reduction,
+                   mlp_ratio=config.gstra_mlp_ratio, dropout=config.dropout,
+                   empty_frame_patches=config.empty_frame_patches, use_lste=config.stab_use_lste,
+                   use_gstra=config.stab_use_gstra, use_fsra=config.stab_use_fsra, downsample=config.stab_downsample)
 
     def reset_parameters(self) -> None:
         """The constructor-level initialisations of the reference (spec 1.6)."""
         with torch.no_grad():
-            self.class_embedding.normal_()
             self.split_embedding.normal_()
-            self.temporal_cls_token.zero_()
-            self.balance.zero_()
+            if self.class_embedding is not None:
+                self.class_embedding.normal_()
+            if self.temporal_cls_token is not None:
+                self.temporal_cls_token.zero_()
+            if self.balance is not None:
+                self.balance.zero_()
 
-    def forward(self, pixel_values: torch.Tensor) -> STABOutput:
-        """pixel_values: [B, T, 4, S, S] (RGB normalised + valid-pixel mask) -> STABOutput (tokens before projector)."""
+    def forward(self, pixel_values: torch.Tensor, crop_boxes: CropBoxes | None = None) -> STABOutput:
+        """pixel_values: [B, T, 4, S, S] (RGB normalised + valid-pixel mask) -> STABOutput (tokens before projector).
+
+        crop_boxes: a hint for the fused form (`fuse`); the straightforward form always reads the mask.
+            None: read from the mask channel (one small device->host copy, overlapped with the patch embedding).
+            "full": every frame is the whole canvas (the caller promises that all pixels are valid, e.g. square
+            videos of `num_frames` frames). Or per-frame (top, left, height, width) in patches, e.g. from
+            `crop_boxes_for` on the host copy of the pixels. Given boxes make the call free of host syncs, and (as
+            Python ints) let torch.compile trace it as one graph, specialised on them.
+        """
+        if self._fused:
+            return self._fast_forward(pixel_values, crop_boxes)
         B, T = pixel_values.shape[:2]
         frames = pixel_values.flatten(0, 1).to(self.patch_embedding.weight.dtype)  # [BT, 4, S, S]
         patches = self.patch_embedding(frames[:, :3])  # [BT, C, G, G]
@@ -291,26 +365,23 @@ class STAB(nn.Module):
             patches, video_cls = self._temporal(patches.unflatten(0, (B, T)))
         return self._frame_tokens(patches.permute(0, 2, 3, 1), valid, video_cls)
 
-    def _temporal(self, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _temporal(self, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """LSTE + GSTRA + dense connection over chunks. patches: [B, T, C, G, G] -> ([B*T, C, G, G], [B*T, C])."""
         B, T, C, G, _ = patches.shape
-        full, rest = divmod(T, self.chunk_size)
-        groups = []  # chunk groups of equal length, so each runs as one batch
-        if full:
-            groups.append(patches[:, : full * self.chunk_size].reshape(B * full, self.chunk_size, C, G, G))
-        if rest:
-            groups.append(patches[:, full * self.chunk_size:])
         feats, cls = [], []
-        for chunk in groups:  # at most two iterations
+        for chunk in _chunks(patches, self.chunk_size):  # at most two groups of equal-length chunks
             n, t = chunk.shape[:2]
             x = chunk.transpose(1, 2)  # [n, C, t, G, G]
-            x = x + self.lmhra1(x)
-            x = x + self.dpe(x)
-            keys = x.flatten(2).transpose(1, 2)  # [n, t*G*G, C], (t, h, w) order
-            c = self.dec(self.temporal_cls_token.expand(n, 1, C), keys)[:, 0]  # [n, C]
+            if self.lmhra1 is not None:
+                x = x + self.lmhra1(x)
+                x = x + self.dpe(x)
             feats.append((x.transpose(1, 2) + chunk).reshape(B, -1, C, G, G))  # dense connection
-            cls.append(c.view(B, -1, 1, C).expand(B, n // B, t, C).reshape(B, -1, C))
-        return torch.cat(feats, 1).flatten(0, 1), torch.cat(cls, 1).flatten(0, 1)
+            if self.dec is not None:
+                keys = x.flatten(2).transpose(1, 2)  # [n, t*G*G, C], (t, h, w) order
+                c = self.dec(self.temporal_cls_token.expand(n, 1, C), keys)[:, 0]  # [n, C]
+                cls.append(c.view(B, -1, 1, C).expand(B, n // B, t, C).reshape(B, -1, C))
+        video_cls = torch.cat(cls, 1).flatten(0, 1) if cls else None
+        return torch.cat(feats, 1).flatten(0, 1), video_cls
 
     def _frame_tokens(self, feats: torch.Tensor, valid: torch.Tensor, video_cls: torch.Tensor | None) -> STABOutput:
         """Crop, LSD, FSRA, split tokens, CLS fusion. feats: [BT, G, G, C] channels-last."""
@@ -334,13 +405,351 @@ class STAB(nn.Module):
         rows = corner[:, :1] + torch.arange(H, device=feats.device)  # [n, H]
         cols = corner[:, 1:] + torch.arange(W, device=feats.device)  # [n, W]
         crop = feats[idx[:, None, None], rows[:, :, None], cols[:, None, :]]  # [n, H, W, C]
-        tokens = self.local_attention(crop)  # [n, h*w, C]
-        cls = self.global_attention(self.class_embedding, tokens)  # [n, C]
-        n, C = cls.shape
+        if self.local_attention is not None:
+            tokens = self.local_attention(crop)  # [n, h*w, C]
+        else:
+            s = self.conv_stride
+            pooled = F.avg_pool2d(crop.permute(0, 3, 1, 2), s, s)  # [n, C, h, w]
+            tokens = pooled.flatten(2).transpose(1, 2)
+        n, C = crop.shape[0], crop.shape[-1]
         h, w = H // self.conv_stride, W // self.conv_stride
+        frame_cls = self.global_attention(self.class_embedding, tokens) if self.global_attention is not None else None
+        cls = self._cls(frame_cls, None if video_cls is None else video_cls[idx], tokens)
         split = self.split_embedding.expand(n, h, 1, C)
         tokens = torch.cat([tokens.view(n, h, w, C), split.to(tokens.dtype)], 2).reshape(n, h * (w + 1), C)
-        if video_cls is not None:
+        return torch.cat([cls[:, None].to(tokens.dtype), tokens], 1)
+
+    def _cls(self, frame_cls: torch.Tensor | None, video_cls: torch.Tensor | None, tokens: torch.Tensor
+             ) -> torch.Tensor:
+        """The CLS token of n frames: fused GSTRA+FSRA (video), whichever of them exists, else the mean LSD token.
+
+        frame_cls, video_cls: [n, C] or None; tokens: [n, L, C] LSD tokens.
+        """
+        if frame_cls is not None and video_cls is not None:
             weight = torch.sigmoid(self.balance)
-            cls = self.proj((1 - weight) * video_cls[idx] + weight * cls)
-        return torch.cat([cls[:, None], tokens], 1)
+            return self.proj((1 - weight) * video_cls + weight * frame_cls)
+        if frame_cls is not None:
+            return frame_cls
+        if video_cls is not None:
+            return video_cls
+        return tokens.mean(1)
+
+    # -- inference fast path ------------------------------------------------------------------------------------------
+    @property
+    def fused(self) -> bool:
+        return self._fused
+
+    def fuse(self) -> STAB:
+        """Prepare the inference-only fast form in place; returns self. Same function, other arithmetic order.
+
+        What changes (docs/model.md, "Fast inference"): BatchNorm is folded into the next 1x1x1 conv, the temporal conv
+        bias into the last one, dpe's residual into its centre tap; the constant GSTRA and FSRA queries are folded
+        into their key weights (scores = LN(keys) @ u, values projected after pooling); the patch embedding is one
+        matmul over unfolded 14x14 patches; everything runs channels-last. The folded tensors are non-persistent
+        buffers: `state_dict()` is unchanged, loading weights re-folds, `.to()` carries them.
+        `train()` raises until `unfuse()`. Call it after loading weights and picking the dtype.
+        """
+        self.eval()
+        self._fused = True
+        self._fold()
+        return self
+
+    def unfuse(self) -> STAB:
+        """Back to the straightforward form (for training); returns self."""
+        for name in list(self._buffers):
+            if name.startswith("_fold_"):
+                del self._buffers[name]
+        self._fused = False
+        return self
+
+    def train(self, mode: bool = True) -> STAB:
+        if mode and self._fused:
+            raise RuntimeError("this STAB was fused for inference (STAB.fuse(): BatchNorm folded, constant queries "
+                               "precomputed; no gradients reach the parameters); call .unfuse() before training")
+        return super().train(mode)
+
+    @torch.no_grad()
+    def _fold(self) -> None:
+        """Compute the folded constants (in float32 at least, stored in the parameter dtype)."""
+        dtype = self.patch_embedding.weight.dtype
+        wide = torch.promote_types(dtype, torch.float32)
+        C, heads = self.dim, self.num_heads
+        hd = C // heads
+
+        def keep(name: str, value: torch.Tensor) -> None:
+            self.register_buffer("_fold_" + name, value.to(dtype).contiguous(), persistent=False)
+
+        if self.lmhra1 is not None:
+            bn, down, tconv, up = self.lmhra1.pos_embed
+            scale = bn.weight.to(wide) * torch.rsqrt(bn.running_var.to(wide) + bn.eps)  # BN(x) = x * scale + shift
+            shift = bn.bias.to(wide) - bn.running_mean.to(wide) * scale
+            w1 = down.weight.to(wide).flatten(1)  # [I, C]
+            keep("lste_w1", w1 * scale)
+            keep("lste_b1", down.bias.to(wide) + w1 @ shift)
+            keep("lste_taps", tconv.weight.to(wide).flatten(1).t())  # [k, I]
+            keep("lste_b2", up.bias.to(wide) + up.weight.to(wide).flatten(1) @ tconv.bias.to(wide))
+            dpe = self.dpe.weight.to(wide).clone()  # [C, 1, 3, 3, 3]
+            dpe[:, 0, 1, 1, 1] += 1  # x + dpe(x) == dpe'(x) with the identity in the centre tap
+            keep("dpe_w", dpe)
+        if self.dec is not None:
+            attn = self.dec.attn
+            wq, wk, _ = attn.in_proj_weight.to(wide).chunk(3)
+            bq = attn.in_proj_bias.to(wide).chunk(3)[0]
+            q = F.linear(_layer_norm_up(self.dec.ln_1, self.temporal_cls_token.view(C)), wq, bq)  # [C]
+            # q_h . (Wk_h k + bk_h) * hd^-0.5 == k . u_h + const_h, and the constant cancels in the softmax.
+            keep("gstra_u", torch.einsum("hd,hdc->ch", q.view(heads, hd), wk.view(heads, hd, C)) * hd**-0.5)
+        if self.global_attention is not None:
+            ga = self.global_attention
+            q = F.linear(_layer_norm_up(ga.q[0], self.class_embedding), ga.q[1].weight.to(wide))  # [C]
+            wk = ga.kv[1].weight.to(wide)[:C]
+            keep("fsra_u", torch.einsum("hd,hdc->ch", q.view(heads, hd), wk.view(heads, hd, C)) * ga.scale)
+
+    def _fast_forward(self, pixel_values: torch.Tensor, crop_boxes: CropBoxes | None) -> STABOutput:
+        """The fused form of `forward`. Host syncs: none when `crop_boxes` is given; otherwise one small copy of
+        the boxes, issued before the heavy work so the host has them while the device still computes."""
+        B, T, _, S, _ = pixel_values.shape
+        G = S // self.patch_size
+        frames = pixel_values.flatten(0, 1)  # [BT, 4, S, S]
+        pending = _boxes_to_host(frames[:, 3:], self.patch_size, self.empty_frame_patches) \
+            if crop_boxes is None else None
+        feats = self._fast_patch_embed(frames, G)  # [BT, G, G, C]
+        video_cls = None
+        if T > 1:
+            feats, video_cls = self._fast_temporal(feats.unflatten(0, (B, T)))
+        if crop_boxes is None:
+            boxes = _boxes_wait(pending)
+        elif isinstance(crop_boxes, str):
+            if crop_boxes != "full":
+                raise ValueError(f"crop_boxes must be None, 'full' or per-frame boxes, got {crop_boxes!r}")
+            boxes = [(0, 0, G, G)] * (B * T)
+        else:
+            boxes = [tuple(int(v) for v in b) for b in
+                     (crop_boxes.tolist() if isinstance(crop_boxes, torch.Tensor) else crop_boxes)]
+            if len(boxes) != B * T:
+                raise ValueError(f"crop_boxes has {len(boxes)} boxes for {B * T} frames")
+        return self._fast_frame_tokens(feats, video_cls, boxes)
+
+    def _fast_patch_embed(self, frames: torch.Tensor, G: int) -> torch.Tensor:
+        """[BT, 4, S, S] -> [BT, G, G, C]: one unfold copy (cast included) and one matmul."""
+        p, w = self.patch_size, self.patch_embedding.weight
+        BT = frames.shape[0]
+        rgb = frames[:, :3, : G * p, : G * p].unflatten(3, (G, p)).unflatten(2, (G, p))  # [BT, 3, G, p, G, p]
+        patches = torch.empty(BT, G, G, 3, p, p, dtype=w.dtype, device=frames.device)
+        patches.copy_(rgb.permute(0, 2, 4, 1, 3, 5))
+        return F.linear(patches.view(BT * G * G, 3 * p * p), w.flatten(1)).view(BT, G, G, -1)
+
+    def _fast_temporal(self, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`_temporal`, channels-last. patches: [B, T, G, G, C] -> ([B*T, G, G, C], [B*T, C] or None)."""
+        B, T, G, _, C = patches.shape
+        feats, cls = [], []
+        for chunk in _chunks(patches, self.chunk_size):  # [n, t, G, G, C]
+            n, t = chunk.shape[:2]
+            x = self._fast_lste(chunk) if self.lmhra1 is not None else chunk
+            feats.append((x + chunk).reshape(B, -1, G, G, C))  # dense connection
+            if self.dec is not None:
+                c = self._fast_gstra(x.reshape(n, t * G * G, C))  # [n, C]
+                cls.append(c.view(B, -1, 1, C).expand(B, n // B, t, C).reshape(B, -1, C))
+        video_cls = torch.cat(cls, 1).flatten(0, 1) if cls else None
+        feats = feats[0] if len(feats) == 1 else torch.cat(feats, 1)
+        return feats.flatten(0, 1), video_cls
+
+    def _fast_lste(self, x: torch.Tensor) -> torch.Tensor:
+        """x + lmhra1(x), then + dpe(.), with BN folded. x: [n, t, G, G, C] -> same."""
+        y = F.linear(x, self._fold_lste_w1, self._fold_lste_b1)  # [n, t, G, G, I]
+        z = _shifted_sum(y, self._fold_lste_taps, dim=1)  # depthwise (3,1,1) conv, zero padding
+        x = x + F.linear(z, self.lmhra1.pos_embed[3].weight.flatten(1), self._fold_lste_b2)
+        return self._fast_dpe(x)
+
+    def _fast_dpe(self, x: torch.Tensor) -> torch.Tensor:
+        """x + dpe(x) as one depthwise 3x3x3 conv with the identity folded in. x: [n, t, G, G, C]."""
+        shift = torch.compiler.is_compiling() if self._shift_convs is None else self._shift_convs
+        if shift:  # 27 shifted multiply-adds: inductor fuses them into one kernel
+            w = self._fold_dpe_w.view(-1, 27).t().view(3, 3, 3, -1)
+            xp = F.pad(x, (0, 0, 1, 1, 1, 1, 1, 1))
+            t, G1, G2 = x.shape[1:4]
+            out = self.dpe.bias
+            for a in range(3):
+                for b in range(3):
+                    for c in range(3):
+                        out = out + w[a, b, c] * xp[:, a:a + t, b:b + G1, c:c + G2]
+            return out
+        # eager: one depthwise conv on the channels-last view (PyTorch routes channels-last depthwise convs to cuDNN
+        # on GPU, to oneDNN on CPU; a contiguous NCDHW input would get the slow native depthwise-3d kernel)
+        y = F.conv3d(x.permute(0, 4, 1, 2, 3), self._fold_dpe_w, self.dpe.bias, padding=1, groups=x.shape[-1])
+        return y.permute(0, 2, 3, 4, 1)
+
+    def _fast_gstra(self, x: torch.Tensor) -> torch.Tensor:
+        """GSTRA with its constant query folded: x [n, L, C] (LSTE output) -> video cls [n, C]."""
+        dec, C = self.dec, self.dim
+        keys = dec.ln_3(x)  # [n, L, C]
+        scores = keys @ self._fold_gstra_u  # [n, L, heads]
+        attn = _softmax_up(scores, 1)
+        pooled = attn.transpose(1, 2) @ keys  # [n, heads, C]: sum_l a_hl k_l
+        wv, bv = dec.attn.in_proj_weight[2 * C:], dec.attn.in_proj_bias[2 * C:]
+        out = torch.einsum("nhc,hdc->nhd", pooled, wv.view(self.num_heads, -1, C)).flatten(1) + bv  # [n, C]
+        q = self.temporal_cls_token.view(1, C) + dec.attn.out_proj(out)
+        return q + dec.mlp(dec.ln_2(q))
+
+    def _fast_frame_tokens(self, feats: torch.Tensor, video_cls: torch.Tensor | None,
+                           boxes: list[tuple[int, ...]]) -> STABOutput:
+        """Crop, LSD, FSRA, rows, CLS per group of frames with one crop box (host ints: static shapes, plain slices).
+
+        feats: [BT, G, G, C]. Returns tokens in frame order; tokens_per_frame and grid_hw on the host (no sync to
+        read them).
+        """
+        s = self.conv_stride
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, box in enumerate(boxes):
+            groups.setdefault(box, []).append(i)
+        pieces: dict[int, tuple[torch.Tensor, int, int]] = {}  # first frame of a run -> (tokens, start, stop)
+        for (top, left, H, W), idx in groups.items():
+            h, w = H // s, W // s
+            runs = _runs(idx)
+            crop = _take(feats, runs)[:, top:top + h * s, left:left + w * s]  # [n, h*s, w*s, C]
+            vcls = None if video_cls is None else _take(video_cls, runs)
+            tokens = self._fast_group(crop, vcls)  # [n, 1 + h*(w+1), C]
+            start = 0
+            for a, b in runs:
+                pieces[a] = (tokens, start, start + b - a)
+                start += b - a
+        parts = [pieces[a][0][pieces[a][1]:pieces[a][2]].flatten(0, 1) for a in sorted(pieces)]
+        out = parts[0] if len(parts) == 1 else torch.cat(parts)
+        return _HostLayoutOutput(out, [(b[2] // s, b[3] // s) for b in boxes])
+
+    def _fast_group(self, crop: torch.Tensor, video_cls: torch.Tensor | None) -> torch.Tensor:
+        """Tokens of n frames with one crop box: [n, h*s, w*s, C] -> [n, 1 + h*(w+1), C]."""
+        n, Hs, Ws, C = crop.shape
+        s = self.conv_stride
+        h, w = Hs // s, Ws // s
+        windows = crop.reshape(n, h, s, w, s, C)
+        pooled = windows.mean((2, 4))  # [n, h, w, C]
+        tokens = pooled if self.local_attention is None else self._fast_lsd(windows, pooled)
+        tokens = tokens.reshape(n, h * w, C)
+        frame_cls = self._fast_fsra(tokens) if self.global_attention is not None else None
+        cls = self._cls(frame_cls, video_cls, tokens)
+        out = torch.empty(n, 1 + h * (w + 1), C, dtype=tokens.dtype, device=tokens.device)
+        out[:, 0] = cls
+        rows = out[:, 1:].view(n, h, w + 1, C)
+        rows[:, :, :w] = tokens.view(n, h, w, C)
+        rows[:, :, w] = self.split_embedding
+        return out
+
+    def _fast_lsd(self, windows: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+        """LSD without gathering windows: K/V for every token in place. windows [n, h, s, w, s, C] -> [n, h, w, C]."""
+        la, heads = self.local_attention, self.num_heads
+        n, h, s, w, _, C = windows.shape
+        q = (la.q(pooled) * la.scale).view(n, h, 1, w, 1, heads, -1)
+        k, v = la.kv(windows).view(n, h, s, w, s, 2, heads, -1).unbind(5)  # [n, h, s, w, s, heads, hd]
+        scores = (q * k).sum(-1)  # [n, h, s, w, s, heads]
+        scores = scores.to(torch.promote_types(scores.dtype, torch.float32))
+        e = (scores - scores.amax((2, 4), keepdim=True)).exp()
+        attn = (e / e.sum((2, 4), keepdim=True)).to(v.dtype)  # softmax over the s*s window positions
+        out = (attn[..., None] * v).sum((2, 4))  # [n, h, w, heads, hd]
+        return pooled + la.proj(out.flatten(3))
+
+    def _fast_fsra(self, tokens: torch.Tensor) -> torch.Tensor:
+        """FSRA with its constant query folded. tokens [n, L, C] -> [n, C]."""
+        ga, C = self.global_attention, self.dim
+        keys = ga.kv[0](tokens)  # LN, [n, L, C]
+        attn = _softmax_up(keys @ self._fold_fsra_u, 1)  # [n, L, heads]
+        pooled = attn.transpose(1, 2) @ keys  # [n, heads, C]
+        wv = ga.kv[1].weight[C:].view(self.num_heads, -1, C)
+        out = torch.einsum("nhc,hdc->nhd", pooled, wv).flatten(1)
+        return self.class_embedding + ga.proj(out)
+
+    def crop_boxes_for(self, pixel_values: torch.Tensor) -> list[tuple[int, int, int, int]]:
+        """Per-frame crop boxes (top, left, height, width in patches) of [B, T, 4, S, S] pixel values, for
+        `forward(..., crop_boxes=)`. Reads the mask, so call it where the pixels are on the host (after the
+        processor, before `.to(device)`) to keep the device path sync-free."""
+        mask = pixel_values.flatten(0, 1)[:, 3:]
+        boxes = crop_boxes(patch_valid_mask(mask, self.patch_size), self.empty_frame_patches)
+        return [tuple(b) for b in boxes.tolist()]
+
+
+def _chunks(x: torch.Tensor, size: int) -> list[torch.Tensor]:
+    """[B, T, ...] -> up to two [n, t, ...] groups: B*(T//size) chunks of `size` frames, then the remainder."""
+    B, T = x.shape[:2]
+    full, rest = divmod(T, size)
+    groups = []
+    if full:
+        groups.append(x[:, : full * size].reshape(B * full, size, *x.shape[2:]))
+    if rest:
+        groups.append(x[:, full * size:])
+    return groups
+
+
+def _shifted_sum(y: torch.Tensor, taps: torch.Tensor, dim: int) -> torch.Tensor:
+    """Depthwise 1-D convolution along `dim` with zero padding: sum_j taps[j] * y[.., t + j - k//2, ..].
+
+    y: [..., channels last]; taps: [k, channels].
+    """
+    k, r, t = taps.shape[0], taps.shape[0] // 2, y.shape[dim]
+    out = taps[r] * y
+    for j in range(k):
+        d = j - r  # out[t] += taps[j] * y[t + d] where 0 <= t + d < t_max
+        if d and abs(d) < t:
+            lo = max(0, -d)
+            out.narrow(dim, lo, t - abs(d)).add_(taps[j] * y.narrow(dim, lo + d, t - abs(d)))
+    return out
+
+
+def _runs(idx: list[int]) -> list[tuple[int, int]]:
+    """Sorted frame indices -> maximal [start, stop) runs of consecutive frames."""
+    runs = [[idx[0], idx[0] + 1]]
+    for i in idx[1:]:
+        if i == runs[-1][1]:
+            runs[-1][1] = i + 1
+        else:
+            runs.append([i, i + 1])
+    return [(a, b) for a, b in runs]
+
+
+def _take(x: torch.Tensor, runs: list[tuple[int, int]]) -> torch.Tensor:
+    """Rows of x in the given runs: a view for one run, one copy otherwise (no index tensor, no host->device copy)."""
+    if len(runs) == 1:
+        return x[runs[0][0]:runs[0][1]]
+    return torch.cat([x[a:b] for a, b in runs])
+
+
+@torch.compiler.disable
+def _boxes_to_host(mask: torch.Tensor, patch_size: int, empty_side: int) -> Callable[[], list]:
+    """Start copying the crop boxes of [BT, 1, S, S] masks to the host; returns a function that waits for them.
+
+    On CUDA the copy goes to pinned memory behind an event, so the device keeps working on the kernels queued after
+    it (the patch embedding and the temporal part) while the host waits only for this small copy.
+    """
+    boxes = crop_boxes(patch_valid_mask(mask, patch_size), empty_side)
+    if boxes.device.type != "cuda":
+        return boxes.tolist
+    host = torch.empty(boxes.shape, dtype=boxes.dtype, pin_memory=True)
+    host.copy_(boxes, non_blocking=True)
+    done = torch.cuda.Event()
+    done.record()
+
+    def wait() -> list:
+        done.synchronize()
+        return host.tolist()
+
+    return wait
+
+
+@torch.compiler.disable
+def _boxes_wait(pending: Callable[[], list]) -> list[tuple[int, ...]]:
+    return [tuple(b) for b in pending()]
+
+
+def _layer_norm_up(ln: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
+    """LayerNorm in float32 at least."""
+    up = torch.promote_types(x.dtype, torch.float32)
+    return F.layer_norm(x.to(up), ln.normalized_shape, ln.weight.to(up), ln.bias.to(up), ln.eps)
+
+
+def _softmax_up(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """Softmax in float32 at least (as SDPA does), cast back."""
+    return x.to(torch.promote_types(x.dtype, torch.float32)).softmax(dim).to(x.dtype)
+
+
+def _refold_after_load(module: STAB, incompatible_keys) -> None:
+    """New weights make the folded constants stale: fold again."""
+    if module._fused:
+        module._fold()

@@ -59,10 +59,7 @@ class VideoPandaForCausalLM(VideoPandaPreTrainedModel, GenerationMixin):
 
     def __init__(self, config: VideoPandaConfig, language_model: PreTrainedModel | None = None) -> None:
         super().__init__(config)
-        self.video_tower = STAB(
-            config.stab_hidden_size, config.stab_num_heads, patch_size=config.patch_size,
-            conv_stride=config.conv_stride, chunk_size=config.chunk_size, lste_reduction=config.lste_reduction,
-            mlp_ratio=config.gstra_mlp_ratio, dropout=config.dropout, empty_frame_patches=config.empty_frame_patches)
+        self.video_tower = STAB.from_config(config)
         D = config.llm_hidden_size
         self.video_projector = nn.Sequential(nn.Linear(config.stab_hidden_size, D), nn.GELU(), nn.Linear(D, D))
         self.language_model = language_model or AutoModelForCausalLM.from_config(config.text_config)
@@ -97,6 +94,22 @@ class VideoPandaForCausalLM(VideoPandaPreTrainedModel, GenerationMixin):
         self.language_model.set_output_embeddings(value)
 
     # -- vision -------------------------------------------------------------------------------------------------------
+    def optimize_for_inference(self, compile: bool = False, mode: str | None = None) -> VideoPandaForCausalLM:
+        """Eval mode, the STAB fused (`STAB.fuse()`: same outputs, faster), and optionally the STAB and projector
+        compiled in place (`nn.Module.compile`, static shapes; state_dict keys unchanged). Returns self.
+
+        Args:
+            compile: also `torch.compile` the visual encode (first call per input shape compiles).
+            mode: torch.compile mode, e.g. "reduce-overhead" (CUDA graphs) or "max-autotune-no-cudagraphs".
+        Training afterwards raises until `self.video_tower.unfuse()`.
+        """
+        self.eval()
+        self.video_tower.fuse()
+        if compile:
+            self.video_tower.compile(mode=mode, dynamic=False)
+            self.video_projector.compile(mode=mode, dynamic=False)
+        return self
+
     def encode_video_flat(self, pixel_values: torch.Tensor | list[torch.Tensor]) -> tuple[torch.Tensor, list[int]]:
         """Projected visual tokens of a batch, flat in LLM order: ([N_total, D], tokens per video).
 

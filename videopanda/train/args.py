@@ -14,13 +14,16 @@ STAGES: dict[str, dict[str, Any]] = {
     "finetune": dict(train_llm=True, lr=2e-5, visual_lr=2e-5, warmup_ratio=0.01),
 }
 
+DISTILL_KINDS = ("none", "languagebind", "hf")
+
 
 @dataclass
 class TrainArgs:
     """Arguments of `videopanda train` (each field is a --flag)."""
 
     data: str
-    """Training JSON in LLaVA/Video-LLaVA format, or synth:SEED for the endless synthetic video-QA stream."""
+    """Training JSON in LLaVA/Video-LLaVA format, or synth:SEED for the endless synthetic video-QA stream
+    (synth:SEED:wide for the wide stream: varied clip length, frame shape, object size and motion)."""
     out: str
     """Output folder: checkpoints, logs, final weights."""
     stage: str = "finetune"
@@ -63,6 +66,25 @@ class TrainArgs:
     """Continue from the newest checkpoint in --out."""
     max_minutes: float = 0.0
     """Stop cleanly (checkpoint + final weights) after this many minutes of training; 0 = no limit."""
+    distill: str = "none"
+    """Distillation teacher: none, languagebind (the paper's LanguageBind video encoder) or hf (a transformers CLIP or
+    SigLIP vision model); adds --distill-weight x the cosine loss on LLM hidden states (docs/training.md)."""
+    teacher: str | None = None
+    """Teacher folder for --distill: LanguageBind_Video_merge (config.json + weights) or a CLIP/SigLIP folder."""
+    distill_weight: float = 1.0
+    """Weight of the distillation loss added to the LM loss (the paper: 1)."""
+    group_by_length: bool = False
+    """Length-grouped batches (the reference's group_by_modality_length): shuffled megabatches sorted by estimated
+    length and dealt out evenly to the processes. JSON data only (synth:SEED samples are all about equally long)."""
+    length_group_size: int = 1
+    """With --group-by-length: global micro-batches per length-sorted megabatch. 1 = the reference (balances the
+    processes' loads only); 8-64 also groups similar lengths into a micro-batch, which cuts padding."""
+    tensorboard: bool = True
+    """TensorBoard scalars (loss, lr, tokens/s, skipped) in OUT/tensorboard, when the tensorboard package is
+    installed (rank 0 only)."""
+    fsdp: bool = False
+    """Shard the model with PyTorch FSDP2 across the torchrun processes (one unit per LLM decoder layer, bf16 compute
+    on GPU); for LLMs too large for DDP. Checkpoints stay full state dicts. Not with --lora-r."""
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
@@ -70,6 +92,20 @@ class TrainArgs:
         for name in ("batch_size", "grad_accum", "save_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.length_group_size < 1:
+            raise ValueError(f"--length-group-size must be >= 1, got {self.length_group_size}")
+        if self.group_by_length and self.data.startswith("synth:"):
+            raise ValueError("--group-by-length needs a JSON data set; the synth:SEED stream needs no grouping")
+        if self.fsdp and self.lora_r:
+            raise ValueError("--fsdp with --lora-r is not supported: LoRA trains few parameters, so use plain "
+                             "torchrun (DDP), or --fsdp without LoRA")
+        if self.distill not in DISTILL_KINDS:
+            raise ValueError(f"--distill must be one of {', '.join(DISTILL_KINDS)}, got {self.distill!r}")
+        if self.distill != "none" and not self.teacher:
+            raise ValueError(f"--distill {self.distill} needs --teacher FOLDER (the teacher's config.json and weights)")
+        if self.distill != "none" and self.fsdp:
+            raise ValueError("--distill with --fsdp is not supported yet (the compressor runs outside the sharded "
+                             "forward); use plain torchrun (DDP)")
         stage = STAGES[self.stage]
         self.lr = stage["lr"] if self.lr is None else self.lr
         self.visual_lr = stage["visual_lr"] if self.visual_lr is None else self.visual_lr

@@ -1,9 +1,10 @@
 """The training recipe: the paper's three stages (prealign, pretrain, finetune) for any Video-Panda model.
 
 Launch with one process (`videopanda train ...`) or many (`torchrun --nproc_per_node 4 -m videopanda train ...`,
-DDP over NCCL on GPUs, gloo on CPUs). The data order is a pure function of (seed, step): a resumed run sees
-exactly the samples it would have seen, and N processes see the same global batches as one process. The loss is
-normalised by the token count of the whole global batch, so the loss curve does not depend on the process count.
+DDP over NCCL on GPUs, gloo on CPUs; `--fsdp` shards the model with FSDP2 instead: train/fsdp.py). The data order
+is a pure function of (seed, step), length-grouped or not: a resumed run sees exactly the samples it would have seen,
+and N processes see the same global batches as one process. The loss is normalised by the token count of the whole
+global batch, so the loss curve does not depend on the process count.
 
 Checkpoints (`OUT/checkpoint-000200/`) hold the trainable weights, optimiser, scheduler, step and RNG states, and
 are written to a temporary folder then renamed (atomic). `--resume` continues from the newest one.
@@ -15,6 +16,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 from dataclasses import asdict
 from functools import partial
@@ -27,15 +29,20 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from ..data.dataset import ConversationDataset, Sample, SkipCounter, Skipped, collate
+from ..data.sampler import LengthGroupedStepBatches, estimate_lengths
 from ..data.synth_stream import SynthQAStream
 from ..distributed import init_distributed
 from ..modeling.videopanda import VideoPandaForCausalLM
 from ..processing import VideoPandaProcessor
 from ..weights import DEFAULT_MODEL, save_visual_weights
+from . import fsdp
 from .args import STAGES, TrainArgs
+from .distill import save_compressor_apart, setup_distillation
 from .lora import add_lora, lora_state_dict, merge_lora
+from .tblog import open_writer, write_record
 
-VISUAL_PREFIXES = ("video_tower.", "video_projector.")
+# The reference's names (spec 5.1/5.2): the distillation compressor, when on, trains with the STAB and projector.
+VISUAL_PREFIXES = ("video_tower.", "video_projector.", "video_tower_compressor.")
 
 def setup_model(args: TrainArgs, device: torch.device) -> tuple[VideoPandaForCausalLM, VideoPandaProcessor]:
     model = VideoPandaForCausalLM.from_pretrained(args.model)
@@ -111,6 +118,8 @@ class PositionFlip(torch.utils.data.Dataset):
         if isinstance(sample, Sample) and sample.pixel_values is not None \
                 and np.random.default_rng([self.seed % 2**32, position]).random() < 0.5:
             sample.pixel_values = sample.pixel_values.flip(-1)  # frames and mask together
+            if sample.teacher_pixel_values is not None:  # --distill: the teacher sees the same flip
+                sample.teacher_pixel_values = sample.teacher_pixel_values.flip(-1)
         return sample
 
 
@@ -125,20 +134,36 @@ def make_optimizer(model: torch.nn.Module, args: TrainArgs, total_steps: int):
     return optimizer, scheduler
 
 
-def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+def trainable_state(model: torch.nn.Module, full: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """Trainable parameters plus every buffer of the visual modules: BatchNorm's running statistics *and* its
-    `num_batches_tracked` (matching only "running_" left that counter at its starting value after a resume)."""
+    `num_batches_tracked` (matching only "running_" left that counter at its starting value after a resume).
+    `full`: take them from this (already gathered, CPU) state dict instead of `model.state_dict()` (--fsdp)."""
     names = {n for n, p in model.named_parameters() if p.requires_grad}
     buffers = {n for n, _ in model.named_buffers() if n.startswith(VISUAL_PREFIXES)}
+    if full is not None:
+        return {k: v for k, v in full.items() if k in names or k in buffers}
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if k in names or k in buffers}
 
 
+def train_state(model: torch.nn.Module, optimizer) -> tuple[dict | None, dict | None]:
+    """(trainable_state, optimizer state dict) to checkpoint. Under --fsdp gathered from the shards, in the same
+    format (collective: every rank calls; ranks > 0 get (None, None))."""
+    if fsdp.is_sharded(model):
+        full, optim = fsdp.full_state(model, optimizer)
+        return (None, None) if full is None else (trainable_state(model, full), optim)
+    return trainable_state(model), optimizer.state_dict()
+
+
 def save_checkpoint(out: Path, step: int, model, optimizer, scheduler, args: TrainArgs, counter: SkipCounter) -> None:
+    """Rank 0 writes; under --fsdp every rank must call it (the states are gathered from the shards)."""
+    model_state, optim_state = train_state(model, optimizer)
+    if model_state is None:
+        return
     final = out / f"checkpoint-{step:06d}"
     tmp = out / f".tmp-checkpoint-{step:06d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    torch.save({"model": trainable_state(model), "optimizer": optimizer.state_dict(),
+    torch.save({"model": model_state, "optimizer": optim_state,
                 "scheduler": scheduler.state_dict(), "step": step, "skipped": counter.skipped, "seen": counter.seen,
                 "rng": {"torch": torch.get_rng_state(),
                         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
@@ -155,12 +180,16 @@ def latest_checkpoint(out: Path) -> Path | None:
 
 
 def load_checkpoint(path: Path, model, optimizer, scheduler, counter: SkipCounter) -> int:
-    state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
+    sharded = fsdp.is_sharded(model)  # then every rank maps the file: the page cache holds it once
+    state = torch.load(path / "state.pt", map_location="cpu", weights_only=False, mmap=sharded)
     missing = set(state["model"]) - set(model.state_dict())
     if missing:
         raise ValueError(f"{path}: checkpoint does not fit this model ({sorted(missing)[:3]} ...)")
-    model.load_state_dict(state["model"], strict=False)
-    optimizer.load_state_dict(state["optimizer"])
+    if sharded:
+        fsdp.load_full_state(model, optimizer, state["model"], state["optimizer"])
+    else:
+        model.load_state_dict(state["model"], strict=False)
+        optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng"]["torch"])
     if state["rng"]["cuda"] is not None and torch.cuda.is_available():
@@ -185,11 +214,49 @@ def save_final(out: Path, model: VideoPandaForCausalLM, processor: VideoPandaPro
     return target
 
 
-def make_dataset(args: TrainArgs, processor: VideoPandaProcessor) -> torch.utils.data.Dataset:
+def save_final_sharded(out: Path, model, processor: VideoPandaProcessor, args: TrainArgs) -> Path | None:
+    """`save_final` under --fsdp: the full weights are gathered (every rank calls), rank 0 writes the same files a
+    non-FSDP run writes (None on the other ranks)."""
+    full, _ = fsdp.full_state(model)
+    if full is None:
+        return None
+    target = out / "final"
+    if args.model == DEFAULT_MODEL:
+        from safetensors.torch import save_file
+
+        target.mkdir(parents=True, exist_ok=True)
+        visual = {k: v.contiguous() for k, v in full.items() if k.startswith(VISUAL_PREFIXES)}
+        save_file(visual, str(target / "visual.tmp"))
+        os.replace(target / "visual.tmp", target / "visual.safetensors")
+    else:
+        model.save_pretrained(target, state_dict=dict(full))  # save_pretrained empties the dict it is given
+        processor.save_pretrained(target)
+    return target
+
+
+def make_batch_sampler(data: torch.utils.data.Dataset, args: TrainArgs, rank: int, world: int, start: int,
+                       stop: int) -> torch.utils.data.Sampler:
+    """This rank's micro-batches of steps [start, stop): `StepBatches`, or length-grouped (--group-by-length)."""
+    positions = isinstance(data, PositionFlip)
+    if args.group_by_length:
+        base = data.data if positions else data
+        lengths = estimate_lengths(base.items, base.processor.config)
+        return LengthGroupedStepBatches(lengths, batch_size=args.batch_size, grad_accum=args.grad_accum,
+                                        seed=args.seed, group_size=args.length_group_size, rank=rank, world=world,
+                                        start=start, stop=stop, positions=positions)
+    return StepBatches(len(data), args, rank, world, start, stop, shuffle=not isinstance(data, SynthQAStream),
+                       positions=positions)
+
+
+def make_dataset(args: TrainArgs, processor: VideoPandaProcessor, teacher_inputs=None) -> torch.utils.data.Dataset:
     """A LLaVA-format JSON file, or `synth:SEED` for the endless in-memory synthetic video-QA stream."""
     if args.data.startswith("synth:"):
-        return SynthQAStream(processor, seed=int(args.data.split(":", 1)[1]))
-    data = ConversationDataset(args.data, processor, media_root=args.media_root, max_length=args.max_length)
+        _, seed, *rest = args.data.split(":")
+        if rest not in ([], ["wide"]):
+            raise ValueError(f"--data {args.data}: expected synth:SEED or synth:SEED:wide")
+        return SynthQAStream(processor, seed=int(seed), teacher_inputs=teacher_inputs, wide=rest == ["wide"])
+    data = ConversationDataset(args.data, processor, media_root=args.media_root, max_length=args.max_length,
+                               teacher_inputs=teacher_inputs)
     return PositionFlip(data, args.seed) if args.flip else data  # flips by position: see PositionFlip
 
 
@@ -202,7 +269,13 @@ def train(args: TrainArgs) -> dict[str, Any]:
         torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(args.seed)
     model, processor = setup_model(args, device)
-    data = make_dataset(args, processor)
+    distiller = setup_distillation(model, args, device)  # --distill: frozen teacher; compressor joins the model
+    sharded = args.fsdp and world > 1
+    if sharded:
+        fsdp.shard_model(model, device)  # before the optimizer: it must hold the sharded parameters
+    elif args.fsdp and rank == 0:
+        print("note: --fsdp with one process: nothing to shard, training as usual", file=sys.stderr)
+    data = make_dataset(args, processor, distiller.teacher_inputs if distiller else None)
     stream = isinstance(data, SynthQAStream)
     per_step = args.batch_size * args.grad_accum * world
     if stream and not args.steps:
@@ -215,18 +288,18 @@ def train(args: TrainArgs) -> dict[str, Any]:
     start = 0
     if args.resume and (ckpt := latest_checkpoint(out)) is not None:
         start = load_checkpoint(ckpt, model, optimizer, scheduler, counter)
-    ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 and not sharded else model
     # The loader gets its own generator: by default `iter(loader)` draws its workers' base seed from the global
     # torch RNG, one draw more in a resumed run than in an uninterrupted one at the same step, which shifted every
     # later dropout mask and made resume inexact.
     loader = torch.utils.data.DataLoader(
-        data, batch_sampler=StepBatches(len(data), args, rank, world, start, total, shuffle=not stream,
-                                        positions=isinstance(data, PositionFlip)),
+        data, batch_sampler=make_batch_sampler(data, args, rank, world, start, total),
         num_workers=args.num_workers, collate_fn=partial(collate, pad_id=processor.tokenizer.pad_token_id),
         generator=torch.Generator().manual_seed(args.seed + start))
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and args.dtype != "float32" \
         else torch.autocast("cpu", enabled=False)
     log = (out / "train_log.jsonl").open("a") if rank == 0 else None
+    writer = open_writer(out, args.tensorboard, rank)
     bar = tqdm(total=total, initial=start, disable=rank != 0, desc=f"train {args.stage}")
     micro = iter(loader)
     last_loss = float("nan")
@@ -234,7 +307,7 @@ def train(args: TrainArgs) -> dict[str, Any]:
     deadline = time.monotonic() + 60 * args.max_minutes if args.max_minutes else float("inf")
     for step in range(start, total):
         if _time_is_up(deadline, world, device):
-            if rank == 0:
+            if rank == 0 or sharded:
                 save_checkpoint(out, step, model, optimizer, scheduler, args, counter)
             total = step
             break
@@ -254,17 +327,25 @@ def train(args: TrainArgs) -> dict[str, Any]:
                                 device=device)
         if world > 1:
             dist.all_reduce(n_tokens)
+        n_frames = distiller.count_frames(batches, device, world) if distiller else None  # valid frames, global
         step_loss = torch.zeros((), device=device)
+        step_video = torch.zeros((), device=device)
         for i, b in enumerate(batches):
             if "input_ids" not in b:
                 continue
             inputs = {k: (v.to(device) if isinstance(v, torch.Tensor) else [x.to(device) for x in v])
                       for k, v in b.items() if k in ("input_ids", "labels", "attention_mask", "pixel_values")}
             sync = i == len(batches) - 1 or world == 1
-            ctx = ddp.no_sync() if (world > 1 and not sync) else _null()
+            ctx = ddp.no_sync() if (world > 1 and not sync and not sharded) else _null()
+            if sharded:
+                fsdp.set_gradient_sync(model, sync)
             with ctx, autocast:
                 # loss = sum of token losses / tokens of the global step; DDP averages grads over ranks, hence * world
-                loss = ddp(**inputs, num_items_in_batch=n_tokens / world).loss
+                if distiller is None:
+                    loss = ddp(**inputs, num_items_in_batch=n_tokens / world).loss
+                else:  # LM loss + weight x video loss (per valid frame of the global step): train/distill.py
+                    loss, video = distiller.forward(ddp, b, inputs, n_tokens / world, n_frames / world)
+                    step_video += video.detach() / world
             loss.backward()
             step_loss += loss.detach() / world
             tokens += int(b["attention_mask"].sum())
@@ -274,28 +355,49 @@ def train(args: TrainArgs) -> dict[str, Any]:
         optimizer.zero_grad(set_to_none=True)
         if world > 1:
             dist.all_reduce(step_loss)
+            if distiller:
+                dist.all_reduce(step_video)
         last_loss = float(step_loss)
         bar.update(1)
         if rank == 0 and ((step + 1) % args.log_every == 0 or step + 1 == total):
             rate = tokens * world / (time.perf_counter() - tick)
             record = {"step": step + 1, "loss": last_loss, "lr": scheduler.get_last_lr()[0], "tokens_per_s": rate,
                       "skipped": counter.total}
+            if distiller:  # "loss" is the total: lm_loss + distill_weight * video_loss
+                record.update(video_loss=float(step_video), lm_loss=last_loss - args.distill_weight * float(step_video))
             log.write(json.dumps(record) + "\n")
             log.flush()
+            write_record(writer, record)
             bar.set_postfix(loss=f"{last_loss:.4f}")
             tick, tokens = time.perf_counter(), 0
-        if rank == 0 and ((step + 1) % args.save_every == 0 or step + 1 == total):
+        if (rank == 0 or sharded) and ((step + 1) % args.save_every == 0 or step + 1 == total):
             save_checkpoint(out, step + 1, model, optimizer, scheduler, args, counter)
         if world > 1:
             dist.barrier()
     bar.close()
     summary = {"steps": total, "final_loss": last_loss, "skipped": counter.skipped, "seen": counter.seen}
+    if device.type == "cuda":
+        summary["peak_memory_gib"] = _peak_memory_gib(world)
+    if writer is not None:
+        writer.close()
+    save_compressor_apart(model, out / "final", rank)  # --distill: final/compressor.safetensors, not in the model
+    final = save_final_sharded(out, model, processor, args) if sharded else None
     if rank == 0:
-        summary["final"] = str(save_final(out, model, processor, args))
+        summary["final"] = str(final or save_final(out, model, processor, args))
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
     if dist.is_initialized():
         dist.destroy_process_group()
     return summary
+
+
+def _peak_memory_gib(world: int) -> list[float]:
+    """Peak CUDA memory allocated by each rank so far, in GiB (collective)."""
+    peak = round(torch.cuda.max_memory_allocated() / 2**30, 3)
+    if world == 1:
+        return [peak]
+    gathered: list[Any] = [None] * world
+    dist.all_gather_object(gathered, peak)
+    return gathered
 
 
 def _time_is_up(deadline: float, world: int, device: torch.device) -> bool:

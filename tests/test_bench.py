@@ -1,0 +1,106 @@
+"""`videopanda bench`: runs end to end on CPU with tiny models and writes the JSON docs/speed.md describes."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from videopanda import bench, cli
+
+HAS_BNB = importlib.util.find_spec("bitsandbytes") is not None
+REFERENCE = Path(__file__).resolve().parent.parent / ".xfer" / "reference"  # never committed; see docs/speed.md
+TINY = ["--device", "cpu", "--llm", "tiny", "--stab-configs", "tiny", "--vit", "tiny", "--batch-sizes", "1,2",
+        "--vit-batch-sizes", "1", "--frame-size", "112", "--new-tokens", "4", "--decoding", "dynamic,static",
+        "--eval-batch-sizes", "1,3", "--eval-new-tokens", "2", "--no-eval-e2e", "--repeats", "1", "--warmup", "0",
+        "--quant", "4bit" if HAS_BNB else ""]
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("bench") / "cpu_tiny.json"
+    assert cli.main(["bench", *TINY, "--out", str(out), "--quiet"]) == 0
+    return json.loads(out.read_text())
+
+
+def test_header_records_device_versions_and_command(result):
+    assert result["errors"] == []
+    assert result["command"].startswith("videopanda bench") and "--llm tiny" in result["command"]
+    assert result["device"]["type"] == "cpu" and result["device"]["name"]
+    assert result["versions"]["torch"] == torch.__version__ and result["versions"]["transformers"]
+    assert result["settings"]["llm"] == ["tiny"] and result["settings"]["repeats"] == 1
+    assert result["dtype"] == "float32" and result["seconds"] > 0
+
+
+def test_stab_and_vit_rows(result):
+    rows = result["stab"]["rows"]
+    assert {(r["impl"], r["batch"]) for r in rows} >= {("ours-eager", 1), ("ours-eager", 2)}
+    for r in rows:
+        assert r["median_ms"] > 0 and r["videos_per_s"] > 0 and r["peak_mem_mb"] > 0
+        assert r["tokens_per_video"] == 8 * (1 + 4 * 5)  # tiny STAB, 112 px square: 4 x 4 LSD tokens + splits + CLS
+    vit = result["vit"]["rows"]
+    assert [r["batch"] for r in vit] == [1] and vit[0]["images"] == 8 and vit[0]["tokens_per_video"] == 8 * 16
+
+
+def test_generate_rows_time_every_mode_with_the_same_tokens(result):
+    rows = {r["decoding"]: r for r in result["generate"]["rows"]}
+    assert set(rows) == {"dynamic", "static"}
+    for r in rows.values():
+        assert r["new_tokens"] == 4 and r["visual_tokens"] == 168 and r["prompt_tokens"] > 168
+        assert r["ttft_ms"] > 0 and r["e2e_ms"] > 0  # no order between them: this CPU may be shared
+        assert r["decode_tokens_per_s"] is None or r["decode_tokens_per_s"] > 0
+        assert r["same_tokens_as_first_mode"] is True
+
+
+def test_eval_and_memory_rows(result):
+    assert [(r["batch"], r["new_tokens"]) for r in result["eval"]["rows"]] == [(1, 2), (3, 2)]
+    assert all(r["answers_per_s"] > 0 for r in result["eval"]["rows"])
+    memory = result["memory"]["rows"][0]
+    assert memory["llm"] == "tiny" and memory["total_mb"] == pytest.approx(memory["visual_mb"] + memory["llm_mb"],
+                                                                           abs=0.2)
+
+
+@pytest.mark.skipif(not HAS_BNB, reason="bitsandbytes is not installed")
+def test_quantized_llm_is_smaller_and_still_answers(result):
+    (row,) = result["memory"]["quantized"]
+    assert "error" not in row, row
+    assert row["quantization"] == "4bit" and row["layers_quantized"] == 2 * 7  # q k v o gate up down per layer
+    assert row["llm_mb"] < result["memory"]["rows"][0]["llm_mb"] and row["e2e_ms"] > 0
+
+
+def test_bad_flags_fail_cleanly(capsys):
+    assert cli.main(["bench", "--device", "cpu", "--sections", "stab,speed"]) == 2
+    assert "unknown ['speed']" in capsys.readouterr().err
+    assert cli.main(["bench", "--device", "cpu", "--batch-sizes", "0"]) == 2
+
+
+def test_command_line_rebuilt_from_python_arguments():
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    args = parser.parse_args(["--llm", "tiny", "--compile", "--no-eval-e2e"])
+    line = bench._command_line(args)
+    assert line.startswith("videopanda bench") and "--llm tiny" in line and "--compile" in line
+    assert "--no-eval-e2e" in line
+
+
+@pytest.mark.skipif(not (REFERENCE / "vision_tokenizer.py").is_file() or importlib.util.find_spec("einops") is None,
+                    reason="the reference STAB is not in .xfer/reference (it is never committed), or no einops")
+def test_reference_stab_loads_with_our_weights_and_agrees():
+    from videopanda.modeling.stab import STAB
+
+    cls = bench.load_reference_stab(REFERENCE)
+    torch.manual_seed(0)
+    ours = STAB(1024, 8).eval()
+    cfg = argparse.Namespace(mm_video_tower="config/videopanda-video-LB-patch14-anypixel-448")
+    ref = cls(1024, cfg, argparse.Namespace(patch_stride=14, conv_stride=2)).eval()
+    missing, unexpected = ref.load_state_dict(ours.state_dict(), strict=False)
+    assert unexpected == [] and all(k.startswith("lmhra2.") for k in missing)
+    px = bench.pixel_values(bench.synthetic_videos(1, 8, 112), "videopanda-tiny")  # 112 px canvas: cheap
+    with torch.no_grad():
+        theirs = torch.cat(ref(torch.stack(px[0].chunk(2)), torch.nn.Identity())[0])
+        mine = ours(px).tokens
+    assert theirs.shape == mine.shape and torch.allclose(theirs, mine, atol=1e-4)

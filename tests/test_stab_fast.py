@@ -1,0 +1,237 @@
+"""STAB.fuse(): the inference fast form computes the same function as the straightforward STAB."""
+
+from __future__ import annotations
+
+import copy
+import time
+
+import pytest
+import torch
+
+from videopanda import VARIANTS, VideoPandaConfig, VideoPandaForCausalLM
+from videopanda.modeling.stab import STAB
+
+# (B, T, canvas, per-video boxes (top, left, h, w) in pixels, trailing empty frames per video)
+CASES = {
+    "square": (1, 8, 112, [(0, 0, 112, 112)], 0),
+    "wide_and_tall": (2, 8, 112, [(28, 0, 56, 112), (0, 28, 112, 56)], 0),
+    "odd_offset_crop": (1, 4, 112, [(14, 42, 70, 56)], 0),  # top/left not on the 2x2 grid, 5 patch rows
+    "padded_frames": (2, 8, 112, [(0, 0, 112, 112), (28, 0, 56, 112)], 3),
+    "image": (3, 1, 112, [(0, 0, 112, 112), (28, 0, 56, 112), (0, 0, 112, 84)], 0),
+    "T3": (1, 3, 112, [(0, 0, 112, 112)], 0),
+    "T6_mixed": (3, 6, 112, [(0, 0, 112, 112), (28, 0, 56, 112), (0, 0, 112, 112)], 2),
+    "T9": (2, 9, 112, [(0, 0, 112, 112), (0, 28, 112, 56)], 1),
+    "non_multiple_canvas": (1, 5, 120, [(0, 0, 120, 120)], 0),  # 120 px: 8 patches, 8 px cut off
+}
+ABLATIONS = {
+    "full": {},
+    "no_lste": dict(use_lste=False),
+    "no_gstra": dict(use_gstra=False),
+    "no_fsra": dict(use_fsra=False),
+    "avgpool": dict(downsample="avgpool"),
+    "no_cls_sources": dict(use_gstra=False, use_fsra=False),
+}
+
+
+def make_stab(dtype: torch.dtype = torch.float64, **kw) -> STAB:
+    """A tiny STAB with every branch awake and BatchNorm statistics away from the identity."""
+    torch.manual_seed(0)
+    stab = STAB(32, 4, **kw).eval()
+    with torch.no_grad():
+        for p in stab.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+        if stab.lmhra1 is not None:
+            bn = stab.lmhra1.pos_embed[0]
+            bn.running_mean.normal_(0, 0.3)
+            bn.running_var.uniform_(0.5, 2.0)
+    return stab.to(dtype)
+
+
+def make_input(B: int, T: int, canvas: int, boxes: list[tuple[int, int, int, int]], empty: int,
+               dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    g = torch.Generator().manual_seed(1)
+    px = torch.zeros(B, T, 4, canvas, canvas, dtype=dtype)
+    for b, (top, left, h, w) in enumerate(boxes):
+        px[b, :, :3, top:top + h, left:left + w] = torch.randn(T, 3, h, w, generator=g, dtype=dtype)
+        px[b, :, 3, top:top + h, left:left + w] = 1
+        if empty:
+            px[b, T - empty:] = 0
+    return px
+
+
+def run_both(stab: STAB, px: torch.Tensor, **kw):
+    fused = copy.deepcopy(stab).fuse()
+    with torch.no_grad():
+        return stab(px), fused(px, **kw)
+
+
+@pytest.mark.parametrize("shift_convs", [False, True], ids=["conv", "shifted_sums"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_fused_equals_unfused(case, shift_convs):
+    stab = make_stab()
+    fused = copy.deepcopy(stab).fuse()
+    fused._shift_convs = shift_convs
+    px = make_input(*CASES[case])
+    with torch.no_grad():
+        want, got = stab(px), fused(px)
+    assert got.tokens_per_frame.tolist() == want.tokens_per_frame.tolist()
+    assert got.grid_hw.tolist() == want.grid_hw.tolist()
+    assert got.tokens.shape == want.tokens.shape
+    assert (got.tokens - want.tokens).abs().max() < 1e-12
+
+
+@pytest.mark.parametrize("ablation", list(ABLATIONS))
+@pytest.mark.parametrize("case", ["wide_and_tall", "padded_frames", "image", "T6_mixed"])
+def test_fused_equals_unfused_for_every_ablation(ablation, case):
+    want, got = run_both(make_stab(**ABLATIONS[ablation]), make_input(*CASES[case]))
+    assert got.tokens_per_frame.tolist() == want.tokens_per_frame.tolist()
+    assert (got.tokens - want.tokens).abs().max() < 1e-12
+
+
+def test_float32_close():
+    stab = make_stab(torch.float32)
+    want, got = run_both(stab, make_input(*CASES["padded_frames"], dtype=torch.float32))
+    assert (got.tokens - want.tokens).abs().max() < 2e-5
+
+
+def test_bfloat16_error_is_that_of_the_unfused_path():
+    """Folding must not cost precision: both forms in bfloat16 against a float64 truth."""
+    px = make_input(*CASES["wide_and_tall"], dtype=torch.float32)
+    truth = make_stab()(px.double()).tokens.detach()
+    errors = {}
+    for name, stab in (("unfused", make_stab(torch.bfloat16)), ("fused", make_stab(torch.bfloat16).fuse())):
+        with torch.no_grad():
+            errors[name] = (stab(px).tokens.double() - truth).abs().mean().item()
+    assert errors["fused"] < 1.25 * errors["unfused"] + 1e-6, errors
+
+
+def test_crop_box_hints():
+    stab = make_stab()
+    fused = copy.deepcopy(stab).fuse()
+    px = make_input(*CASES["T6_mixed"])
+    with torch.no_grad():
+        want = fused(px)
+        boxes = fused.crop_boxes_for(px)
+        assert len(boxes) == 18 and boxes[6] == (2, 0, 4, 8)
+        for hint in (boxes, torch.tensor(boxes)):
+            assert torch.equal(fused(px, crop_boxes=hint).tokens, want.tokens)
+        square = make_input(*CASES["square"])
+        assert torch.equal(fused(square, crop_boxes="full").tokens, fused(square).tokens)
+        with pytest.raises(ValueError, match="18 frames"):
+            fused(px, crop_boxes=boxes[:-1])
+        with pytest.raises(ValueError, match="crop_boxes"):
+            fused(px, crop_boxes="all")
+
+
+def test_given_boxes_need_no_data():
+    """With the crop boxes given, nothing reads tensor values on the host (meta tensors have none): the device
+    path is free of host syncs."""
+    fused = make_stab(torch.float32).fuse().to("meta")
+    px = torch.empty(2, 8, 4, 112, 112, device="meta")
+    with torch.no_grad():
+        out = fused(px, crop_boxes="full")
+        assert out.tokens.shape == (2 * 8 * (1 + 4 * 5), 32) and out.tokens.device.type == "meta"
+        boxes = [(0, 0, 8, 8)] * 8 + [(2, 0, 4, 8)] * 5 + [(0, 0, 8, 8)] * 3
+        out = fused(px, crop_boxes=boxes)
+        assert out.tokens_per_frame.tolist() == [21] * 8 + [11] * 5 + [21] * 3
+
+
+def test_fuse_is_inference_only_and_reversible():
+    stab = make_stab(torch.float32)
+    keys = list(stab.state_dict())
+    assert stab.fuse() is stab and stab.fused
+    assert list(stab.state_dict()) == keys  # folded tensors are not saved
+    with pytest.raises(RuntimeError, match="unfuse"):
+        stab.train()
+    stab.eval()  # allowed
+    stab.unfuse().train()
+    assert not any(name.startswith("_fold_") for name, _ in stab.named_buffers())
+    stab(make_input(*CASES["square"], dtype=torch.float32)).tokens.sum().backward()
+    assert stab.patch_embedding.weight.grad is not None
+
+
+def test_loading_weights_refolds_and_to_dtype_carries_the_folds():
+    px = make_input(*CASES["padded_frames"])
+    fused = make_stab().fuse()
+    other = make_stab()
+    with torch.no_grad():
+        for p in other.parameters():
+            p.mul_(1.1)
+        other.lmhra1.pos_embed[0].running_var.mul_(1.5)
+    fused.load_state_dict(other.state_dict())
+    want, got = other(px), fused(px)
+    assert (got.tokens - want.tokens).abs().max() < 1e-12
+    fused.float()
+    assert fused._fold_lste_w1.dtype == torch.float32
+    assert (fused(px.float()).tokens.double() - want.tokens).abs().max() < 1e-4
+
+
+def test_dynamo_traces_the_fast_path_without_graph_breaks():
+    """torch.compile(fullgraph=True) on the fused STAB with the boxes given (backend aot_eager: dynamo + AOT
+    autograd, no code generation, so it is quick); with the boxes read from the mask there are exactly two breaks,
+    around the box copy."""
+    import torch._dynamo
+    from torch._dynamo.backends.debugging import aot_eager
+
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return aot_eager(gm, example_inputs)
+
+    stab = make_stab(torch.float32)
+    fused = copy.deepcopy(stab).fuse()
+    px = make_input(*CASES["padded_frames"], dtype=torch.float32)
+    torch._dynamo.reset()
+    compiled = torch.compile(fused, fullgraph=True, dynamic=False, backend=backend)
+    with torch.no_grad():
+        want = stab(px).tokens
+        got = compiled(px, crop_boxes=fused.crop_boxes_for(px)).tokens
+        assert (got - want).abs().max() < 2e-5
+        square = make_input(*CASES["square"], dtype=torch.float32)
+        out = compiled(square, crop_boxes="full")
+        assert (out.tokens - stab(square).tokens).abs().max() < 2e-5
+        assert out.tokens_per_frame.tolist() == [21] * 8
+    # no host tensors are made inside the graphs (they would keep inductor from CUDA-graphing them)
+    assert len(graphs) == 2 and not any(n.target is torch.tensor for g in graphs for n in g.graph.nodes)
+    torch._dynamo.reset()
+    with torch.no_grad():
+        explained = torch._dynamo.explain(fused)(px)
+    assert explained.graph_break_count == 2
+    assert all("_boxes_" in str(r.reason) for r in explained.break_reasons)
+
+
+@pytest.mark.slow
+def test_inductor_compiles_the_fast_path():
+    """The real thing (inductor C++ code generation on CPU): about 1-2 minutes on a small machine."""
+    import torch._dynamo
+
+    stab = make_stab(torch.float32)
+    fused = copy.deepcopy(stab).fuse()
+    px = make_input(1, 5, 112, [(0, 0, 112, 112)], 0, dtype=torch.float32)
+    torch._dynamo.reset()
+    start = time.perf_counter()
+    compiled = torch.compile(fused, fullgraph=True, dynamic=False)
+    with torch.no_grad():
+        got = compiled(px, crop_boxes="full").tokens
+        want = stab(px).tokens
+    assert (got - want).abs().max() < 2e-5
+    assert time.perf_counter() - start < 600
+
+
+def test_model_optimize_for_inference():
+    text = dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, vocab_size=300, max_position_embeddings=2048)
+    torch.manual_seed(0)
+    model = VideoPandaForCausalLM(VideoPandaConfig(text_config=text, **VARIANTS["videopanda-tiny"])).eval()
+    with torch.no_grad():  # wake the zero-initialised STAB branches
+        for p in model.video_tower.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    px = make_input(*CASES["wide_and_tall"], dtype=torch.float32)
+    with torch.no_grad():
+        want = model.encode_video(px)
+        assert model.optimize_for_inference() is model and model.video_tower.fused
+        got = model.encode_video(px)
+    assert all((g - w).abs().max() < 1e-5 for g, w in zip(got, want))
+    with pytest.raises(RuntimeError, match="unfuse"):
+        model.train()
