@@ -630,8 +630,10 @@ def bench_generate(s: dict[str, Any], clock: Clock, device: Any, dtype: Any, log
                 continue
             tokens = row.pop("_tokens")
             baseline = tokens if baseline is None else baseline
+            differ = (tokens != baseline).nonzero()
             row.update(prompt_tokens=n_prompt, visual_tokens=n_visual, stab=stab,
-                       same_tokens_as_first_mode=bool((tokens == baseline).all()))
+                       same_tokens_as_first_mode=not differ.numel(),
+                       first_difference=int(differ[0]) if differ.numel() else None)
         del model, processor
         _free(device)
     return {"rows": rows}

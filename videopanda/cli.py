@@ -48,7 +48,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                         "STAB and projector stay 16-bit); needs pip install 'videopanda[quant]'")
     p.add_argument("--compile", action="store_true",
                    help="static KV cache + compiled (CUDA-graph) decoding: the first answer pays a one-time "
-                        "compilation (~40 s for a 7B), later ones are ~4x faster (GPU; see docs/speed.md)")
+                        "compilation (~1 min for a 7B), later ones are ~3.5x faster (GPU; see docs/speed.md)")
 
 
 def _read(args: argparse.Namespace):

@@ -5,7 +5,8 @@ Speed options (docs/speed.md has the measurements behind the defaults):
     cache kept between calls, eager), "compiled" (static cache + a decode step compiled and captured as a CUDA graph;
     the first call pays the compilation, later calls are fast) or "auto" (see `DEFAULT_DECODING`). Single greedy
     requests in "static"/"compiled" take a lean loop (`greedy_generate`); batches and sampling take transformers'
-    `generate` with the same cache and compilation settings. Greedy tokens are the same whichever is chosen.
+    `generate` with the same cache and compilation settings. Greedy tokens are the same whichever is chosen (exactly
+    in float32; in bfloat16 on a GPU, different kernels can round a near-tie the other way: docs/speed.md).
   * `load(..., quantization="8bit" | "4bit")`: bitsandbytes quantization of the LLM's Linear layers only; the STAB,
     the projector and the LM head stay in `dtype` (bfloat16 on GPU).
 """
@@ -36,12 +37,12 @@ class QuantizationError(ValueError):
 
 
 DECODING_MODES = ("auto", "dynamic", "static", "compiled")
-# What "auto" means per device type (measured: bench/results/, docs/speed.md). CPU: transformers' dynamic cache (a
-# static cache gains nothing there without CUDA graphs, and compiling costs minutes). CUDA: the static-cache lean loop
-# without compilation: 7B-shaped, 64 tokens after a 2.2k-token video prompt on an H100, 1.97 s vs 2.26 s for the
-# dynamic cache, and no warm-up. "compiled" (0.50 s) is opt-in (--compile): its one-time compilation (~40 s for the
-# 7B) only pays off over many answers (chat, serve) or long ones.
-DEFAULT_DECODING = {"cpu": "dynamic", "cuda": "static"}
+# What "auto" means per device type (measured: bench/results/h100.json, docs/speed.md). transformers' dynamic cache
+# on both: on an H100 (7B-shaped, 64 tokens after a 2.2k-token video prompt) it took 1.76 s against 1.87 s for the
+# eager static-cache loop, with no warm-up; on a CPU a static cache gains nothing. "compiled" (0.51 s on the H100) is
+# opt-in (--compile): its one-time compilation (~40-60 s for the 7B) only pays off over many answers (chat, serve) or
+# long ones.
+DEFAULT_DECODING = {"cpu": "dynamic", "cuda": "dynamic"}
 QUANTIZATION_MODES = ("8bit", "4bit")
 # Modules kept out of quantization (transformers' `llm_int8_skip_modules`, matched on module-name boundaries): the
 # visual side is small and precision-sensitive, and the LM head is conventionally kept in 16 bits.
