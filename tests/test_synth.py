@@ -300,6 +300,14 @@ def test_wide_scenes_keep_the_rules_and_vary_what_version_1_fixed() -> None:
         assert questions
     assert min(travels) >= 0.15 - 1e-9 and max(travels) > 0.5 and min(sizes) < 0.06 and max(sizes) > 0.13
     assert set(outlines) == {"dark", "light", "none"}
+    rotations = [o.rotation for s, _ in scenes for o in s.objects]
+    assert max(abs(r) for r in rotations) > 2.5 and all(
+        abs(o.rotation) <= math.radians(15) + 1e-9 for s, _ in scenes for o in s.objects if o.shape == "square")
+    for scene, _ in scenes[:20]:  # rotated shapes are drawn around their centre, in their own colour
+        frames = render_scene(scene)
+        for obj in scene.objects:
+            x, y = (obj.centres(scene.num_frames)[obj.appear_frame] * scene.size).astype(int)
+            assert np.array_equal(frames[obj.appear_frame, y, x], COLOURS[obj.colour])
     # the narrow default is version 1: same scenes as before the wide option existed
     assert all(s.outline == "dark" for s, _ in _scenes(20))
 

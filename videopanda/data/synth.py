@@ -147,6 +147,7 @@ class SceneObject:
         size: Radius, as a fraction of the frame (see _SHAPE_SCALE for the drawn extent per shape).
         appear_frame: First frame on which the object is drawn.
         disappear_frame: First frame on which it is no longer drawn; None keeps it to the end of the clip.
+        rotation: In-plane rotation in radians, counter-clockwise (0 in version 1: triangles and stars point up).
     """
 
     shape: str
@@ -157,6 +158,7 @@ class SceneObject:
     size: float
     appear_frame: int = 0
     disappear_frame: int | None = None
+    rotation: float = 0.0
 
     def __post_init__(self) -> None:
         if self.shape not in SHAPES:
@@ -188,7 +190,8 @@ class SceneObject:
 
     def extent(self, size: int) -> float:
         """Drawn radius including the outline, as a fraction of a frame of `size` pixels."""
-        return self.size * _SHAPE_SCALE[self.shape] + _OUTLINE_PX / size
+        spread = abs(math.cos(self.rotation)) + abs(math.sin(self.rotation)) if self.shape == "square" else 1.0
+        return self.size * _SHAPE_SCALE[self.shape] * spread + _OUTLINE_PX / size
 
 
 @dataclass(frozen=True)
@@ -276,12 +279,19 @@ def _too_close(a: SceneObject, b: SceneObject, num_frames: int, size: int) -> bo
 
 def _sample_object(
     rng: np.random.Generator, shape: str, colour: str, timing: tuple[int, int | None], num_frames: int, size: int,
-    ranges: tuple[tuple[float, float], tuple[float, float]] = (_SIZE_RANGE, _DISPLACEMENT_RANGE),
+    ranges: tuple[Any, ...] = (_SIZE_RANGE, _DISPLACEMENT_RANGE),
 ) -> SceneObject:
-    """One object with a start and speed that keep it fully inside the frame for the whole clip."""
+    """One object with a start and speed that keep it fully inside the frame for the whole clip.
+
+    `ranges` is (radius range, travel range) or, for wide scenes, (radius range, travel range, largest square tilt).
+    """
     direction = DIRECTIONS[int(rng.integers(len(DIRECTIONS)))]
     radius = float(rng.uniform(*ranges[0]))
-    margin = radius * _SHAPE_SCALE[shape] + _OUTLINE_PX / size + 0.01
+    rotation = 0.0
+    if len(ranges) > 2:  # wide: triangles and stars at any angle, squares tilted a little
+        rotation = float(rng.uniform(-1, 1)) * (math.pi if shape in ("triangle", "star") else ranges[2])
+    probe = SceneObject(shape, colour, (0.5, 0.5), direction, 0.0, radius, rotation=rotation)
+    margin = probe.extent(size) + 0.01
     travel = min(float(rng.uniform(*ranges[1])), 1.0 - 2 * margin - 0.02)  # large objects: less room to travel
     along = float(rng.uniform(margin, 1.0 - margin - travel))  # coordinate where the motion starts, pre-flip
     across = float(rng.uniform(margin, 1.0 - margin))
@@ -289,12 +299,12 @@ def _sample_object(
         along = 1.0 - along
     start = (along, across) if direction in ("left", "right") else (across, along)
     speed = travel / max(num_frames - 1, 1)
-    return SceneObject(shape, colour, start, direction, speed, radius, timing[0], timing[1])
+    return SceneObject(shape, colour, start, direction, speed, radius, timing[0], timing[1], rotation)
 
 
 def _place_objects(
     rng: np.random.Generator, pairs: list[tuple[str, str]], timing: list[tuple[int, int | None]], t: int, size: int,
-    ranges: tuple[tuple[float, float], tuple[float, float]] = (_SIZE_RANGE, _DISPLACEMENT_RANGE),
+    ranges: tuple[Any, ...] = (_SIZE_RANGE, _DISPLACEMENT_RANGE),
 ) -> list[SceneObject] | None:
     """Rejection-sample non-overlapping trajectories; None if some object found no free path."""
     placed: list[SceneObject] = []
@@ -310,7 +320,7 @@ def _place_objects(
 
 
 def _sample_objects(rng: np.random.Generator, count: int, num_frames: int, size: int,
-                    ranges: tuple[tuple[float, float], tuple[float, float]] = (_SIZE_RANGE, _DISPLACEMENT_RANGE),
+                    ranges: tuple[Any, ...] = (_SIZE_RANGE, _DISPLACEMENT_RANGE),
                     ) -> list[SceneObject]:
     """`count` objects with distinct (shape, colour) pairs; retries with one object fewer if they do not fit.
 
@@ -352,6 +362,7 @@ def _sample_background(rng: np.random.Generator) -> tuple[str, dict[str, Any]]:
 # showed it did not generalise (bench/results/alt_synth/).
 WIDE_SIZE_RANGE = (0.045, 0.15)
 WIDE_DISPLACEMENT_RANGE = (0.15, 0.6)
+WIDE_SQUARE_TILT = math.radians(15)  # triangles and stars take any rotation; a square tilted 45 degrees is a diamond
 
 
 def sample_scene(rng: np.random.Generator, *, num_frames: int = 16, size: int = 128, fps: int = 8,
@@ -370,7 +381,8 @@ def sample_scene(rng: np.random.Generator, *, num_frames: int = 16, size: int = 
         A Scene with 1 to 5 objects of distinct (colour, shape) pairs on non-overlapping trajectories.
     """
     _check_clip_args(num_frames=num_frames, size=size, fps=fps)
-    ranges = (WIDE_SIZE_RANGE, WIDE_DISPLACEMENT_RANGE) if wide else (_SIZE_RANGE, _DISPLACEMENT_RANGE)
+    ranges = (WIDE_SIZE_RANGE, WIDE_DISPLACEMENT_RANGE, WIDE_SQUARE_TILT) if wide else (_SIZE_RANGE,
+                                                                                       _DISPLACEMENT_RANGE)
     objects = _sample_objects(rng, int(rng.integers(1, 6)), num_frames, size, ranges)
     background, params = _sample_background(rng)
     seed = int(rng.integers(2**31 - 1))
@@ -443,6 +455,9 @@ def _draw_object(frames: np.ndarray, obj: SceneObject, size: int, outline: str =
     frame_idx = np.broadcast_to((lo + np.arange(hi - lo))[:, None, None], (hi - lo, width, width))
     rows, cols = np.broadcast_to(ys[:, :, None], frame_idx.shape), np.broadcast_to(xs[:, None, :], frame_idx.shape)
     radius = obj.size * size
+    if obj.rotation:  # rotate the pixel offsets into the shape's own frame (y grows downwards)
+        cos, sin = math.cos(obj.rotation), math.sin(obj.rotation)
+        dx, dy = cos * dx - sin * dy, sin * dx + cos * dy
     layers = [(radius, COLOURS[obj.colour])]
     if OUTLINES[outline] is not None:
         layers.insert(0, (radius + _OUTLINE_PX / _SHAPE_SCALE[obj.shape], OUTLINES[outline]))
