@@ -428,3 +428,12 @@ def test_endless_stream_without_steps_fails_cleanly(setup, tmp_path, capsys):
     args[args.index("--data") + 1] = "synth:0"
     assert main(args) == 2
     assert "give --steps" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("spec", ["synth:x", "synth:", "synth:1:narrow", "synth:1:wide:2"])
+def test_bad_synth_data_spec_is_one_clear_error(spec, tmp_path):
+    from videopanda.train.args import TrainArgs
+    from videopanda.train.recipe import make_dataset
+
+    with pytest.raises(ValueError, match="expected synth:SEED or synth:SEED:wide"):
+        make_dataset(TrainArgs(data=spec, out=str(tmp_path)), processor=None)

@@ -252,7 +252,7 @@ def make_dataset(args: TrainArgs, processor: VideoPandaProcessor, teacher_inputs
     """A LLaVA-format JSON file, or `synth:SEED` for the endless in-memory synthetic video-QA stream."""
     if args.data.startswith("synth:"):
         _, seed, *rest = args.data.split(":")
-        if rest not in ([], ["wide"]):
+        if not seed.isdigit() or rest not in ([], ["wide"]):
             raise ValueError(f"--data {args.data}: expected synth:SEED or synth:SEED:wide")
         return SynthQAStream(processor, seed=int(seed), teacher_inputs=teacher_inputs, wide=rest == ["wide"])
     data = ConversationDataset(args.data, processor, media_root=args.media_root, max_length=args.max_length,
