@@ -33,13 +33,13 @@ FAMILIES = ("count", "shape", "colour", "appearance", "order", "direction")
 def build(folder: Path, overrides: dict[str, object], image_size: int) -> int:
     """A SmolLM2 + small-STAB model folder with random visual weights; returns the STAB parameter count."""
     import torch
+    from transformers import AutoModelForCausalLM
 
     from videopanda.configuration import VARIANTS as NAMED
     from videopanda.configuration import VideoPandaConfig
     from videopanda.modeling.videopanda import VideoPandaForCausalLM
     from videopanda.processing import VideoPandaProcessor
     from videopanda.weights import default_video_token_id, smollm2_dir
-    from transformers import AutoModelForCausalLM
 
     llm = AutoModelForCausalLM.from_pretrained(smollm2_dir(), dtype=torch.float32)
     fields = {**NAMED["videopanda-default"], "image_size": image_size, "teacher_image_size": image_size // 2,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import time
 
 import pytest
 import torch
@@ -210,13 +209,11 @@ def test_inductor_compiles_the_fast_path():
     fused = copy.deepcopy(stab).fuse()
     px = make_input(1, 5, 112, [(0, 0, 112, 112)], 0, dtype=torch.float32)
     torch._dynamo.reset()
-    start = time.perf_counter()
     compiled = torch.compile(fused, fullgraph=True, dynamic=False)
     with torch.no_grad():
         got = compiled(px, crop_boxes="full").tokens
         want = stab(px).tokens
     assert (got - want).abs().max() < 2e-5
-    assert time.perf_counter() - start < 600
 
 
 def test_model_optimize_for_inference():
