@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import av
@@ -13,12 +15,19 @@ import numpy as np
 import pytest
 
 from videopanda.data.synth import (
+    _PHRASES,
+    _WIDE_BG_RANGE,
+    _WIDE_PHRASES,
+    BACKGROUNDS,
     COLOURS,
     DIRECTIONS,
     FAMILIES,
     SHAPES,
+    WIDE_BACKGROUNDS,
     Scene,
     SceneObject,
+    _background_image,
+    caption,
     generate,
     make_questions,
     render_scene,
@@ -286,12 +295,85 @@ def test_write_video_rejects_bad_frames(tmp_path: Path) -> None:
         write_video(np.zeros((2, 33, 32, 3), np.uint8), tmp_path / "x.mp4", fps=8)
 
 
+def _processor():
+    from videopanda.configuration import VARIANTS, VideoPandaConfig
+
+    class Processor:  # `SynthQAStream.example` needs only the frame count of the model
+        config = VideoPandaConfig(text_config={"model_type": "llama"}, **VARIANTS["videopanda-tiny"])
+
+    return Processor()
+
+
+def _nearest_colour(rgb: np.ndarray) -> str:
+    palette = np.asarray(list(COLOURS.values()), np.float64)
+    return list(COLOURS)[int(np.linalg.norm(palette - np.asarray(rgb, np.float64), axis=1).argmin())]
+
+
+def _fill_mask(scene: Scene, obj: SceneObject, frames: np.ndarray) -> np.ndarray:
+    """Pixels of the object's fill [T, H, W]: those that change when only its colour does (lit objects too)."""
+    taken = {o.name for o in scene.objects}
+    other = next(c for c in COLOURS if c != obj.colour and f"{c} {obj.shape}" not in taken)
+    recoloured = replace(scene, objects=tuple(replace(o, colour=other) if o is obj else o for o in scene.objects))
+    return np.any(render_scene(recoloured) != frames, axis=-1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Version 1 (narrow) is pinned
+# ---------------------------------------------------------------------------------------------------------------
+
+# sha256 of 12 narrow scenes drawn as generate draws them plus 4 items of the narrow SynthQAStream, computed with the
+# code of commit 3fd2da1, before the wide stream got shading, more backgrounds, wordings and photometric jitter. The
+# first covers the scene parameters and questions (exact across platforms: generator draws and Python floats); the
+# second the rendered and streamed pixels (bit-exact float32 maths, e.g. np.sin for stripes).
+NARROW_SCENES_SHA256 = "f763c0414d943a17e3fcb710efb206eb8749bb25bc18d7f606be9d1d82cadf5b"
+NARROW_FRAMES_SHA256 = "6d98c997502dcd92aae1ecf7a077d6e4f7f9ca0bff2a3ad97abaab8e60c9f96d"
+
+
+def test_narrow_scenes_frames_and_questions_are_unchanged() -> None:
+    from videopanda.data.synth_stream import SynthQAStream
+
+    scenes, frames = hashlib.sha256(), hashlib.sha256()
+    for seed, k, kwargs in [(0, k, {}) for k in range(6)] + [(3, k, {"num_frames": 8, "size": 64}) for k in range(6)]:
+        rng = np.random.default_rng([seed, k])
+        scene = sample_scene(rng, **kwargs)
+        questions = make_questions(scene, rng)
+        objects = [[o.shape, o.colour, list(o.start), o.direction, o.speed, o.size, o.appear_frame, o.disappear_frame,
+                    o.rotation] for o in scene.objects]
+        fields = [objects, scene.background, scene.background_params, scene.num_frames, scene.size, scene.fps,
+                  scene.seed, scene.outline]
+        scenes.update(json.dumps([fields, questions]).encode())
+        frames.update(render_scene(scene).tobytes())
+        assert not scene.wide and all(o.shading is None for o in scene.objects)
+    stream = SynthQAStream(_processor(), seed=1)
+    for i in range(4):
+        clip, question = stream.example(i)
+        scenes.update(json.dumps(question).encode())
+        frames.update(clip.tobytes())
+    assert scenes.hexdigest() == NARROW_SCENES_SHA256
+    assert frames.hexdigest() == NARROW_FRAMES_SHA256
+
+
+def test_render_scene_indices_equal_the_full_render_selected() -> None:
+    for wide in (False, True):
+        scene = sample_scene(np.random.default_rng([2, 9]), num_frames=12, size=64, wide=wide)
+        picked = [0, 5, 5, 11, 3]
+        assert np.array_equal(render_scene(scene, picked), render_scene(scene)[picked])
+    with pytest.raises(ValueError, match="indices"):
+        render_scene(scene, [12])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The wide stream
+# ---------------------------------------------------------------------------------------------------------------
+
+
 def test_wide_scenes_keep_the_rules_and_vary_what_version_1_fixed() -> None:
     scenes = _scenes(200, seed=3, wide=True)
     sizes, travels, outlines = [], [], Counter()
     for scene, questions in scenes:
         t = scene.num_frames
         outlines[scene.outline] += 1
+        assert scene.wide
         for obj in scene.objects:
             centres = obj.centres(t)
             assert np.all(centres - obj.extent(scene.size) >= 0) and np.all(centres + obj.extent(scene.size) <= 1)
@@ -307,9 +389,120 @@ def test_wide_scenes_keep_the_rules_and_vary_what_version_1_fixed() -> None:
         frames = render_scene(scene)
         for obj in scene.objects:
             x, y = (obj.centres(scene.num_frames)[obj.appear_frame] * scene.size).astype(int)
-            assert np.array_equal(frames[obj.appear_frame, y, x], COLOURS[obj.colour])
+            pixel = frames[obj.appear_frame, y, x]
+            if obj.shading is None:
+                assert np.array_equal(pixel, COLOURS[obj.colour])
+            else:
+                assert _nearest_colour(pixel) == obj.colour
     # the narrow default is version 1: same scenes as before the wide option existed
     assert all(s.outline == "dark" for s, _ in _scenes(20))
+
+
+def test_wide_objects_are_often_lit_and_keep_their_colour() -> None:
+    scenes = _scenes(150, seed=11, wide=True, num_frames=8, size=96)
+    objects = [o for s, _ in scenes for o in s.objects]
+    lit = [o for o in objects if o.shading is not None]
+    assert 0.35 <= len(lit) / len(objects) <= 0.65
+    assert all(0.55 <= o.shading[1] <= 0.75 and 1.05 <= o.shading[2] <= 1.25 for o in lit)
+    shaded_drawn = 0
+    for scene, _ in scenes[:40]:
+        frames = render_scene(scene)
+        for obj in scene.objects:
+            pixels = frames[_fill_mask(scene, obj, frames)].astype(np.float64)  # [N, 3]
+            rgb = np.asarray(COLOURS[obj.colour], np.float64)
+            if obj.shading is None:
+                assert np.all(pixels == rgb), obj
+                continue
+            factor = pixels @ rgb / (rgb @ rgb)  # lit pixels are the named colour scaled: the hue is kept
+            assert np.abs(pixels - factor[:, None] * rgb).max() < 1.5, obj
+            assert factor.max() / factor.min() > 1.25 and factor.min() < 0.8, obj  # a visible ramp
+            for t in range(obj.appear_frame, obj.end_frame(scene.num_frames)):  # still named by its colour
+                x, y = (obj.centres(scene.num_frames)[t] * scene.size).astype(int)
+                assert _nearest_colour(frames[t, y, x]) == obj.colour, (obj, t)
+            shaded_drawn += 1
+    assert shaded_drawn >= 20
+
+
+def test_wide_backgrounds_add_kinds_and_stay_muted() -> None:
+    scenes = [s for s, _ in _scenes(300, seed=4, wide=True, num_frames=8, size=64)]
+    kinds = Counter(s.background for s in scenes)
+    assert set(kinds) == set(WIDE_BACKGROUNDS) and min(kinds.values()) >= 10, kinds
+    assert {s.background for s, _ in _scenes(100, num_frames=8, size=64)} <= set(BACKGROUNDS)
+    palette = np.asarray(list(COLOURS.values()), np.float32)
+    lo, hi = _WIDE_BG_RANGE
+    means = []
+    for scene in scenes:
+        image = np.clip(_background_image(scene), lo - 10, hi + 10)  # [H, W, 3], clipped as render_scene does
+        assert np.ptp(image, axis=-1).max() <= 30, scene.background_params  # greyish: never a saturated colour
+        assert np.linalg.norm(image.reshape(-1, 1, 3) - palette, axis=-1).min() >= 80, scene.background_params
+        means.append(float(image.mean()))
+    assert min(means) < 50 and max(means) > 120  # random mean brightness
+    for kind in WIDE_BACKGROUNDS[len(BACKGROUNDS):]:
+        assert (kind == "plain") == all(_weight_is_flat(s) for s in scenes if s.background == kind), kind
+
+
+def _weight_is_flat(scene: Scene) -> bool:
+    """True if the background has no pattern beyond its grain (rendered again without grain)."""
+    params = {**scene.background_params, "texture_std": 0.0}
+    image = _background_image(replace(scene, background_params=params))
+    return float(np.ptp(image, axis=(0, 1)).max()) < 1e-3
+
+
+def _template(question: str, family: str) -> str | None:
+    """The phrasing of `family` that `question` was made from (placeholders matched exactly), or None."""
+    colours, shapes = "|".join(COLOURS), "|".join(SHAPES)
+    fill = {"shape": f"(?:{shapes})", "colour": f"(?:{colours})", "obj": f"(?:an? )?(?:{colours}) (?:{shapes})"}
+    for template in _PHRASES[family] + _WIDE_PHRASES[family]:
+        parts = re.split(r"(\{\w+\})", template)
+        pattern = "".join(fill[p[1:-1]] if p.startswith("{") else re.escape(p) for p in parts)
+        if re.fullmatch(pattern, question):
+            return template
+    return None
+
+
+def _assert_canonical(scene: Scene, q: dict[str, str]) -> None:
+    """The answer is the canonical short answer of version 1 for what the question names."""
+    family, question, answer, t = q["family"], q["question"], q["answer"], scene.num_frames
+    if family == "colour":
+        (obj,) = [o for o in scene.objects if re.search(rf"\b{o.shape}\b", question)]
+        assert answer == obj.colour
+    elif family == "shape":
+        (obj,) = [o for o in scene.objects if re.search(rf"\b{o.colour}\b", question)]
+        assert answer == obj.shape
+    elif family == "count":
+        assert answer == ("one", "two", "three", "four", "five")[len(scene.objects) - 1]
+    elif family == "direction":
+        (obj,) = [o for o in scene.objects if o.name in question]
+        assert answer == obj.direction
+    elif family == "order":
+        first = _object(scene, answer.removeprefix("the "))
+        assert answer.startswith("the ") and first.appear_frame == 0
+        assert all(o.appear_frame >= math.ceil(t / 4) for o in scene.objects if o is not first)
+    elif family == "appearance":
+        named = next(f"{c} {s}" for c in COLOURS for s in SHAPES if f" {c} {s}" in question)
+        assert answer == ("yes" if named in {o.name for o in scene.objects} else "no")
+    else:
+        assert answer == caption(scene)
+
+
+def test_wide_questions_add_wordings_with_the_same_answers() -> None:
+    for family in FAMILIES:
+        extra = _WIDE_PHRASES[family]
+        assert len(extra) >= 8 and len(set(extra)) == len(extra) and not set(extra) & set(_PHRASES[family])
+        placeholders = set(re.findall(r"\{(\w+)\}", " ".join(_PHRASES[family])))
+        assert all(set(re.findall(r"\{(\w+)\}", p)) == placeholders for p in extra), family
+    used: Counter = Counter()
+    for scene, questions in _scenes(400, seed=8, wide=True, num_frames=8, size=64):
+        for q in questions:
+            template = _template(q["question"], q["family"])
+            assert template is not None, q
+            used[template] += 1
+            _assert_canonical(scene, q)
+    assert all(used[p] > 0 for family in FAMILIES for p in _PHRASES[family] + _WIDE_PHRASES[family])
+    for scene, questions in _scenes(300, seed=8, num_frames=8, size=64):  # narrow: version 1's wordings only
+        for q in questions:
+            assert _template(q["question"], q["family"]) in _PHRASES[q["family"]], q
+            _assert_canonical(scene, q)
 
 
 def test_wide_direction_answers_match_rendered_motion() -> None:
@@ -317,31 +510,45 @@ def test_wide_direction_answers_match_rendered_motion() -> None:
     for scene, questions in _scenes(60, seed=5, wide=True, size=96):
         frames = render_scene(scene)
         for q in (q for q in questions if q["family"] == "direction"):
-            obj = next(o for o in scene.objects if o.name in q["question"])
-            if sum(o.colour == obj.colour for o in scene.objects) > 1:
-                continue
-            mask = _colour_mask(frames, obj.colour)
+            (obj,) = [o for o in scene.objects if o.name in q["question"]]
+            mask = _fill_mask(scene, obj, frames)
             visible = np.flatnonzero(mask.any(axis=(1, 2)))
+            assert visible[0] == obj.appear_frame and visible[-1] == obj.end_frame(scene.num_frames) - 1
             dx, dy = _centroid(mask[visible[-1]]) - _centroid(mask[visible[0]])
             observed = ("right" if dx > 0 else "left") if abs(dx) > abs(dy) else ("down" if dy > 0 else "up")
             assert observed == q["answer"]
             checked += 1
-    assert checked >= 20
+    assert checked >= 40
 
 
 def test_wide_stream_varies_frame_shape_and_is_deterministic() -> None:
-    from videopanda.configuration import VARIANTS, VideoPandaConfig
     from videopanda.data.synth_stream import SynthQAStream
 
-    class Processor:  # `example` needs only the frame count of the model
-        config = VideoPandaConfig(text_config={"model_type": "llama"}, **VARIANTS["videopanda-tiny"])
-
-    wide = SynthQAStream(Processor(), seed=1, wide=True)
+    wide = SynthQAStream(_processor(), seed=1, wide=True)
     shapes = {wide.example(i)[0].shape for i in range(30)}
     assert {s[0] for s in shapes} == {8} and len(shapes) >= 5
     assert any(h < w for _, h, w, _ in shapes) and any(h > w for _, h, w, _ in shapes)
     frames, question = wide.example(7)
     again, same = wide.example(7)
     assert np.array_equal(frames, again) and question == same
-    narrow = SynthQAStream(Processor(), seed=1)
+    other, same = SynthQAStream(_processor(), seed=1, wide=True).example(7)  # a fresh stream: same item
+    assert np.array_equal(frames, other) and question == same
+    narrow = SynthQAStream(_processor(), seed=1)
     assert {narrow.example(i)[0].shape for i in range(5)} == {(8, 128, 128, 3)}
+
+
+def test_photometric_jitter_is_mild_and_deterministic() -> None:
+    from videopanda.data.synth_stream import photometric_jitter
+
+    flat = np.full((2, 8, 8, 3), 100, np.float32)
+    checker = np.broadcast_to((np.indices((8, 8)).sum(0) % 2 * 200.0)[None, :, :, None], (2, 8, 8, 3))
+    checker = checker.astype(np.float32)
+    levels, blurred = [], 0
+    for k in range(300):
+        levels.append(float(photometric_jitter(flat.copy(), np.random.default_rng(k)).mean()))  # brightness only
+        inner = photometric_jitter(checker.copy(), np.random.default_rng(k))[:, 2:-2, 2:-2]
+        blurred += float(np.ptp(inner)) < 0.5 * 200  # a blur flattens a 1-pixel checker; contrast alone cannot
+    assert 85 - 1e-3 <= min(levels) < 90 and 110 < max(levels) <= 115 + 1e-3
+    assert 0.2 <= blurred / 300 <= 0.4, blurred
+    first = photometric_jitter(checker.copy(), np.random.default_rng([4, 2]))
+    assert np.array_equal(first, photometric_jitter(checker.copy(), np.random.default_rng([4, 2])))

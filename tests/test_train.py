@@ -437,3 +437,28 @@ def test_bad_synth_data_spec_is_one_clear_error(spec, tmp_path):
 
     with pytest.raises(ValueError, match="expected synth:SEED or synth:SEED:wide"):
         make_dataset(TrainArgs(data=spec, out=str(tmp_path)), processor=None)
+
+
+def test_stacked_lora_sums_the_deltas_and_the_default_file_keeps_the_bundled_ones(tmp_path, monkeypatch):
+    """Training on from the bundled default (whose LoRA is already merged) must ship old + new deltas in one file."""
+    import videopanda.train.recipe as recipe
+    from safetensors.torch import load_file, save_file
+
+    from videopanda.train.lora import stack_lora
+
+    torch.manual_seed(0)
+    old = {"m.lora_A": torch.randn(2, 5), "m.lora_B": torch.randn(3, 2), "o.lora_A": torch.randn(2, 5),
+           "o.lora_B": torch.randn(4, 2)}
+    new = {"m.lora_A": torch.randn(4, 5), "m.lora_B": torch.randn(3, 4)}
+    both = stack_lora(old, new)
+    assert both["m.lora_A"].shape == (6, 5) and both["m.lora_B"].shape == (3, 6)
+    torch.testing.assert_close(both["m.lora_B"] @ both["m.lora_A"],
+                               old["m.lora_B"] @ old["m.lora_A"] + new["m.lora_B"] @ new["m.lora_A"])
+    assert torch.equal(both["o.lora_A"], old["o.lora_A"])  # layers only the old set adapts are kept
+
+    bundled = tmp_path / "bundled.safetensors"
+    save_file(old, str(bundled))
+    monkeypatch.setattr(recipe, "DEFAULT_LORA_WEIGHTS", bundled)
+    recipe.save_default_lora(new, tmp_path / "lora.safetensors")
+    saved = load_file(str(tmp_path / "lora.safetensors"))
+    assert all(v.dtype == torch.bfloat16 for v in saved.values()) and saved["m.lora_A"].shape == (6, 5)

@@ -306,5 +306,5 @@ def apply_lora_deltas(model: torch.nn.Module, state: dict[str, torch.Tensor]) ->
         layer = modules.get(name)
         if not isinstance(layer, torch.nn.Linear):
             raise ValueError(f"LoRA weights name {name!r}, which is not a Linear layer of the model")
-        delta = state[f"{name}.lora_B"] @ state[key]
+        delta = state[f"{name}.lora_B"].float() @ state[key].float()  # stored in float32 or bfloat16
         layer.weight.add_(delta.to(layer.weight.dtype))

@@ -54,13 +54,16 @@ def question_files(data: Path, out: Path, families: tuple[str, ...] | None) -> t
     return paths[0], paths[1]
 
 
+DEVICE = os.environ.get("ALT_SYNTH_DEVICE", "cpu")  # "cuda" to score on a GPU
+
+
 def run_eval(data: Path, out: Path, model: str, batch_size: int, max_new_tokens: int,
              families: tuple[str, ...] | None = None) -> dict:
     q_path, a_path = question_files(data, out, families)
     cmd = [sys.executable, "-m", "videopanda", "eval", "videoqa", "--dataset", "synth",
            "--questions", str(q_path), "--answers", str(a_path),
            "--video-dir", str(data / "videos"), "--out", str(out / "eval"), "--model", model,
-           "--batch-size", str(batch_size), "--max-new-tokens", str(max_new_tokens), "--device", "cpu"]
+           "--batch-size", str(batch_size), "--max-new-tokens", str(max_new_tokens), "--device", DEVICE]
     started = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=SRC, env=_env())
     return {"command": " ".join(cmd[1:]), "wall_s": round(time.perf_counter() - started, 1)}
@@ -159,7 +162,7 @@ def ask_check(data: Path, rows: list[dict], k: int, model: str, seed: int) -> di
     for r in sample:
         video = data / "videos" / f"{r['video_name']}.mp4"
         cmd = [sys.executable, "-m", "videopanda", "ask", str(video), r["question"], "--json", "--model", model,
-               "--device", "cpu"]
+               "--device", DEVICE]
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=SRC, env=_env())
         answer = json.loads(proc.stdout.strip().splitlines()[-1])["answer"] if proc.returncode == 0 else None

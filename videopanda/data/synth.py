@@ -29,7 +29,8 @@ import multiprocessing
 import os
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,7 @@ __all__ = [
     "FAMILIES",
     "SHAPES",
     "SYNTH_VERSION",
+    "WIDE_BACKGROUNDS",
     "Scene",
     "SceneObject",
     "caption",
@@ -71,6 +73,8 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 DIRECTIONS = ("left", "right", "up", "down")
 FAMILIES = ("colour", "shape", "count", "direction", "order", "appearance", "caption")
 BACKGROUNDS = ("noise", "checker", "stripes", "gradient")
+# Wide scenes (`sample_scene(..., wide=True)`) draw from these; version 1 (narrow) only ever uses BACKGROUNDS.
+WIDE_BACKGROUNDS = BACKGROUNDS + ("hatch", "bands", "dots", "blotches", "rings", "radial", "plain")
 
 _UNIT = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}
 _NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five")
@@ -80,6 +84,7 @@ _OUTLINE_PX = 1.5
 _SHAPE_SCALE = {"circle": 1.0, "square": 0.9, "triangle": 1.25, "star": 1.3}
 _STAR_INNER = 0.45  # inner/outer radius; chunkier than a regular pentagram (0.38) so small stars stay readable
 _BG_RANGE = (35, 115)  # background channel values: muted and mid-dark, far from the saturated object colours
+_WIDE_BG_RANGE = (20, 160)  # wide scenes: darker and brighter greys too, still far from the object colours
 _SIZE_RANGE = (0.07, 0.10)  # object radius as a fraction of the frame
 _DISPLACEMENT_RANGE = (0.3, 0.5)  # whole-clip travel as a fraction of the frame: motion must be obvious
 _STAGGER_P = 0.75  # chance that a multi-object clip has one clear first object (feeds the rarer "order" family)
@@ -132,6 +137,95 @@ _PHRASES: dict[str, tuple[str, ...]] = {
         "Give a short description of the video.",
     ),
 }
+# Extra wordings that wide scenes pick from as well (same answers); narrow scenes only ever use _PHRASES. The
+# placeholders match _PHRASES: {shape} and {colour} are bare words, {obj} is a name ("red circle"), which
+# "appearance" receives with its article ("a red circle").
+_WIDE_PHRASES: dict[str, tuple[str, ...]] = {
+    "colour": (
+        "Tell me the colour of the {shape}.",
+        "What colour does the {shape} have?",
+        "The {shape} is what colour?",
+        "Name the colour of the {shape}.",
+        "What is the color of the {shape} in this clip?",
+        "Can you tell what color the {shape} is?",
+        "Identify the colour of the {shape}.",
+        "Which colour is the {shape} shown in?",
+        "What colour is the {shape} in this clip?",
+        "How is the {shape} coloured?",
+    ),
+    "shape": (
+        "Tell me the shape of the {colour} object.",
+        "What is the {colour} shape?",
+        "Which shape has the colour {colour}?",
+        "The {colour} object is what shape?",
+        "Name the shape of the {colour} object.",
+        "What form does the {colour} object have?",
+        "Identify the shape that is {colour}.",
+        "What kind of object is {colour} in this clip?",
+        "Which figure is {colour}?",
+        "What does the {colour} object look like: a circle, square, triangle or star?",
+    ),
+    "count": (
+        "What number of shapes are shown?",
+        "How many different shapes appear in the clip?",
+        "In total, how many objects appear?",
+        "Count all the objects in the clip.",
+        "How many distinct objects does the video show?",
+        "How many shapes can you count in this clip?",
+        "What is the total number of objects in the video?",
+        "Tell me how many shapes there are in the video.",
+        "How many moving shapes are in the clip?",
+        "How many objects show up in this video?",
+    ),
+    "direction": (
+        "Which way is the {obj} going?",
+        "Which way does the {obj} travel?",
+        "Where is the {obj} heading?",
+        "Tell me the direction the {obj} moves in.",
+        "In what direction does the {obj} go?",
+        "Is the {obj} moving left, right, up or down?",
+        "What is the direction of motion of the {obj}?",
+        "Towards which edge of the frame does the {obj} move?",
+        "How does the {obj} move: left, right, up or down?",
+        "Which way does the {obj} move across the frame?",
+    ),
+    "order": (
+        "Name the object that shows up first.",
+        "Which shape shows up first?",
+        "What appears first in the video?",
+        "Which object is there from the start?",
+        "What is the earliest object to appear?",
+        "Which object is seen first in the clip?",
+        "Tell me which object appears before all the others.",
+        "Which object is the first one visible?",
+        "Which of the objects appears earliest?",
+        "Which shape is shown at the very beginning of the clip?",
+    ),
+    "appearance": (
+        "Is {obj} visible at any point?",
+        "Does {obj} show up in the clip?",
+        "Is there {obj} anywhere in this clip?",
+        "Do you see {obj}?",
+        "Does {obj} appear at any time in the video?",
+        "Can {obj} be seen in the clip?",
+        "Is {obj} shown in the video?",
+        "Does the clip show {obj}?",
+        "Is {obj} one of the objects in the video?",
+        "Does {obj} ever appear in this video?",
+    ),
+    "caption": (
+        "Summarize the clip.",
+        "Describe what happens in this clip.",
+        "What is going on in the video?",
+        "Briefly describe the video.",
+        "Tell me what happens in the clip.",
+        "Give a brief summary of the video.",
+        "What does the video show?",
+        "Describe the clip in one sentence.",
+        "Explain what you see in the video.",
+        "Write a short caption for this video.",
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -148,6 +242,9 @@ class SceneObject:
         appear_frame: First frame on which the object is drawn.
         disappear_frame: First frame on which it is no longer drawn; None keeps it to the end of the clip.
         rotation: In-plane rotation in radians, counter-clockwise (0 in version 1: triangles and stars point up).
+        shading: None draws the flat colour (version 1). (angle, darkest, brightest) lights the object: its fill
+            colour is multiplied by a factor that ramps linearly from `darkest` to `brightest` across the drawn
+            extent, along `angle` (radians, x right and y down), never past the brightest value that keeps the hue.
     """
 
     shape: str
@@ -159,6 +256,7 @@ class SceneObject:
     appear_frame: int = 0
     disappear_frame: int | None = None
     rotation: float = 0.0
+    shading: tuple[float, float, float] | None = None
 
     def __post_init__(self) -> None:
         if self.shape not in SHAPES:
@@ -173,6 +271,9 @@ class SceneObject:
             raise ValueError(
                 f"disappear_frame must be > appear_frame ({self.appear_frame}), got {self.disappear_frame}"
             )
+        if self.shading is not None and not 0 < self.shading[1] <= self.shading[2]:
+            raise ValueError(f"shading must be (angle, darkest, brightest) with 0 < darkest <= brightest, got "
+                             f"{self.shading}")
 
     @property
     def name(self) -> str:
@@ -208,6 +309,9 @@ class Scene:
         seed: Seeds the background noise, so render_scene needs no generator.
         outline: Colour of the 1.5-pixel outline around each shape: "dark" (version 1's only choice), "light" or
             "none".
+        wide: Drawn by `sample_scene(..., wide=True)`: questions also use the extra wide phrasings, the background
+            may be darker or brighter (_WIDE_BG_RANGE), and each frame's flicker has its own seed, so that
+            `render_scene(scene, indices)` renders only the frames asked for. False is version 1.
     """
 
     objects: tuple[SceneObject, ...]
@@ -218,12 +322,14 @@ class Scene:
     fps: int = 8
     seed: int = 0
     outline: str = "dark"
+    wide: bool = False
 
     def __post_init__(self) -> None:
         if self.outline not in OUTLINES:
             raise ValueError(f"outline must be one of {tuple(OUTLINES)}, got {self.outline!r}")
-        if self.background not in BACKGROUNDS:
-            raise ValueError(f"background must be one of {BACKGROUNDS}, got {self.background!r}")
+        kinds = WIDE_BACKGROUNDS if self.wide else BACKGROUNDS
+        if self.background not in kinds:
+            raise ValueError(f"background must be one of {kinds}, got {self.background!r}")
         if not 1 <= len(self.objects) <= 5:
             raise ValueError(f"objects must hold 1 to 5 objects, got {len(self.objects)}")
         pairs = [o.name for o in self.objects]
@@ -363,6 +469,42 @@ def _sample_background(rng: np.random.Generator) -> tuple[str, dict[str, Any]]:
 WIDE_SIZE_RANGE = (0.045, 0.15)
 WIDE_DISPLACEMENT_RANGE = (0.15, 0.6)
 WIDE_SQUARE_TILT = math.radians(15)  # triangles and stars take any rotation; a square tilted 45 degrees is a diamond
+WIDE_SHADING_P = 0.5  # chance, per object of a wide scene, of a lighting gradient (SceneObject.shading)
+
+
+def _sample_wide_background(rng: np.random.Generator) -> tuple[str, dict[str, Any]]:
+    """A background kind from WIDE_BACKGROUNDS, with a random mean brightness and contrast.
+
+    The two colours stay greyish (their channels at most ~30 apart), so no background comes close to a saturated
+    object colour; the mean ranges from dark to light grey and the contrast from barely visible to strong.
+    """
+    kind = WIDE_BACKGROUNDS[int(rng.integers(len(WIDE_BACKGROUNDS)))]
+    lo, hi = _WIDE_BG_RANGE
+    contrast = float(rng.uniform(6, 50)) * float(rng.choice([-1, 1]))
+    base = rng.uniform(lo + 5 + max(0.0, -contrast), hi - 5 - max(0.0, contrast))
+    colour_a = np.clip(base + rng.uniform(-10, 10, size=3), lo, hi)  # a slight tint, as in version 1
+    colour_b = np.clip(colour_a + contrast + rng.uniform(-4, 4, size=3), lo, hi)  # and a little of its own
+    params: dict[str, Any] = {
+        "colour_a": [round(float(c), 2) for c in colour_a],
+        "colour_b": [round(float(c), 2) for c in colour_b],
+        "angle": round(float(rng.uniform(0, math.pi)), 4),
+        "period": int(rng.integers(6, 33)),  # pixels: checker cells, stripes, bands, hatching, dots, rings
+        "texture_std": round(float(rng.uniform(2, 10)), 2),
+        "flicker_std": round(float(rng.uniform(0.5, 4)), 2),
+        "fill": round(float(rng.uniform(0.15, 0.4)), 3),  # hatch line width and dot radius, relative to the period
+        "cross": bool(rng.random() < 0.5),  # hatch: a second set of lines at right angles
+        "centre": [round(float(c), 3) for c in rng.uniform(-0.3, 1.3, size=2)],  # rings and radial, frame fractions
+        "cell": int(rng.integers(12, 41)),  # blotches: pixels between the random control values
+    }
+    return kind, params
+
+
+def _sample_shading(rng: np.random.Generator) -> tuple[float, float, float] | None:
+    """SceneObject.shading for one wide-scene object: None (flat) or a light direction and a dark-to-bright ramp."""
+    if rng.random() >= WIDE_SHADING_P:
+        return None
+    angle = float(rng.uniform(0, 2 * math.pi))
+    return round(angle, 4), round(float(rng.uniform(0.6, 0.72)), 3), round(float(rng.uniform(1.08, 1.2)), 3)
 
 
 def sample_scene(rng: np.random.Generator, *, num_frames: int = 16, size: int = 128, fps: int = 8,
@@ -374,8 +516,9 @@ def sample_scene(rng: np.random.Generator, *, num_frames: int = 16, size: int = 
         num_frames: T, at least 2.
         size: Frame height and width in pixels.
         fps: Frame rate stored in the scene (used by write_video via generate).
-        wide: Draw object sizes and travel from the wide ranges and a random outline (training for robustness);
-            False keeps version 1's scenes exactly.
+        wide: Draw object sizes, travel and rotation from the wide ranges, a random outline, lit (shaded) objects,
+            a background from WIDE_BACKGROUNDS and questions from the extra phrasings too (training for
+            robustness); False keeps version 1's scenes exactly.
 
     Returns:
         A Scene with 1 to 5 objects of distinct (colour, shape) pairs on non-overlapping trajectories.
@@ -384,10 +527,13 @@ def sample_scene(rng: np.random.Generator, *, num_frames: int = 16, size: int = 
     ranges = (WIDE_SIZE_RANGE, WIDE_DISPLACEMENT_RANGE, WIDE_SQUARE_TILT) if wide else (_SIZE_RANGE,
                                                                                        _DISPLACEMENT_RANGE)
     objects = _sample_objects(rng, int(rng.integers(1, 6)), num_frames, size, ranges)
-    background, params = _sample_background(rng)
+    background, params = _sample_wide_background(rng) if wide else _sample_background(rng)
     seed = int(rng.integers(2**31 - 1))
-    outline = _pick(rng, tuple(OUTLINES)) if wide else "dark"
-    return Scene(tuple(objects), background, params, num_frames, size, fps, seed, outline)
+    if not wide:  # version 1: nothing below is drawn, so the generator state matches it exactly
+        return Scene(tuple(objects), background, params, num_frames, size, fps, seed, "dark")
+    outline = _pick(rng, tuple(OUTLINES))
+    objects = [replace(o, shading=_sample_shading(rng)) for o in objects]
+    return Scene(tuple(objects), background, params, num_frames, size, fps, seed, outline, wide=True)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -408,11 +554,48 @@ def _background_image(scene: Scene) -> np.ndarray:
         weight = 0.5 + 0.5 * np.sin(2 * math.pi * along / p["period"])
     elif scene.background == "gradient":
         weight = (along - along.min()) / max(float(along.max() - along.min()), 1e-6)
+    elif scene.background in WIDE_BACKGROUNDS[len(BACKGROUNDS):]:
+        weight = _wide_weight(scene.background, p, xs, ys, along, rng)
     else:  # "noise": blocky value noise, upsampled so the encoder spends few bits on it
         cells = rng.random((size // 4 + 1, size // 4 + 1), dtype=np.float32)
         weight = np.kron(cells, np.ones((4, 4), np.float32))[:size, :size]
     image = a + (b - a) * weight[..., None]  # [H, W, 3]
     return image + rng.normal(0, p["texture_std"], (size, size, 1)).astype(np.float32)
+
+
+def _wide_weight(kind: str, p: dict[str, Any], xs: np.ndarray, ys: np.ndarray, along: np.ndarray,
+                 rng: np.random.Generator) -> np.ndarray:
+    """Blend weight [H, W] in [0, 1] (0 is colour_a) of a background kind only wide scenes use."""
+    period, size = p["period"], xs.shape[0]
+    across = -xs * math.sin(p["angle"]) + ys * math.cos(p["angle"])  # [H, W] pixel distance across the angle
+    if kind == "hatch":  # thin lines along the angle, crossed at right angles half of the time
+        lines = (along % period) < p["fill"] * period
+        if p["cross"]:
+            lines |= (across % period) < p["fill"] * period
+        return lines.astype(np.float32)
+    if kind == "bands":  # hard-edged stripes: a square wave where "stripes" is a sine
+        return ((along // (period / 2)) % 2).astype(np.float32)
+    if kind == "dots":  # polka dots on a rotated square grid
+        u, v = along % period - period / 2, across % period - period / 2
+        return (u * u + v * v <= (p["fill"] * period) ** 2).astype(np.float32)
+    if kind in ("rings", "radial"):  # around a centre that may lie outside the frame
+        cx, cy = (c * size for c in p["centre"])
+        rho = np.sqrt((xs - cx) ** 2 + (ys - cy) ** 2)  # [H, W]
+        if kind == "rings":
+            return 0.5 + 0.5 * np.cos(2 * math.pi * rho / period)
+        return (rho - rho.min()) / max(float(rho.max() - rho.min()), 1e-6)
+    if kind == "blotches":  # smooth low-frequency value noise: random values every `cell` pixels, interpolated
+        cell = p["cell"]
+        grid = rng.random((size // cell + 2, size // cell + 2), dtype=np.float32)
+        pos = (np.arange(size, dtype=np.float32) + 0.5) / cell
+        i, f = pos.astype(np.int64), pos - np.floor(pos)
+        f = f * f * (3 - 2 * f)  # smoothstep: no visible creases at the control points
+        rows = grid[i] * (1 - f)[:, None] + grid[i + 1] * f[:, None]  # [H, cells] interpolated down the columns
+        weight = rows[:, i] * (1 - f) + rows[:, i + 1] * f  # [H, W]
+        return (weight - weight.min()) / max(float(weight.max() - weight.min()), 1e-6)
+    if kind == "plain":
+        return np.zeros_like(xs)
+    raise ValueError(f"background must be one of {WIDE_BACKGROUNDS}, got {kind!r}")
 
 
 def _shape_mask(shape: str, dx: np.ndarray, dy: np.ndarray, radius: float) -> np.ndarray:
@@ -438,13 +621,27 @@ def _shape_mask(shape: str, dx: np.ndarray, dy: np.ndarray, radius: float) -> np
     return ex * (py - tip[1]) - ey * (px - tip[0]) >= 0  # on the centre's side of the edge
 
 
-def _draw_object(frames: np.ndarray, obj: SceneObject, size: int, outline: str = "dark") -> None:
-    """Paints one object (dark outline, then fill) in place on its visible frames of frames [T, H, W, 3].
+def _draw_object(frames: np.ndarray, obj: SceneObject, size: int, outline: str = "dark",
+                 times: np.ndarray | None = None, num_frames: int | None = None) -> None:
+    """Paints one object (outline, then fill) in place on its visible frames of frames [T, H, W, 3].
 
     Masks are evaluated on a small window that follows the object, not the whole frame: ~20x less work.
+
+    Args:
+        frames: The frames to paint on.
+        obj: The object.
+        size: Frame height and width in pixels.
+        outline: A key of OUTLINES.
+        times: Clip frame number of each entry of `frames` (default: 0, 1, ..., T - 1, i.e. the whole clip).
+        num_frames: Length of the clip (default: T).
     """
-    lo, hi = obj.appear_frame, obj.end_frame(frames.shape[0])
-    centres = obj.centres(frames.shape[0])[lo:hi] * size  # [T_vis, 2] in pixels
+    num_frames = frames.shape[0] if num_frames is None else num_frames
+    times = np.arange(frames.shape[0]) if times is None else times
+    lo, hi = obj.appear_frame, obj.end_frame(num_frames)
+    shown = np.flatnonzero((times >= lo) & (times < hi))  # [T_vis] entries of `frames` on which it is drawn
+    if not shown.size:
+        return
+    centres = obj.centres(num_frames)[times[shown]] * size  # [T_vis, 2] in pixels
     width = min(size, 2 * math.ceil(obj.extent(size) * size) + 2)
     corner = np.clip(np.floor(centres).astype(np.int64) - width // 2, 0, size - width)  # [T_vis, 2] window (x, y)
     local = np.arange(width)
@@ -452,37 +649,64 @@ def _draw_object(frames: np.ndarray, obj: SceneObject, size: int, outline: str =
     ys = corner[:, 1, None] + local  # [T_vis, w] pixel rows
     dx = (xs + 0.5 - centres[:, 0, None])[:, None, :]  # [T_vis, 1, w]
     dy = (ys + 0.5 - centres[:, 1, None])[:, :, None]  # [T_vis, w, 1]
-    frame_idx = np.broadcast_to((lo + np.arange(hi - lo))[:, None, None], (hi - lo, width, width))
+    frame_idx = np.broadcast_to(shown[:, None, None], (shown.size, width, width))
     rows, cols = np.broadcast_to(ys[:, :, None], frame_idx.shape), np.broadcast_to(xs[:, None, :], frame_idx.shape)
     radius = obj.size * size
+    light = None
+    if obj.shading is not None:  # in the frame's own axes: the light does not turn with the shape
+        angle, darkest, brightest = obj.shading
+        reach = radius * _SHAPE_SCALE[obj.shape]
+        ramp = np.clip((dx * math.cos(angle) + dy * math.sin(angle)) / reach, -1.0, 1.0)  # [T_vis, w, w]
+        light = (darkest + brightest) / 2 + (brightest - darkest) / 2 * ramp
     if obj.rotation:  # rotate the pixel offsets into the shape's own frame (y grows downwards)
         cos, sin = math.cos(obj.rotation), math.sin(obj.rotation)
         dx, dy = cos * dx - sin * dy, sin * dx + cos * dy
     layers = [(radius, COLOURS[obj.colour])]
     if OUTLINES[outline] is not None:
         layers.insert(0, (radius + _OUTLINE_PX / _SHAPE_SCALE[obj.shape], OUTLINES[outline]))
-    for r, rgb in layers:
+    for i, (r, rgb) in enumerate(layers):
         mask = _shape_mask(obj.shape, dx, dy, r)  # [T_vis, w, w]
+        if light is not None and i == len(layers) - 1:  # lit fill, capped where a channel would saturate (hue kept)
+            factor = np.minimum(light[mask], 255 / max(rgb))  # [N]
+            rgb = np.rint(factor[:, None] * np.asarray(rgb, np.float64)).astype(np.uint8)  # [N, 3]
         frames[frame_idx[mask], rows[mask], cols[mask]] = rgb
 
 
-def render_scene(scene: Scene) -> np.ndarray:
+def render_scene(scene: Scene, indices: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
     """Renders a scene deterministically (fully vectorised over pixels and frames).
 
     Args:
         scene: The scene; its seed drives the background noise.
+        indices: Only these frames of the clip, in this order (repeats allowed); the result equals
+            ``render_scene(scene)[indices]``. Wide scenes render just those frames (each frame's flicker has its own
+            seed); narrow ones render the whole clip and select, since version 1 drew one flicker for all frames.
 
     Returns:
-        Frames [T, H, W, 3] uint8 RGB with H = W = scene.size. Object pixels hold exactly COLOURS[colour].
+        Frames [T, H, W, 3] (T = len(indices) when given) uint8 RGB with H = W = scene.size. Object pixels hold
+        exactly COLOURS[colour], except on objects with shading.
     """
     t, size = scene.num_frames, scene.size
-    flicker = np.random.default_rng([scene.seed, 1]).standard_normal((t, size, size, 1), dtype=np.float32)
+    if not scene.wide:  # version 1, unchanged
+        flicker = np.random.default_rng([scene.seed, 1]).standard_normal((t, size, size, 1), dtype=np.float32)
+        flicker *= scene.background_params["flicker_std"]
+        frames = _background_image(scene)[None] + flicker  # [T, H, W, 3]
+        lo, hi = _BG_RANGE
+        frames = np.clip(frames, lo - 10, hi + 10, out=frames).astype(np.uint8)  # truncation instead of rint
+        for obj in scene.objects:
+            _draw_object(frames, obj, size, scene.outline)
+        return frames if indices is None else frames[np.asarray(indices, np.int64)]
+    times = np.arange(t) if indices is None else np.asarray(indices, np.int64)
+    if times.ndim != 1 or not times.size or times.min() < 0 or times.max() >= t:
+        raise ValueError(f"indices must be a non-empty list of frame numbers in [0, {t}), got {indices}")
+    flicker = np.empty((times.size, size, size, 1), np.float32)
+    for j, k in enumerate(times.tolist()):  # one generator per frame, so any subset renders alone
+        np.random.default_rng([scene.seed, 1, k]).standard_normal((size, size, 1), dtype=np.float32, out=flicker[j])
     flicker *= scene.background_params["flicker_std"]
-    frames = _background_image(scene)[None] + flicker  # [T, H, W, 3]
-    lo, hi = _BG_RANGE
-    frames = np.clip(frames, lo - 10, hi + 10, out=frames).astype(np.uint8)  # truncation instead of rint: cheaper
+    frames = _background_image(scene)[None] + flicker  # [T', H, W, 3]
+    lo, hi = _WIDE_BG_RANGE
+    frames = np.clip(frames, lo - 10, hi + 10, out=frames).astype(np.uint8)
     for obj in scene.objects:
-        _draw_object(frames, obj, size, scene.outline)
+        _draw_object(frames, obj, size, scene.outline, times, t)
     return frames
 
 
@@ -545,7 +769,8 @@ def caption(scene: Scene) -> str:
 
 def _question(family: str, scene: Scene, rng: np.random.Generator) -> dict[str, str] | None:
     """One question of `family`, or None when the clip cannot support it unambiguously."""
-    objects, phrase = scene.objects, _pick(rng, _PHRASES[family])
+    phrases = _PHRASES[family] + _WIDE_PHRASES[family] if scene.wide else _PHRASES[family]
+    objects, phrase = scene.objects, _pick(rng, phrases)
     if family == "colour":
         obj = _pick(rng, _unique(objects, "shape")) if _unique(objects, "shape") else None
         return None if obj is None else _qa(family, phrase.format(shape=obj.shape), obj.colour)
@@ -577,7 +802,8 @@ def make_questions(scene: Scene, rng: np.random.Generator) -> list[dict[str, str
     """One question per family that the clip supports, in FAMILIES order.
 
     Args:
-        scene: The clip.
+        scene: The clip; wide scenes (Scene.wide) pick each phrasing from the extra wide wordings as well, with
+            the same answers.
         rng: Picks phrasings, the object asked about and the yes/no side of "appearance".
 
     Returns:

@@ -29,6 +29,28 @@ _WIDE_FPS = (6, 8, 10, 12, 15, 24, 30)
 _WIDE_RENDER_SIZES = (96, 112, 128, 160)
 _WIDE_ASPECTS = (1.0, 1.0, 4 / 3, 16 / 9, 3 / 4)  # width / height; square twice as likely
 _WIDE_LONG_SIDES = (112, 160, 224, 256)
+_WIDE_GAIN = 0.15  # photometric jitter per wide clip: brightness and contrast each scaled by 1 +- up to this
+_WIDE_BLUR_P = 0.3  # chance that a wide clip is slightly blurred
+_WIDE_BLUR_SIDE = (0.1, 0.25)  # weight of each neighbour in the separable 3-tap blur (1/3 would be a box filter)
+
+
+def photometric_jitter(frames: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Mild global colour jitter of one clip, in place where possible: frames [T, H, W, 3] float32 in 0-255.
+
+    Brightness is scaled by 1 +- up to 15% and the contrast about the clip's mean by 1 +- up to 15%; 30% of clips
+    are also blurred a little (separable [w, 1 - 2w, w] filter, edges repeated). Always draws the same four values
+    from `rng`, so what follows in the stream does not depend on the outcome.
+    """
+    gain, contrast = rng.uniform(1 - _WIDE_GAIN, 1 + _WIDE_GAIN, size=2)
+    blur, side = rng.random() < _WIDE_BLUR_P, float(rng.uniform(*_WIDE_BLUR_SIDE))
+    mean = float(frames.mean())
+    frames *= np.float32(gain * contrast)  # (x - mean) * contrast + mean, then * gain, as one multiply-add
+    frames += np.float32(gain * mean * (1 - contrast))
+    if blur:
+        pad = np.pad(frames, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")  # [T, H + 2, W + 2, 3]
+        rows = side * (pad[:, :-2] + pad[:, 2:]) + (1 - 2 * side) * pad[:, 1:-1]  # [T, H, W + 2, 3]
+        frames = side * (rows[:, :, :-2] + rows[:, :, 2:]) + (1 - 2 * side) * rows[:, :, 1:-1]  # [T, H, W, 3]
+    return frames
 
 
 class SynthQAStream(torch.utils.data.Dataset):
@@ -44,7 +66,9 @@ class SynthQAStream(torch.utils.data.Dataset):
         wide: vary what version 1 of the stream kept fixed, per item: clip length (12-48 frames) and frame rate
             (hence which frames are sampled), render size, frame shape (landscape and portrait frames, resized
             from the square render with antialiasing, so the STAB sees letterboxed canvases), object size and
-            travel and outline (`sample_scene(wide=True)`). `synth:SEED:wide` in `videopanda train --data`.
+            travel, rotation, outline, shading, background kind and tone and the question wordings
+            (`sample_scene(wide=True)`), and a mild photometric jitter per clip (brightness, contrast, sometimes a
+            slight blur; `photometric_jitter`) before the noise. `synth:SEED:wide` in `videopanda train --data`.
     """
 
     def __init__(self, processor: VideoPandaProcessor, *, seed: int = 0, length: int = 10**8, num_frames: int = 16,
@@ -75,13 +99,18 @@ class SynthQAStream(torch.utils.data.Dataset):
             out_hw = (round(long_side / aspect), long_side) if aspect >= 1 else (long_side, round(long_side * aspect))
         questions = [q for q in make_questions(scene, rng) if self.families is None or q["family"] in self.families]
         question = questions[int(rng.integers(len(questions)))]
-        frames = render_scene(scene)[indices].astype(np.float32)
-        if out_hw is not None and out_hw != frames.shape[1:3]:
+        if not self.wide:  # version 1, unchanged
+            frames = render_scene(scene)[indices].astype(np.float32)
+            if self.noise:
+                frames += rng.normal(0.0, self.noise, frames.shape).astype(np.float32)
+            return np.clip(frames, 0, 255).astype(np.uint8), question
+        frames = photometric_jitter(render_scene(scene, indices).astype(np.float32), rng)  # renders 8 frames only
+        if out_hw != frames.shape[1:3]:
             resized = torch.nn.functional.interpolate(torch.from_numpy(frames).permute(0, 3, 1, 2), size=out_hw,
                                                       mode="bilinear", antialias=True, align_corners=False)
             frames = resized.permute(0, 2, 3, 1).numpy()
-        if self.noise:
-            frames += rng.normal(0.0, self.noise, frames.shape).astype(np.float32)
+        if self.noise:  # float32 draws: a third cheaper than normal() on these larger frames
+            frames += np.float32(self.noise) * rng.standard_normal(frames.shape, dtype=np.float32)
         return np.clip(frames, 0, 255).astype(np.uint8), question
 
     def __getitem__(self, index: int) -> Sample:

@@ -94,17 +94,26 @@ class VideoPandaForCausalLM(VideoPandaPreTrainedModel, GenerationMixin):
         self.language_model.set_output_embeddings(value)
 
     # -- vision -------------------------------------------------------------------------------------------------------
-    def optimize_for_inference(self, compile: bool = False, mode: str | None = None) -> VideoPandaForCausalLM:
-        """Eval mode, the STAB fused (`STAB.fuse()`: same outputs, faster), and optionally the STAB and projector
-        compiled in place (`nn.Module.compile`, static shapes; state_dict keys unchanged). Returns self.
+    def optimize_for_inference(self, compile: bool = False, mode: str | None = None,
+                               fuse_llm: bool | None = None) -> VideoPandaForCausalLM:
+        """Eval mode, the STAB fused (`STAB.fuse()`: same outputs, faster), the LLM's q/k/v and gate/up projections
+        fused (`fused_llm.fuse_projections`: same dot products in fewer, larger kernels; by default on CUDA, where a
+        7B decode step is bound by reading weights), and optionally the STAB and projector compiled in place
+        (`nn.Module.compile`, static shapes; state_dict keys unchanged). Call it after the model is on its device
+        (the fused LLM matrices are not moved by `.to()`). Returns self.
 
         Args:
             compile: also `torch.compile` the visual encode (first call per input shape compiles).
             mode: torch.compile mode, e.g. "reduce-overhead" (CUDA graphs) or "max-autotune-no-cudagraphs".
+            fuse_llm: fuse the LLM projections (default: when the model is on a CUDA device).
         Training afterwards raises until `self.video_tower.unfuse()`.
         """
         self.eval()
         self.video_tower.fuse()
+        if fuse_llm if fuse_llm is not None else self.device.type == "cuda":
+            from .fused_llm import fuse_projections
+
+            fuse_projections(self.language_model)
         if compile:
             self.video_tower.compile(mode=mode, dynamic=False)
             self.video_projector.compile(mode=mode, dynamic=False)

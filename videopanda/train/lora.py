@@ -39,6 +39,23 @@ def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
+def stack_lora(old: dict[str, torch.Tensor], new: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """One set of LoRA tensors whose deltas are the sums of two sets' (ranks add): B_old A_old + B_new A_new ==
+    [B_old, B_new] [A_old; A_new]. Used when training continues from a model whose LoRA deltas were already merged
+    (the bundled default), so the shipped file keeps the earlier adaptation as well as the new one."""
+    out = dict(old)
+    for key, value in new.items():
+        if not key.endswith(".lora_A"):
+            continue
+        name = key[: -len(".lora_A")]
+        a, b = value.float(), new[f"{name}.lora_B"].float()
+        if key in old:
+            a = torch.cat([old[key].float(), a], 0)
+            b = torch.cat([old[f"{name}.lora_B"].float(), b], 1)
+        out[key], out[f"{name}.lora_B"] = a.contiguous(), b.contiguous()
+    return out
+
+
 def merge_lora(model: nn.Module) -> None:
     """Fold peft adapters into the LLM weights and drop peft (no-op without LoRA)."""
     from peft import PeftModel

@@ -34,11 +34,11 @@ from ..data.synth_stream import SynthQAStream
 from ..distributed import init_distributed
 from ..modeling.videopanda import VideoPandaForCausalLM
 from ..processing import VideoPandaProcessor
-from ..weights import DEFAULT_MODEL, save_visual_weights
+from ..weights import DEFAULT_LORA_WEIGHTS, DEFAULT_MODEL, save_visual_weights
 from . import fsdp
 from .args import STAGES, TrainArgs
 from .distill import save_compressor_apart, setup_distillation
-from .lora import add_lora, lora_state_dict, merge_lora
+from .lora import add_lora, lora_state_dict, merge_lora, stack_lora
 from .tblog import open_writer, write_record
 
 # The reference's names (spec 5.1/5.2): the distillation compressor, when on, trains with the STAB and projector.
@@ -204,14 +204,22 @@ def save_final(out: Path, model: VideoPandaForCausalLM, processor: VideoPandaPro
     if args.model == DEFAULT_MODEL:
         save_visual_weights(model, target / "visual.safetensors")
         if args.lora_r:
-            from safetensors.torch import save_file
-
-            save_file(lora_state_dict(model), str(target / "lora.safetensors"))
+            save_default_lora(lora_state_dict(model), target / "lora.safetensors")
     else:
         merge_lora(model)
         model.save_pretrained(target)
         processor.save_pretrained(target)
     return target
+
+
+def save_default_lora(state: dict[str, torch.Tensor], path: Path) -> None:
+    """The default model's LoRA file: the bundled deltas (already merged into the weights this run started from)
+    stacked with the new ones, in bfloat16 (half the size; the deltas are small next to the weights they add to)."""
+    from safetensors.torch import load_file, save_file
+
+    if DEFAULT_LORA_WEIGHTS.is_file():
+        state = stack_lora(load_file(str(DEFAULT_LORA_WEIGHTS)), state)
+    save_file({k: v.to(torch.bfloat16).contiguous() for k, v in state.items()}, str(path))
 
 
 def save_final_sharded(out: Path, model, processor: VideoPandaProcessor, args: TrainArgs) -> Path | None:

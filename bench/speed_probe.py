@@ -1,0 +1,271 @@
+"""One GPU call that measures the candidate speed-ups of issue 5 before they go into the package.
+
+    python bench/speed_probe.py --out OUT/probe.json [--sections stab,decode,eval]
+
+- stab: the 7B-config STAB + projector (random weights, 8 frames at 448 px, bf16) in several forms: fused eager with
+  and without host crop boxes; compiled (inductor default, max-autotune-no-cudagraphs); compiled and replayed as a
+  CUDA graph; the LSD with its key/value projections folded into the query (`--lsd folded`). Plus the kernel table of
+  the compiled form at batch 8.
+- decode: the 7B-shaped model's 64-token answer with the compiled lean loop, with and without fused q/k/v and
+  gate/up projections (`modeling/fused_llm.py`).
+- eval: one batch of 32 7B answers (8 new tokens): STAB, prefill and decode timed apart, and the kernel table.
+Writes JSON after every section, so a cut-off run still returns what it measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from videopanda import bench as B
+from videopanda.modeling.stab import STAB
+
+RESULT: dict = {}
+
+
+def save(path: str) -> None:
+    Path(path).write_text(json.dumps(RESULT, indent=1))
+
+
+def cuda_ms(fn, repeats: int = 20, warmup: int = 3) -> float:
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b))
+    times.sort()
+    return round(times[len(times) // 2], 4)
+
+
+def kernel_table(fn, rows: int = 30) -> list[dict]:
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    events = [e for e in prof.key_averages() if e.device_time_total > 0]
+    events.sort(key=lambda e: -e.self_device_time_total)
+    total = sum(e.self_device_time_total for e in events)
+    return [{"kernel": e.key[:140], "ms": round(e.self_device_time_total / 1000, 4), "calls": e.count,
+             "share": round(e.self_device_time_total / total, 4)} for e in events[:rows]] + \
+        [{"kernel": "TOTAL", "ms": round(total / 1000, 4)}]
+
+
+def folded_lsd(self: STAB, windows: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+    """LSD with the key projection folded into the query and the value projection applied after pooling:
+    scores_p = q_h . Wk_h n_p = (Wk_h^T q_h) . n_p, and sum_p a_p Wv_h n_p = Wv_h (sum_p a_p n_p), n = LN(x)."""
+    la, heads = self.local_attention, self.num_heads
+    n, h, s, w, _, C = windows.shape
+    hd = C // heads
+    ln, wkv = la.kv[0], la.kv[1].weight  # [2C, C]
+    q = (la.q(pooled) * la.scale).reshape(-1, heads, hd)  # [N, heads, hd]
+    u = torch.einsum("nhd,hdc->nhc", q, wkv[:C].view(heads, hd, C))  # [N, heads, C]
+    x = ln(windows).permute(0, 1, 3, 2, 4, 5).reshape(-1, s * s, C)  # [N, 4, C]
+    scores = torch.bmm(u, x.transpose(1, 2))  # [N, heads, 4]
+    scores = scores.to(torch.promote_types(scores.dtype, torch.float32))
+    attn = scores.softmax(-1).to(x.dtype)
+    m = torch.bmm(attn, x)  # [N, heads, C]
+    out = torch.einsum("nhc,hdc->nhd", m, wkv[C:].view(heads, hd, C)).reshape(n, h, w, C)
+    return pooled + la.proj(out)
+
+
+def section_stab(args) -> None:
+    dtype, device = torch.bfloat16, torch.device("cuda")
+    rows: list[dict] = []
+    out = {"rows": rows}
+    RESULT["stab"] = out
+    stab, projector = B._visual_encoder("videopanda-7b", 4096, device, dtype)
+    stab.fuse()
+    inputs = {b: B.pixel_values(B.synthetic_videos(b, 8, 448, seed=b), "videopanda-7b").to(device, dtype)
+              for b in (1, 8, 32)}
+    boxes = {b: "full" for b in inputs}
+
+    def plain(b, crop=None):
+        return lambda: projector(stab(inputs[b], crop_boxes=crop).tokens)
+
+    with torch.inference_mode():
+        ref = {b: plain(b)() for b in (1, 8)}
+        for b in (1, 8, 32) if args.eager else ():
+            rows.append({"impl": "fused-eager", "batch": b, "ms": cuda_ms(plain(b))})
+            rows.append({"impl": "fused-eager-boxes", "batch": b, "ms": cuda_ms(plain(b, boxes[b]))})
+        save(args.out)
+        orig_lsd = STAB._fast_lsd
+        STAB._fast_lsd = folded_lsd
+        for b in (1, 8) if args.eager else ():
+            diff = (plain(b, "full")() - ref[b]).abs().max().item()
+            rows.append({"impl": "folded-lsd-eager", "batch": b, "ms": cuda_ms(plain(b, "full")), "max_diff": diff})
+        STAB._fast_lsd = orig_lsd
+        save(args.out)
+
+        def compiled(mode, lsd, graphs, name):
+            STAB._fast_lsd = lsd
+            torch._dynamo.reset()
+            fn = torch.compile(lambda px: projector(stab(px, crop_boxes="full").tokens), mode=mode, dynamic=False)
+            for b in (1, 8, 32):
+                t0 = time.perf_counter()
+                y = fn(inputs[b])
+                torch.cuda.synchronize()
+                first = time.perf_counter() - t0
+                call = lambda b=b: fn(inputs[b])  # noqa: E731
+                if graphs:
+                    static_in = inputs[b].clone()
+                    s = torch.cuda.Stream()
+                    s.wait_stream(torch.cuda.current_stream())
+                    with torch.cuda.stream(s):
+                        for _ in range(3):
+                            fn(static_in)
+                    torch.cuda.current_stream().wait_stream(s)
+                    g = torch.cuda.CUDAGraph()
+                    with torch.cuda.graph(g):
+                        static_out = fn(static_in)
+                    call = g.replay
+                    y = static_out
+                if graphs:
+                    g.replay()
+                    torch.cuda.synchronize()
+                diff = (y - ref[b]).abs().max().item() if b in ref else None
+                rows.append({"impl": f"compiled-{name}", "batch": b, "ms": cuda_ms(call), "first_s": round(first, 1),
+                             "max_diff": diff})
+                print(rows[-1], flush=True)
+                if b == 8 and args.table and not graphs:
+                    out.setdefault("tables", {})[rows[-1]["impl"]] = kernel_table(call)
+                save(args.out)
+            STAB._fast_lsd = orig_lsd
+
+        for variant in args.stab_variants.split(","):
+            mode, lsd, graphs = VARIANTS[variant]
+            stab._shift_convs = not variant.startswith("conv")  # dpe: 27 shifted multiply-adds or one cuDNN conv
+            try:
+                compiled(mode, orig_lsd if lsd == "plain" else folded_lsd, graphs, variant)
+            except Exception as err:  # keep the other variants
+                rows.append({"impl": variant, "error": f"{type(err).__name__}: {err}"[:400]})
+                save(args.out)
+        stab._shift_convs = None
+        # dpe alone at the batch-8 shape, channels-last [n, t, G, G, C]
+        x = torch.randn(16, 4, 32, 32, stab.dim, device=device, dtype=dtype)
+        for label, shift, comp in (("dpe shifted-sum compiled", True, True), ("dpe conv3d eager", False, False),
+                                   ("dpe conv3d compiled", False, True)):
+            stab._shift_convs = shift
+            fn = torch.compile(stab._fast_dpe, dynamic=False) if comp else stab._fast_dpe
+            rows.append({"impl": label, "batch": 8, "ms": cuda_ms(lambda fn=fn: fn(x))})
+        stab._shift_convs = None
+        save(args.out)
+
+
+VARIANTS = {  # name -> (torch.compile mode, LSD form, CUDA graph replay)
+    "default": (None, "plain", False),
+    "default-graph": (None, "plain", True),
+    "folded-graph": (None, "folded", True),
+    "conv-graph": (None, "plain", True),
+    "conv": (None, "plain", False),
+    "autotune-graph": ("max-autotune-no-cudagraphs", "plain", True),
+}
+
+
+def section_decode(args) -> None:
+    from videopanda.inference import generate
+    from videopanda.modeling.fused_llm import fuse_projections
+
+    device, dtype = torch.device("cuda"), torch.bfloat16
+    out = RESULT.setdefault("decode", {"rows": []})
+    model, processor, _ = B.build_model("7b-random", device, dtype)
+    inputs = dict(processor(videos=B.synthetic_videos(1, 8, 448, seed=100), text=processor.build_prompt(B.QUESTION)))
+    x = {"input_ids": inputs["input_ids"].to(device), "pixel_values": inputs["pixel_values"].to(device, dtype)}
+
+    def answer():
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        y = generate(model, x, max_new_tokens=64, min_new_tokens=64, decoding="compiled", pad_token_id=0)
+        torch.cuda.synchronize()
+        return (time.perf_counter() - t0) * 1000, y
+
+    with torch.inference_mode():
+        for label in ("plain", "fused-projections"):
+            if label == "fused-projections":
+                out["fused_blocks"] = fuse_projections(model.language_model)
+            first, y0 = answer()
+            times = sorted(answer()[0] for _ in range(5))
+            out["rows"].append({"impl": label, "e2e_ms": round(times[2], 1), "min_ms": round(times[0], 1),
+                                "first_s": round(first / 1000, 1), "prompt": x["input_ids"].shape[1]})
+            out.setdefault("tokens", []).append(y0[0, -64:].tolist())
+            print(out["rows"][-1], flush=True)
+            save(args.out)
+        out["same_tokens"] = out["tokens"][0] == out["tokens"][1]
+        del out["tokens"]
+    save(args.out)
+
+
+def section_eval(args) -> None:
+    from videopanda.eval import videoqa
+    from videopanda.inference import decoding_options
+
+    device, dtype = torch.device("cuda"), torch.bfloat16
+    out = RESULT.setdefault("eval", {"rows": []})
+    model, processor, _ = B.build_model("7b-random", device, dtype)
+    pool = [processor.preprocess(v) for v in B.synthetic_videos(8, 8, 448, seed=200)]
+    b, k = 32, 8
+    items = [videoqa.QAItem(i, f"v{i % 8}", f"{B.QUESTION} {'and more ' * (i % 4)}".strip(), "") for i in range(b)]
+    visuals = [videoqa._Visual(pixel_values=pool[i % 8]) for i in range(b)]
+    batch = videoqa._collate(processor, items, visuals, dtype, True)
+    length = batch.inputs["input_ids"].shape[1]
+    x = {k_: v.to(device) for k_, v in batch.inputs.items()}
+    x["pixel_values"] = x["pixel_values"].to(dtype)
+    with torch.inference_mode():
+        for mode in ("dynamic", "static"):
+            def run(mode=mode):
+                with decoding_options(model, mode, length + k, b) as speed:
+                    return videoqa._generate(model, processor, batch.inputs, k, min_new_tokens=k, **speed)
+            run()
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            run()
+            torch.cuda.synchronize()
+            ms = round((time.perf_counter() - t0) * 1e3, 1)
+            out["rows"].append({"what": f"answer_batch {mode}", "batch": b, "ms": ms})
+            print(out["rows"][-1], flush=True)
+            save(args.out)
+        out["rows"].append({"what": "visual encode", "ms": cuda_ms(lambda: model.encode_video_flat(x["pixel_values"]),
+                                                                    repeats=5)})
+        out["rows"].append({"what": "prefill (logits_to_keep=1)", "ms": cuda_ms(
+            lambda: model(**x, logits_to_keep=1), repeats=3, warmup=1)})
+        save(args.out)
+        out["table_prefill"] = kernel_table(lambda: model(**x, logits_to_keep=1), rows=25)
+        save(args.out)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True)
+    p.add_argument("--sections", default="stab,decode,eval")
+    p.add_argument("--table", action="store_true", help="kernel tables of the compiled STAB")
+    p.add_argument("--eager", action="store_true", help="also time the eager forms")
+    p.add_argument("--stab-variants", default="default,conv,default-graph,conv-graph",
+                   help=f"compiled STAB forms, from {','.join(VARIANTS)}")
+    args = p.parse_args()
+    RESULT.update(device=torch.cuda.get_device_name(), torch=torch.__version__, command="python bench/speed_probe.py "
+                  f"--sections {args.sections}{' --table' if args.table else ''}")
+    for name in args.sections.split(","):
+        t0 = time.perf_counter()
+        try:
+            globals()[f"section_{name}"](args)
+        except Exception as err:
+            RESULT.setdefault("errors", []).append(f"{name}: {type(err).__name__}: {err}"[:600])
+        RESULT.setdefault("seconds", {})[name] = round(time.perf_counter() - t0, 1)
+        save(args.out)
+        torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()

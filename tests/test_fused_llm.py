@@ -1,0 +1,48 @@
+"""Fused q/k/v and gate/up projections (modeling/fused_llm.py): same outputs, same memory, same state_dict."""
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from videopanda.modeling.fused_llm import fuse_projections
+
+
+def _tiny(bias: bool = False) -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, attention_bias=bias, mlp_bias=bias)
+    return LlamaForCausalLM(config).eval()
+
+
+def test_fused_model_gives_the_same_logits_cache_and_greedy_tokens():
+    for bias in (False, True):
+        model = _tiny(bias)
+        ids = torch.randint(0, 97, (2, 11))
+        with torch.no_grad():
+            before = model(ids).logits
+            tokens_before = model.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=0)
+        keys = set(model.state_dict())
+        params = sum(p.numel() for p in model.parameters())
+        assert fuse_projections(model) == 4  # 2 attention + 2 MLP blocks
+        with torch.no_grad():
+            after = model(ids).logits
+            tokens_after = model.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=0)
+        torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
+        assert torch.equal(tokens_after, tokens_before)
+        assert set(model.state_dict()) == keys and sum(p.numel() for p in model.parameters()) == params
+
+
+def test_separate_weights_are_views_of_the_fused_matrix():
+    model = _tiny()
+    fuse_projections(model)
+    attn, mlp = model.model.layers[0].self_attn, model.model.layers[0].mlp
+    fused = attn._fused_qkv_weight
+    assert attn.q_proj.weight.data_ptr() == fused.data_ptr()
+    assert attn.k_proj.weight.data_ptr() == fused[attn.q_proj.out_features:].data_ptr()
+    assert mlp.up_proj.weight.data_ptr() == mlp._fused_gate_up_weight[mlp.gate_proj.out_features:].data_ptr()
+    assert fuse_projections(model) == 0  # idempotent
+
+
+def test_quantized_or_foreign_layers_are_left_alone():
+    model = _tiny()
+    model.model.layers[1].self_attn.k_proj = torch.nn.Identity()  # not a plain Linear: that block is skipped
+    assert fuse_projections(model) == 3

@@ -1,0 +1,91 @@
+"""Fused projections for a LLaMA decoder at inference: q/k/v as one matrix, gate/up as one matrix.
+
+Why: a decode step is bound by reading the weights. Reading each layer's weights in two large matrix-vector
+products (q|k|v, then gate|up) instead of five small ones keeps the GPU's memory system busier and halves the kernel
+count. The separate weights become views of the fused matrix, so memory use and `state_dict()` stay the same, and
+the arithmetic of each output element is unchanged (the same dot products, only launched together).
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+FUSABLE_ATTENTION = ("LlamaAttention",)  # forward below mirrors transformers' LlamaAttention.forward
+FUSABLE_MLP = ("LlamaMLP",)
+
+
+def _fuse(linears: list[nn.Linear]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One [sum(out), in] weight (and bias) whose row blocks become the given layers' weights (as views)."""
+    weight = torch.cat([m.weight.detach() for m in linears])
+    has_bias = [m.bias is not None for m in linears]
+    if any(has_bias) and not all(has_bias):
+        raise ValueError("cannot fuse linear layers where only some have a bias")
+    bias = torch.cat([m.bias.detach() for m in linears]) if all(has_bias) else None
+    start = 0
+    for m in linears:
+        n = m.out_features
+        m.weight = nn.Parameter(weight[start:start + n], requires_grad=False)
+        if bias is not None:
+            m.bias = nn.Parameter(bias[start:start + n], requires_grad=False)
+        start += n
+    return weight, bias
+
+
+def _plain(*linears: nn.Module) -> bool:
+    """Only plain float nn.Linear layers on one device (quantized layers keep their own kernels)."""
+    return all(type(m) is nn.Linear and m.weight.is_floating_point() for m in linears) and \
+        len({m.weight.device for m in linears}) == 1 and len({m.weight.dtype for m in linears}) == 1
+
+
+def _attention_forward(self, hidden_states: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor],
+                       attention_mask: torch.Tensor | None = None, past_key_values=None, **kwargs):
+    """transformers' LlamaAttention.forward with the three input projections done as one."""
+    lib = sys.modules[type(self).__module__]
+    input_shape = hidden_states.shape[:-1]
+    hidden_shape = (*input_shape, -1, self.head_dim)
+    q, k, v = F.linear(hidden_states, self._fused_qkv_weight, self._fused_qkv_bias).split(self._fused_qkv_sizes, -1)
+    q, k, v = (t.view(hidden_shape).transpose(1, 2) for t in (q, k, v))
+    cos, sin = position_embeddings
+    q, k = lib.apply_rotary_pos_emb(q, k, cos, sin)
+    if past_key_values is not None:
+        k, v = past_key_values.update(k, v, self.layer_idx)
+    attention = lib.ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation,
+                                                          lib.eager_attention_forward)
+    out, weights = attention(self, q, k, v, attention_mask, dropout=0.0 if not self.training else
+                             self.attention_dropout, scaling=self.scaling, **kwargs)
+    return self.o_proj(out.reshape(*input_shape, -1).contiguous()), weights
+
+
+def _mlp_forward(self, x: torch.Tensor) -> torch.Tensor:
+    gate, up = F.linear(x, self._fused_gate_up_weight, self._fused_gate_up_bias).chunk(2, -1)
+    return self.down_proj(self.act_fn(gate) * up)
+
+
+def fuse_projections(model: nn.Module) -> int:
+    """Fuse q/k/v and gate/up in every LLaMA attention and MLP block of `model`, in place; returns how many blocks
+    were fused. Blocks of other architectures and quantized layers are left alone. Inference only: the fused weights
+    do not require gradients."""
+    fused = 0
+    for module in model.modules():
+        name = type(module).__name__
+        if name in FUSABLE_ATTENTION and not hasattr(module, "_fused_qkv_weight"):
+            parts = [module.q_proj, module.k_proj, module.v_proj]
+            if not _plain(*parts):
+                continue
+            module._fused_qkv_sizes = [m.out_features for m in parts]
+            module._fused_qkv_weight, module._fused_qkv_bias = _fuse(parts)
+            module.forward = types.MethodType(_attention_forward, module)
+            fused += 1
+        elif name in FUSABLE_MLP and not hasattr(module, "_fused_gate_up_weight"):
+            parts = [module.gate_proj, module.up_proj]
+            if not _plain(*parts) or parts[0].out_features != parts[1].out_features:
+                continue
+            module._fused_gate_up_weight, module._fused_gate_up_bias = _fuse(parts)
+            module.forward = types.MethodType(_mlp_forward, module)
+            fused += 1
+    return fused
