@@ -19,5 +19,5 @@ export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 python3 -c "from videopanda.weights import smollm2_dir; print(smollm2_dir())"
 python3 bench/ablations.py --out /tmp/abl --variants "$VARIANTS" --steps "$STEPS" --max-minutes "${MINUTES:-8.2}" \
   --batch-size 32 --workers 4 --eval-n 400 > $OUT/ablations_stdout.txt 2>&1 || true
-tar -czf $OUT/ablations.tgz -C /tmp abl --exclude='*.safetensors' --exclude='checkpoint*' --exclude='init'
+cp /tmp/abl/ablations.json /tmp/abl/ablations.md $OUT/
 cat /tmp/abl/ablations.md 2>/dev/null || tail -20 $OUT/ablations_stdout.txt
