@@ -321,18 +321,27 @@ def _fill_mask(scene: Scene, obj: SceneObject, frames: np.ndarray) -> np.ndarray
 # Version 1 (narrow) is pinned
 # ---------------------------------------------------------------------------------------------------------------
 
-# sha256 of 12 narrow scenes drawn as generate draws them plus 4 items of the narrow SynthQAStream, computed with the
-# code of commit 3fd2da1, before the wide stream got shading, more backgrounds, wordings and photometric jitter. The
-# first covers the scene parameters and questions (exact across platforms: generator draws and Python floats); the
-# second the rendered and streamed pixels (bit-exact float32 maths, e.g. np.sin for stripes).
+# 12 narrow scenes drawn as generate draws them plus 4 items of the narrow SynthQAStream, computed with the code of
+# commit 3fd2da1, before the wide stream got shading, more backgrounds, wordings and photometric jitter. The sha256
+# covers the scene parameters and questions (exact across platforms: generator draws and Python floats).
 NARROW_SCENES_SHA256 = "f763c0414d943a17e3fcb710efb206eb8749bb25bc18d7f606be9d1d82cadf5b"
-NARROW_FRAMES_SHA256 = "6d98c997502dcd92aae1ecf7a077d6e4f7f9ca0bff2a3ad97abaab8e60c9f96d"
+# Per-clip mean and std of each channel, not a byte hash: the render goes through float32 maths (np.sin, ...) whose
+# last bit may differ across CPUs and numpy builds, which may flip a pixel by one level but not move these numbers.
+NARROW_FRAME_STATS = [
+    [89.911, 87.093, 94.331, 29.094, 29.882, 27.466], [42.716, 44.139, 44.391, 16.97, 19.112, 34.862],
+    [78.13, 81.499, 78.717, 39.331, 26.809, 21.786], [72.305, 69.83, 74.426, 27.403, 26.551, 26.155],
+    [87.946, 93.196, 87.651, 25.118, 18.809, 26.123], [74.369, 63.525, 61.105, 39.783, 29.616, 29.469],
+    [54.869, 50.291, 49.605, 37.764, 32.883, 36.607], [65.239, 52.483, 57.028, 48.151, 34.699, 32.92],
+    [66.642, 70.057, 57.147, 39.642, 20.732, 24.656], [49.221, 46.396, 47.105, 9.184, 23.838, 24.519],
+    [82.995, 74.739, 79.352, 20.324, 20.965, 20.603], [69.633, 71.533, 60.514, 30.117, 26.945, 12.098],
+    [93.52, 83.096, 78.221, 35.236, 17.816, 23.575], [76.066, 89.711, 75.414, 17.198, 23.939, 18.918],
+    [66.866, 70.006, 63.281, 37.11, 33.157, 39.728], [92.618, 88.037, 84.432, 35.359, 31.038, 15.917]]
 
 
 def test_narrow_scenes_frames_and_questions_are_unchanged() -> None:
     from videopanda.data.synth_stream import SynthQAStream
 
-    scenes, frames = hashlib.sha256(), hashlib.sha256()
+    scenes, frames = hashlib.sha256(), []
     for seed, k, kwargs in [(0, k, {}) for k in range(6)] + [(3, k, {"num_frames": 8, "size": 64}) for k in range(6)]:
         rng = np.random.default_rng([seed, k])
         scene = sample_scene(rng, **kwargs)
@@ -342,15 +351,20 @@ def test_narrow_scenes_frames_and_questions_are_unchanged() -> None:
         fields = [objects, scene.background, scene.background_params, scene.num_frames, scene.size, scene.fps,
                   scene.seed, scene.outline]
         scenes.update(json.dumps([fields, questions]).encode())
-        frames.update(render_scene(scene).tobytes())
+        frames.append(_channel_stats(render_scene(scene)))
         assert not scene.wide and all(o.shading is None for o in scene.objects)
     stream = SynthQAStream(_processor(), seed=1)
     for i in range(4):
         clip, question = stream.example(i)
         scenes.update(json.dumps(question).encode())
-        frames.update(clip.tobytes())
+        frames.append(_channel_stats(clip))
     assert scenes.hexdigest() == NARROW_SCENES_SHA256
-    assert frames.hexdigest() == NARROW_FRAMES_SHA256
+    np.testing.assert_allclose(frames, NARROW_FRAME_STATS, atol=0.01)
+
+
+def _channel_stats(clip: np.ndarray) -> list[float]:
+    pixels = clip.reshape(-1, 3).astype(np.float64)
+    return [*pixels.mean(0), *pixels.std(0)]
 
 
 def test_render_scene_indices_equal_the_full_render_selected() -> None:
