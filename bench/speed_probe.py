@@ -32,19 +32,8 @@ def save(path: str) -> None:
 
 
 def cuda_ms(fn, repeats: int = 20, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    times.sort()
-    return round(times[len(times) // 2], 4)
+    """Median CUDA-event time of `fn` (the bench's own clock)."""
+    return B.Clock(torch.device("cuda"), warmup, repeats).time(fn)["median_ms"]
 
 
 def kernel_table(fn, rows: int = 30) -> list[dict]:
@@ -180,7 +169,7 @@ def section_decode(args) -> None:
 
     device, dtype = torch.device("cuda"), torch.bfloat16
     out = RESULT.setdefault("decode", {"rows": []})
-    model, processor, _ = B.build_model("7b-random", device, dtype)
+    model, processor, _ = B.build_model("7b-random", device, dtype, fuse_llm=False)  # "plain" first
     inputs = dict(processor(videos=B.synthetic_videos(1, 8, 448, seed=100), text=processor.build_prompt(B.QUESTION)))
     x = {"input_ids": inputs["input_ids"].to(device), "pixel_values": inputs["pixel_values"].to(device, dtype)}
 
@@ -254,6 +243,10 @@ def main() -> None:
     p.add_argument("--stab-variants", default="default,conv,default-graph,conv-graph",
                    help=f"compiled STAB forms, from {','.join(VARIANTS)}")
     args = p.parse_args()
+    unknown = [n for n in args.sections.split(",") if f"section_{n}" not in globals()]
+    unknown += [v for v in args.stab_variants.split(",") if v not in VARIANTS]
+    if unknown:
+        p.error(f"unknown section or STAB variant: {', '.join(unknown)}")
     RESULT.update(device=torch.cuda.get_device_name(), torch=torch.__version__, command="python bench/speed_probe.py "
                   f"--sections {args.sections}{' --table' if args.table else ''}")
     for name in args.sections.split(","):
@@ -264,7 +257,19 @@ def main() -> None:
             RESULT.setdefault("errors", []).append(f"{name}: {type(err).__name__}: {err}"[:600])
         RESULT.setdefault("seconds", {})[name] = round(time.perf_counter() - t0, 1)
         save(args.out)
-        torch.cuda.empty_cache()
+        free_gpu()
+
+
+def free_gpu() -> None:
+    """Drop what a section left on the GPU (compiled decode steps and their CUDA-graph pools hold the model)."""
+    import gc
+
+    from videopanda import inference
+
+    inference._COMPILED_STEP.clear()
+    torch._dynamo.reset()
+    gc.collect()
+    torch.cuda.empty_cache()
 
 
 if __name__ == "__main__":

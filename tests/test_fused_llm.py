@@ -46,3 +46,16 @@ def test_quantized_or_foreign_layers_are_left_alone():
     model = _tiny()
     model.model.layers[1].self_attn.k_proj = torch.nn.Identity()  # not a plain Linear: that block is skipped
     assert fuse_projections(model) == 3
+
+
+def test_optimize_for_inference_fuses_the_video_models_llm_on_request_with_the_same_answer():
+    """What `inference.load` does on a GPU, forced on CPU: the whole video model answers the same."""
+    from videopanda import bench
+
+    fused, processor, _ = bench.build_model("tiny", torch.device("cpu"), torch.float32, fuse_llm=True)
+    plain, _, _ = bench.build_model("tiny", torch.device("cpu"), torch.float32, fuse_llm=False)
+    assert hasattr(fused.language_model.model.layers[0].self_attn, "_fused_qkv_weight")
+    assert not hasattr(plain.language_model.model.layers[0].self_attn, "_fused_qkv_weight")
+    inputs = processor(videos=bench.synthetic_videos(1, 4, 56), text=processor.build_prompt("w5 w6"))
+    with torch.no_grad():
+        torch.testing.assert_close(fused(**inputs).logits, plain(**inputs).logits, rtol=1e-5, atol=1e-5)

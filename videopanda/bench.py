@@ -338,9 +338,10 @@ def synthetic_tokenizer(vocab_size: int) -> Any:
                                    eos_token="w2")
 
 
-def build_model(llm: str, device: Any, dtype: Any) -> tuple[Any, Any, str]:
+def build_model(llm: str, device: Any, dtype: Any, fuse_llm: bool | None = None) -> tuple[Any, Any, str]:
     """(model, processor, STAB config name). "default" loads the bundled model; the others get random weights,
-    built directly on `device` in `dtype` (a 7B-shaped model in a few seconds on a GPU)."""
+    built directly on `device` in `dtype` (a 7B-shaped model in a few seconds on a GPU). `fuse_llm`: as
+    `optimize_for_inference` (default: fused LLM projections on CUDA)."""
     import torch
 
     from .configuration import VARIANTS, VideoPandaConfig
@@ -362,7 +363,7 @@ def build_model(llm: str, device: Any, dtype: Any) -> tuple[Any, Any, str]:
         model = VideoPandaForCausalLM(config)
     model = model.to(device, dtype).eval()
     if hasattr(model, "optimize_for_inference"):
-        model.optimize_for_inference()  # as `inference.load` does: the fused STAB
+        model.optimize_for_inference(fuse_llm=fuse_llm)  # as `inference.load` does: the fused STAB
     model.generation_config.pad_token_id = 0
     return model, VideoPandaProcessor(synthetic_tokenizer(text["vocab_size"]), config), stab
 
