@@ -63,9 +63,11 @@ def main() -> None:
     parser.add_argument("--eval-n", type=int, default=600)
     parser.add_argument("--variants", default=",".join(VARIANTS))
     args = parser.parse_args()
+    names = args.variants.split(",")
+    if unknown := [n for n in names if n not in VARIANTS]:
+        parser.error(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    names = args.variants.split(",")
     params = {}
     for name in names:
         params[name] = build(out / name / "init", VARIANTS[name], args.image_size)
