@@ -6,9 +6,11 @@
   and without host crop boxes; compiled (inductor default, max-autotune-no-cudagraphs); compiled and replayed as a
   CUDA graph; the LSD with its key/value projections folded into the query (`--lsd folded`). Plus the kernel table of
   the compiled form at batch 8.
+- dpe (run by stab): the dpe alone in every form and the Triton kernel's block sizes.
 - decode: the 7B-shaped model's 64-token answer with the compiled lean loop, with and without fused q/k/v and
-  gate/up projections (`modeling/fused_llm.py`).
-- eval: one batch of 32 7B answers (8 new tokens): STAB, prefill and decode timed apart, and the kernel table.
+  gate/up projections and compiled pointwise ops (`modeling/fused_llm.py`), and its time to first token.
+- eval: one batch of 32 7B answers (8 new tokens): the visual encode, the prefill and whole `generate` calls per
+  decoding mode, with and without compiled pointwise ops, and the prefill's kernel table.
 Writes JSON after every section, so a cut-off run still returns what it measured.
 """
 
@@ -85,7 +87,9 @@ def section_stab(args) -> None:
         return lambda: projector(stab(inputs[b], crop_boxes=crop).tokens)
 
     with torch.inference_mode():
+        stab.dpe_impl = "conv"  # the reference output: cuDNN's conv for the dpe
         ref = {b: plain(b)() for b in (1, 8)}
+        stab.dpe_impl = None
         for b in (1, 8, 32) if args.eager else ():
             rows.append({"impl": "fused-eager", "batch": b, "ms": cuda_ms(plain(b))})
             rows.append({"impl": "fused-eager-boxes", "batch": b, "ms": cuda_ms(plain(b, boxes[b]))})
@@ -107,6 +111,10 @@ def section_stab(args) -> None:
                 y = fn(inputs[b])
                 torch.cuda.synchronize()
                 first = time.perf_counter() - t0
+                if mode == "reduce-overhead":  # the first calls record; later ones replay the CUDA graph
+                    for _ in range(3):
+                        y = fn(inputs[b])
+                    y = y.clone()
                 call = lambda b=b: fn(inputs[b])  # noqa: E731
                 if graphs:
                     static_in = inputs[b].clone()
@@ -134,38 +142,67 @@ def section_stab(args) -> None:
             STAB._fast_lsd = orig_lsd
 
         for variant in args.stab_variants.split(","):
-            mode, lsd, graphs = VARIANTS[variant]
-            stab._shift_convs = not variant.startswith("conv")  # dpe: 27 shifted multiply-adds or one cuDNN conv
+            mode, lsd, graphs, dpe = VARIANTS[variant]
+            stab.dpe_impl = dpe
             try:
                 compiled(mode, orig_lsd if lsd == "plain" else folded_lsd, graphs, variant)
             except Exception as err:  # keep the other variants
                 rows.append({"impl": variant, "error": f"{type(err).__name__}: {err}"[:400]})
                 save(args.out)
-        stab._shift_convs = None
-        # dpe alone at the batch-8 shape, channels-last [n, t, G, G, C]
-        x = torch.randn(16, 4, 32, 32, stab.dim, device=device, dtype=dtype)
-        for label, shift, comp in (("dpe shifted-sum compiled", True, True), ("dpe conv3d eager", False, False),
-                                   ("dpe conv3d compiled", False, True)):
-            stab._shift_convs = shift
-            fn = torch.compile(stab._fast_dpe, dynamic=False) if comp else stab._fast_dpe
-            rows.append({"impl": label, "batch": 8, "ms": cuda_ms(lambda fn=fn: fn(x))})
-        stab._shift_convs = None
+        stab.dpe_impl = None
+        dpe_rows(stab, rows)
         save(args.out)
 
 
-VARIANTS = {  # name -> (torch.compile mode, LSD form, CUDA graph replay)
-    "default": (None, "plain", False),
-    "default-graph": (None, "plain", True),
-    "folded-graph": (None, "folded", True),
-    "conv-graph": (None, "plain", True),
-    "conv": (None, "plain", False),
-    "autotune-graph": ("max-autotune-no-cudagraphs", "plain", True),
+def dpe_rows(stab: STAB, rows: list[dict]) -> None:
+    """The dpe alone at the batch-8 shape, channels-last [n, t, G, G, C]: every form, and the Triton kernel's block
+    sizes; max_diff against cuDNN's conv in float32."""
+    from videopanda.modeling import kernels
+
+    x = torch.randn(16, 4, 32, 32, stab.dim, device="cuda", dtype=torch.bfloat16)
+    stab.dpe_impl = "conv"
+    w32, b32 = stab._fold_dpe_w.float(), stab.dpe.bias.float()
+    want = torch.nn.functional.conv3d(x.float().permute(0, 4, 1, 2, 3), w32, b32, padding=1,
+                                      groups=stab.dim).permute(0, 2, 3, 4, 1)
+    for label, impl, comp in (("dpe shift compiled", "shift", True), ("dpe conv eager", "conv", False),
+                              ("dpe triton eager", "triton", False), ("dpe triton compiled", "triton", True)):
+        stab.dpe_impl = impl
+        fn = torch.compile(stab._fast_dpe, dynamic=False) if comp else stab._fast_dpe
+        diff = (fn(x).float() - want).abs().max().item()
+        rows.append({"impl": label, "batch": 8, "ms": cuda_ms(lambda fn=fn: fn(x)), "max_diff": diff})
+        print(rows[-1], flush=True)
+    stab.dpe_impl = None
+    default = (kernels.BLOCK_C, kernels.NUM_WARPS)
+    for block_c in (32, 64, 128, 256):
+        for warps in (2, 4, 8):
+            kernels.BLOCK_C, kernels.NUM_WARPS = block_c, warps
+            try:
+                ms = cuda_ms(lambda: kernels.dpe3d(x, stab._fold_dpe_w, stab.dpe.bias))
+                rows.append({"impl": "dpe triton", "block_c": block_c, "warps": warps, "ms": ms})
+            except Exception as err:
+                rows.append({"impl": "dpe triton", "block_c": block_c, "warps": warps, "error": str(err)[:200]})
+    kernels.BLOCK_C, kernels.NUM_WARPS = default
+
+
+VARIANTS = {  # name -> (torch.compile mode, LSD form, manual CUDA graph replay, dpe form)
+    "default": (None, "plain", False, "shift"),
+    "default-graph": (None, "plain", True, "shift"),
+    "folded-graph": (None, "folded", True, "shift"),
+    "conv-graph": (None, "plain", True, "conv"),
+    "conv": (None, "plain", False, "conv"),
+    "autotune-graph": ("max-autotune-no-cudagraphs", "plain", True, "shift"),
+    "triton": (None, "plain", False, "triton"),
+    "triton-graph": (None, "plain", True, "triton"),
+    "triton-ro": ("reduce-overhead", "plain", False, "triton"),
+    "shift-ro": ("reduce-overhead", "plain", False, "shift"),
 }
 
 
 def section_decode(args) -> None:
+    """The 7B-shaped 64-token answer (compiled lean loop), unfused / fused projections / + compiled pointwise ops;
+    `ttft_ms` is the same call with one new token (pixel_values on the device: STAB, prefill, first token)."""
     from videopanda.inference import generate
-    from videopanda.modeling.fused_llm import fuse_projections
+    from videopanda.modeling.fused_llm import compile_pointwise, fuse_projections
 
     device, dtype = torch.device("cuda"), torch.bfloat16
     out = RESULT.setdefault("decode", {"rows": []})
@@ -173,65 +210,85 @@ def section_decode(args) -> None:
     inputs = dict(processor(videos=B.synthetic_videos(1, 8, 448, seed=100), text=processor.build_prompt(B.QUESTION)))
     x = {"input_ids": inputs["input_ids"].to(device), "pixel_values": inputs["pixel_values"].to(device, dtype)}
 
-    def answer():
+    def answer(n=64):
         torch.cuda.synchronize()
         t0 = time.perf_counter()
-        y = generate(model, x, max_new_tokens=64, min_new_tokens=64, decoding="compiled", pad_token_id=0)
+        y = generate(model, x, max_new_tokens=n, min_new_tokens=n, decoding="compiled", pad_token_id=0)
         torch.cuda.synchronize()
         return (time.perf_counter() - t0) * 1000, y
 
     with torch.inference_mode():
-        for label in ("plain", "fused-projections"):
-            if label == "fused-projections":
-                out["fused_blocks"] = fuse_projections(model.language_model)
+        for label in args.decode_variants.split(","):
+            if label in ("fused-projections", "fused-pointwise"):
+                out.setdefault("fused_blocks", fuse_projections(model.language_model))
+            if label == "fused-pointwise":
+                out["pointwise_modules"] = compile_pointwise(model.language_model)
             first, y0 = answer()
             times = sorted(answer()[0] for _ in range(5))
+            answer(1)
+            ttft = sorted(answer(1)[0] for _ in range(5))
             out["rows"].append({"impl": label, "e2e_ms": round(times[2], 1), "min_ms": round(times[0], 1),
-                                "first_s": round(first / 1000, 1), "prompt": x["input_ids"].shape[1]})
+                                "ttft_ms": round(ttft[2], 1), "first_s": round(first / 1000, 1),
+                                "prompt": x["input_ids"].shape[1]})
             out.setdefault("tokens", []).append(y0[0, -64:].tolist())
             print(out["rows"][-1], flush=True)
             save(args.out)
-        out["same_tokens"] = out["tokens"][0] == out["tokens"][1]
+        out["same_tokens"] = all(t == out["tokens"][0] for t in out["tokens"])
         del out["tokens"]
     save(args.out)
 
 
 def section_eval(args) -> None:
+    """One batch of 32 7B answers (8 new tokens, left padding, as `videopanda eval`): the whole `generate` call
+    per decoding mode, with and without compiled pointwise ops; prefill alone; the prefill's kernel table."""
     from videopanda.eval import videoqa
     from videopanda.inference import decoding_options
+    from videopanda.modeling.fused_llm import compile_pointwise
 
     device, dtype = torch.device("cuda"), torch.bfloat16
     out = RESULT.setdefault("eval", {"rows": []})
     model, processor, _ = B.build_model("7b-random", device, dtype)
     pool = [processor.preprocess(v) for v in B.synthetic_videos(8, 8, 448, seed=200)]
-    b, k = 32, 8
+    b, k = args.eval_batch, 8
     items = [videoqa.QAItem(i, f"v{i % 8}", f"{B.QUESTION} {'and more ' * (i % 4)}".strip(), "") for i in range(b)]
     visuals = [videoqa._Visual(pixel_values=pool[i % 8]) for i in range(b)]
     batch = videoqa._collate(processor, items, visuals, dtype, True)
     length = batch.inputs["input_ids"].shape[1]
     x = {k_: v.to(device) for k_, v in batch.inputs.items()}
     x["pixel_values"] = x["pixel_values"].to(dtype)
+    out["prompt"] = length
     with torch.inference_mode():
-        for mode in ("dynamic", "static"):
-            def run(mode=mode):
-                with decoding_options(model, mode, length + k, b) as speed:
-                    return videoqa._generate(model, processor, batch.inputs, k, min_new_tokens=k, **speed)
-            run()
-            torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            run()
-            torch.cuda.synchronize()
-            ms = round((time.perf_counter() - t0) * 1e3, 1)
-            out["rows"].append({"what": f"answer_batch {mode}", "batch": b, "ms": ms})
+        out["rows"].append({"what": "visual encode", "batch": b, "ms": cuda_ms(
+            lambda: model.encode_video_flat(x["pixel_values"]), repeats=5)})
+        for pointwise in (False, True):
+            if pointwise:
+                out["pointwise_modules"] = compile_pointwise(model.language_model)
+            tag = " +pointwise" if pointwise else ""
+            model(**x, logits_to_keep=1)  # compiles the pointwise graphs for this shape
+            out["rows"].append({"what": "prefill" + tag, "batch": b, "ms": cuda_ms(
+                lambda: model(**x, logits_to_keep=1), repeats=3, warmup=1)})
             print(out["rows"][-1], flush=True)
             save(args.out)
-        out["rows"].append({"what": "visual encode", "ms": cuda_ms(lambda: model.encode_video_flat(x["pixel_values"]),
-                                                                    repeats=5)})
-        out["rows"].append({"what": "prefill (logits_to_keep=1)", "ms": cuda_ms(
-            lambda: model(**x, logits_to_keep=1), repeats=3, warmup=1)})
-        save(args.out)
-        out["table_prefill"] = kernel_table(lambda: model(**x, logits_to_keep=1), rows=25)
-        save(args.out)
+            if args.table:
+                out["table_prefill" + tag] = kernel_table(lambda: model(**x, logits_to_keep=1), rows=25)
+            for mode in args.eval_modes.split(","):
+                def run(mode=mode):
+                    with decoding_options(model, mode, length + k, b) as speed:
+                        return videoqa._generate(model, processor, batch.inputs, k, min_new_tokens=k, **speed)
+                run()
+                torch.cuda.synchronize()
+                times = []
+                for _ in range(3):
+                    t0 = time.perf_counter()
+                    run()
+                    torch.cuda.synchronize()
+                    times.append((time.perf_counter() - t0) * 1e3)
+                ms = round(sorted(times)[1], 1)
+                out["rows"].append({"what": f"answer_batch {mode}{tag}", "batch": b, "ms": ms,
+                                    "answers_per_s": round(b / ms * 1e3, 2)})
+                print(out["rows"][-1], flush=True)
+                save(args.out)
+        out["peak_mem_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 1)
 
 
 def main() -> None:
@@ -240,8 +297,12 @@ def main() -> None:
     p.add_argument("--sections", default="stab,decode,eval")
     p.add_argument("--table", action="store_true", help="kernel tables of the compiled STAB")
     p.add_argument("--eager", action="store_true", help="also time the eager forms")
-    p.add_argument("--stab-variants", default="default,conv,default-graph,conv-graph",
+    p.add_argument("--stab-variants", default="triton,triton-graph,triton-ro,default-graph",
                    help=f"compiled STAB forms, from {','.join(VARIANTS)}")
+    p.add_argument("--decode-variants", default="fused-projections,fused-pointwise",
+                   help="plain, fused-projections, fused-pointwise (in this order; fusing is not undone)")
+    p.add_argument("--eval-modes", default="dynamic,compiled", help="decoding modes of the eval batch")
+    p.add_argument("--eval-batch", type=int, default=32)
     args = p.parse_args()
     unknown = [n for n in args.sections.split(",") if f"section_{n}" not in globals()]
     unknown += [v for v in args.stab_variants.split(",") if v not in VARIANTS]

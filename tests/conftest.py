@@ -6,15 +6,22 @@ exactly as it does in tests/test_video.py.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 import av
 import numpy as np
 import pytest
+import torch
 from clips import available_encoder, make_audio_only, make_clip
 from judge_server import JudgeServer
 from PIL import Image
+
+# Without a GPU, Triton kernels (modeling/kernels.py) run under Triton's interpreter, so their tests run on CPU. It is
+# read when a kernel is defined, i.e. before videopanda is imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def _one_frame(d: Path) -> str:

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from videopanda import VARIANTS, VideoPandaConfig, VideoPandaForCausalLM
+from videopanda.modeling import kernels
 from videopanda.modeling.stab import STAB
 
 # (B, T, canvas, per-video boxes (top, left, h, w) in pixels, trailing empty frames per video)
@@ -64,12 +65,16 @@ def run_both(stab: STAB, px: torch.Tensor, **kw):
         return stab(px), fused(px, **kw)
 
 
-@pytest.mark.parametrize("shift_convs", [False, True], ids=["conv", "shifted_sums"])
+@pytest.mark.parametrize("dpe_impl", ["conv", "shift", "triton"])
 @pytest.mark.parametrize("case", list(CASES))
-def test_fused_equals_unfused(case, shift_convs):
+def test_fused_equals_unfused(case, dpe_impl):
+    """Every form of the fused dpe; "triton" is the GPU kernel run by Triton's interpreter (conftest sets
+    TRITON_INTERPRET=1 on machines without CUDA)."""
+    if dpe_impl == "triton" and not kernels.available(torch.empty(0)):
+        pytest.skip("Triton is not installed")
     stab = make_stab()
     fused = copy.deepcopy(stab).fuse()
-    fused._shift_convs = shift_convs
+    fused.dpe_impl = dpe_impl
     px = make_input(*CASES[case])
     with torch.no_grad():
         want, got = stab(px), fused(px)

@@ -441,9 +441,9 @@ def test_bad_synth_data_spec_is_one_clear_error(spec, tmp_path):
 
 def test_stacked_lora_sums_the_deltas_and_the_default_file_keeps_the_bundled_ones(tmp_path, monkeypatch):
     """Training on from the bundled default (whose LoRA is already merged) must ship old + new deltas in one file."""
-    import videopanda.train.recipe as recipe
     from safetensors.torch import load_file, save_file
 
+    import videopanda.train.recipe as recipe
     from videopanda.train.lora import stack_lora
 
     torch.manual_seed(0)

@@ -45,6 +45,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import kernels
+
 
 def zero_init(layer: nn.Module, names: tuple[str, ...] = ("weight", "bias")) -> None:
     """Zero some parameters of a layer and mark them, so a generic re-initialisation (transformers' `post_init`,
@@ -320,7 +322,8 @@ class STAB(nn.Module):
         self.local_attention = LocalAttention(dim, conv_stride, num_heads) if downsample == "lsd" else None
         self.global_attention = GlobalAttention(dim, num_heads) if use_fsra else None
         self._fused = False
-        self._shift_convs: bool | None = None  # fused depthwise convs: None = shifted sums when compiling, else conv
+        # fused dpe form: None = auto ("triton" on a GPU with Triton, else "shift" when compiling, else "conv")
+        self.dpe_impl: str | None = None
         self.register_load_state_dict_post_hook(_refold_after_load)
         self.reset_parameters()
 
@@ -562,8 +565,13 @@ class STAB(nn.Module):
 
     def _fast_dpe(self, x: torch.Tensor) -> torch.Tensor:
         """x + dpe(x) as one depthwise 3x3x3 conv with the identity folded in. x: [n, t, G, G, C]."""
-        shift = torch.compiler.is_compiling() if self._shift_convs is None else self._shift_convs
-        if shift:  # 27 shifted multiply-adds: inductor fuses them into one kernel
+        impl = self.dpe_impl
+        if impl is None:
+            impl = "triton" if x.is_cuda and kernels.available(x) else \
+                "shift" if torch.compiler.is_compiling() else "conv"
+        if impl == "triton":  # one row of positions per program, the 27 taps from cache (modeling/kernels.py)
+            return kernels.dpe3d(x, self._fold_dpe_w, self.dpe.bias)
+        if impl == "shift":  # 27 shifted multiply-adds: inductor fuses them into one kernel
             w = self._fold_dpe_w.view(-1, 27).t().view(3, 3, 3, -1)
             xp = F.pad(x, (0, 0, 1, 1, 1, 1, 1, 1))
             t, G1, G2 = x.shape[1:4]
@@ -573,8 +581,10 @@ class STAB(nn.Module):
                     for c in range(3):
                         out = out + w[a, b, c] * xp[:, a:a + t, b:b + G1, c:c + G2]
             return out
-        # eager: one depthwise conv on the channels-last view (PyTorch routes channels-last depthwise convs to cuDNN
-        # on GPU, to oneDNN on CPU; a contiguous NCDHW input would get the slow native depthwise-3d kernel)
+        if impl != "conv":
+            raise ValueError(f"dpe_impl must be None, 'triton', 'shift' or 'conv', got {impl!r}")
+        # one depthwise conv on the channels-last view (PyTorch routes channels-last depthwise convs to cuDNN on GPU,
+        # to oneDNN on CPU; a contiguous NCDHW input would get the slow native depthwise-3d kernel)
         y = F.conv3d(x.permute(0, 4, 1, 2, 3), self._fold_dpe_w, self.dpe.bias, padding=1, groups=x.shape[-1])
         return y.permute(0, 2, 3, 4, 1)
 
