@@ -83,10 +83,12 @@ def test_compiled_pointwise_gives_the_same_logits_for_any_length_and_inside_a_co
 def test_compiled_decoding_with_compiled_pointwise_answers_the_same():
     """What `--compile` does on a GPU (fused projections + compiled pointwise ops + the compiled decode step),
     forced on CPU with the tiny video model: the same greedy tokens as plain dynamic decoding."""
-    from videopanda import bench
+    from videopanda import bench, inference
     from videopanda.inference import generate
     from videopanda.modeling.fused_llm import compile_pointwise
 
+    inference._COMPILED_STEP.clear()  # a fresh trace of the decode step, through the compiled pointwise functions
+    torch._dynamo.reset()
     model, processor, _ = bench.build_model("tiny", torch.device("cpu"), torch.float32, fuse_llm=True)
     inputs = dict(processor(videos=bench.synthetic_videos(1, 4, 56), text=processor.build_prompt("w5 w6")))
     want = generate(model, inputs, max_new_tokens=5, min_new_tokens=5, decoding="dynamic", pad_token_id=0)

@@ -78,6 +78,20 @@ def _silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     return F.silu(gate) * up
 
 
+def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """transformers' LlamaRMSNorm.forward, as a plain function (compiled once, shared by every norm)."""
+    dtype = x.dtype
+    x = x.to(torch.float32)
+    x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * x.to(dtype)
+
+
+def _rms_norm_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    # a plain function called from a bound method: torch 2.11's dynamo cannot inline a compiled unbound method that
+    # MethodType re-binds inside the compiled decode step
+    return _compiled(_rms_norm)(hidden_states, self.weight, self.variance_epsilon)
+
+
 _COMPILED: dict[object, Callable] = {}
 
 
@@ -99,7 +113,7 @@ def compile_pointwise(model: nn.Module) -> int:
         name = type(module).__name__
         if name == "LlamaRMSNorm" and not hasattr(module, "_compiled_forward"):
             module._compiled_forward = True
-            module.forward = types.MethodType(_compiled(type(module).forward), module)
+            module.forward = types.MethodType(_rms_norm_forward, module)
             changed += 1
         elif hasattr(module, "_fused_qkv_weight") and not hasattr(module, "_rope"):
             module._rope = _compiled(sys.modules[type(module).__module__].apply_rotary_pos_emb)
