@@ -234,6 +234,10 @@ def test_model_optimize_for_inference():
         want = model.encode_video(px)
         assert model.optimize_for_inference() is model and model.video_tower.fused
         got = model.encode_video(px)
+        hinted = model.encode_video(px, crop_boxes=model.video_tower.crop_boxes_for(px))  # boxes read on the host
     assert all((g - w).abs().max() < 1e-5 for g, w in zip(got, want))
+    assert all(torch.equal(h, g) for h, g in zip(hinted, got))
+    with pytest.raises(ValueError, match="crop_boxes"):
+        model.encode_video(list(px), crop_boxes="full")
     with pytest.raises(RuntimeError, match="unfuse"):
         model.train()

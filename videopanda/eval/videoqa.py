@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from ..inference import decoding_options
 from ..processing import VideoPandaProcessor
 from ..video import VideoDecodeError, load_video
 from .metrics import summarize
@@ -397,6 +398,7 @@ def run_videoqa(
     num_frames: int | None = None,
     num_workers: int = 2,
     progress: bool = True,
+    decoding: str = "auto",
 ) -> dict[str, Any]:
     """Answer every question with greedy decoding and write the answers to `out_path` as JSONL, resumably.
 
@@ -418,6 +420,8 @@ def run_videoqa(
         num_workers: threads decoding videos ahead of generation (plus one collating the next batch); 0 does
             everything in the calling thread.
         progress: show a tqdm bar.
+        decoding: "auto", "dynamic", "static" or "compiled" (`inference.decoding_options`; "compiled" is
+            `--compile`: each new batch size compiles once).
 
     Returns:
         {"total", "done" (answered now), "skipped_existing" (already in the file), "num_failed", "failed" (a list of
@@ -464,7 +468,9 @@ def run_videoqa(
                 ready = prefetch.get(index)
                 failed.extend(ready.failed)
                 if ready.items:
-                    preds = _generate(model, processor, ready.inputs, max_new_tokens)
+                    length = ready.inputs["input_ids"].shape[1] + max_new_tokens
+                    with decoding_options(model, decoding, length, len(ready.items)) as speed:
+                        preds = _generate(model, processor, ready.inputs, max_new_tokens, **speed)
                     records = [item.record(pred) for item, pred in zip(ready.items, preds)]
                     out.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
                     out.flush()

@@ -56,9 +56,13 @@ def _attention_forward(self, hidden_states: torch.Tensor, position_embeddings: t
     input_shape = hidden_states.shape[:-1]
     hidden_shape = (*input_shape, -1, self.head_dim)
     q, k, v = F.linear(hidden_states, self._fused_qkv_weight, self._fused_qkv_bias).split(self._fused_qkv_sizes, -1)
-    q, k, v = (t.view(hidden_shape).transpose(1, 2) for t in (q, k, v))
+    q, k, v = (t.view(hidden_shape) for t in (q, k, v))  # [B, L, heads, D]
     cos, sin = position_embeddings
-    q, k = getattr(self, "_rope", lib.apply_rotary_pos_emb)(q, k, cos, sin)
+    # rotary embedding in the [B, L, heads, D] layout (cos/sin broadcast over heads), then the [B, heads, L, D] view:
+    # the same numbers, but reads and writes stay contiguous (in the transposed layout the compiled rotary kernel
+    # took 5.7 ms per layer at a batch of 32 video prompts)
+    q, k = getattr(self, "_rope", lib.apply_rotary_pos_emb)(q, k, cos, sin, unsqueeze_dim=2)
+    q, k, v = (t.transpose(1, 2) for t in (q, k, v))
     if past_key_values is not None:
         k, v = past_key_values.update(k, v, self.layer_idx)
     attention = lib.ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation,

@@ -119,19 +119,26 @@ class VideoPandaForCausalLM(VideoPandaPreTrainedModel, GenerationMixin):
             self.video_projector.compile(mode=mode, dynamic=False)
         return self
 
-    def encode_video_flat(self, pixel_values: torch.Tensor | list[torch.Tensor]) -> tuple[torch.Tensor, list[int]]:
+    def encode_video_flat(self, pixel_values: torch.Tensor | list[torch.Tensor],
+                          crop_boxes: Any = None) -> tuple[torch.Tensor, list[int]]:
         """Projected visual tokens of a batch, flat in LLM order: ([N_total, D], tokens per video).
 
         `pixel_values` is [B, T, 4, S, S], or a list of [T_b, 4, S, S] when frame counts differ (images mixed with
-        videos); a list is run as one STAB batch per distinct T.
+        videos); a list is run as one STAB batch per distinct T. `crop_boxes` (tensor input only): the frames'
+        boxes read on the host beforehand (`video_tower.crop_boxes_for(pixel_values)` on the processor's output), so
+        the fused STAB needs no host sync; with `optimize_for_inference(compile=True, mode="reduce-overhead")` the
+        whole encode is then replayed as CUDA graphs (docs/speed.md).
         """
         if isinstance(pixel_values, torch.Tensor):
             if pixel_values.ndim == 4:  # [B, 4, S, S] images
                 pixel_values = pixel_values[:, None]
             _check_pixel_values(pixel_values)
-            out = self.video_tower(pixel_values)
+            out = self.video_tower(pixel_values) if crop_boxes is None else \
+                self.video_tower(pixel_values, crop_boxes=crop_boxes)
             per_video = out.tokens_per_frame.view(pixel_values.shape[0], -1).sum(1).tolist()
             return self.video_projector(out.tokens), per_video
+        if crop_boxes is not None:
+            raise ValueError("crop_boxes is for a [B, T, 4, S, S] tensor of pixel values, not a list of videos")
         by_length: dict[int, list[int]] = {}
         for i, video in enumerate(pixel_values):
             by_length.setdefault(video.shape[0], []).append(i)
@@ -142,17 +149,19 @@ class VideoPandaForCausalLM(VideoPandaPreTrainedModel, GenerationMixin):
                 parts[i] = part
         return torch.cat(parts), [p.shape[0] for p in parts]
 
-    def encode_video(self, pixel_values: torch.Tensor | list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
+    def encode_video(self, pixel_values: torch.Tensor | list[torch.Tensor],
+                     crop_boxes: Any = None) -> torch.Tensor | list[torch.Tensor]:
         """Projected visual tokens in the exact order they enter the LLM.
 
         Args:
             pixel_values: [B, T, 4, S, S] from `VideoPandaProcessor` ([B, 4, S, S] for images, or a list of
                 [T_b, 4, S, S]).
+            crop_boxes: optional host-side crop boxes of a tensor input (see `encode_video_flat`).
 
         Returns:
             [B, N, D] with N = sum over frames of 1 + h*(w+1); a list of [N_b, D] when videos differ in N.
         """
-        tokens, per_video = self.encode_video_flat(pixel_values)
+        tokens, per_video = self.encode_video_flat(pixel_values, crop_boxes)
         parts = list(tokens.split(per_video))
         return torch.stack(parts) if len(set(per_video)) == 1 else parts
 
