@@ -222,7 +222,7 @@ def test_batched_equals_one_by_one(model, processor, items, data, reference, tmp
 
 
 def test_static_cache_decoding_gives_the_same_file(model, processor, items, data, reference, tmp_path):
-    """`decoding` (what `eval --compile` sets to "compiled") only changes speed: the static-cache path answers the same."""
+    """`decoding` (`eval --compile` sets "compiled") only changes speed: the static-cache path answers the same."""
     out = tmp_path / "static.jsonl"
     run_videoqa(model, processor, items, data / "videos", out, batch_size=4, decoding="static", **RUN)
     assert out.read_bytes() == reference
