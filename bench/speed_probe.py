@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -310,8 +311,8 @@ def main() -> None:
     unknown += [v for v in args.stab_variants.split(",") if v not in VARIANTS]
     if unknown:
         p.error(f"unknown section or STAB variant: {', '.join(unknown)}")
-    RESULT.update(device=torch.cuda.get_device_name(), torch=torch.__version__, command="python bench/speed_probe.py "
-                  f"--sections {args.sections}{' --table' if args.table else ''}")
+    RESULT.update(device=torch.cuda.get_device_name(), torch=torch.__version__,
+                  command="python bench/speed_probe.py " + " ".join(sys.argv[1:]))
     for name in args.sections.split(","):
         t0 = time.perf_counter()
         try:

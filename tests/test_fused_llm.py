@@ -95,3 +95,15 @@ def test_compiled_decoding_with_compiled_pointwise_answers_the_same():
     assert compile_pointwise(model.language_model) > 0
     got = generate(model, inputs, max_new_tokens=5, min_new_tokens=5, decoding="compiled", pad_token_id=0)
     assert torch.equal(got, want)
+
+
+def test_bench_refuses_to_quantize_a_fused_llm():
+    """The fused 16-bit q/k/v and gate/up matrices would keep their memory and serve the forward of a model quantized
+    afterwards, so the bench's memory rows build their model unfused, and quantizing a fused one is an error."""
+    import pytest
+
+    from videopanda import bench
+
+    model, _, _ = bench.build_model("tiny", torch.device("cpu"), torch.float32, fuse_llm=True)
+    with pytest.raises(ValueError, match="fused"):
+        bench.quantize_llm_in_place(model, "8bit")

@@ -808,6 +808,9 @@ def quantize_llm_in_place(model: Any, kind: str) -> int:
     """Replace the LLM's decoder Linear layers by bitsandbytes 8-bit or NF4 4-bit layers, quantizing the weights
     they already hold (what `load(..., quantization=...)` does while reading a checkpoint, for a model built with
     random weights). The STAB, projector and LM head are untouched. Returns the number of layers replaced."""
+    if any(hasattr(m, "_fused_qkv_weight") or hasattr(m, "_fused_gate_up_weight") for m in model.modules()):
+        # the fused 16-bit matrices would stay in memory and keep serving the forward: build with fuse_llm=False
+        raise ValueError("quantize_llm_in_place needs an LLM without fused projections (modeling/fused_llm.py)")
     import bitsandbytes as bnb
     import torch
     from torch import nn
@@ -845,7 +848,7 @@ def quantize_llm_in_place(model: Any, kind: str) -> int:
 
 def _quantized_row(s: dict, clock: Clock, device: Any, dtype: Any, llm: str, kind: str,
                    log: Callable[[str], None], models: Callable[[str], tuple]) -> dict:
-    model, processor, _ = models(llm)
+    model, processor, _ = models(llm, fuse_llm=False)  # as `load(quantization=)`: bitsandbytes layers stay unfused
     layers = quantize_llm_in_place(model, kind)
     _free(device)
     row = {"llm": llm, "quantization": kind, "layers_quantized": layers, "total_mb": _weights_mb(model),
@@ -909,13 +912,13 @@ def run(args: argparse.Namespace, log: Callable[[str], None] | None = None) -> d
                               "errors": []}
     built: dict[str, tuple] = {}
 
-    def models(llm: str) -> tuple:
+    def models(llm: str, fuse_llm: bool | None = None) -> tuple:
         """Each LLM is built once per section and dropped after it (so a GPU holds one large model at a time)."""
         if llm not in built:
             built.clear()
             _free(device)
             t0 = time.perf_counter()
-            built[llm] = build_model(llm, device, dtype)
+            built[llm] = build_model(llm, device, dtype, fuse_llm=fuse_llm)
             log(f"  built {llm} in {time.perf_counter() - t0:.1f}s")
         return built.pop(llm)
 
