@@ -107,3 +107,37 @@ def test_bench_refuses_to_quantize_a_fused_llm():
     model, _, _ = bench.build_model("tiny", torch.device("cpu"), torch.float32, fuse_llm=True)
     with pytest.raises(ValueError, match="fused"):
         bench.quantize_llm_in_place(model, "8bit")
+
+
+def test_left_padded_prefill_takes_the_ragged_causal_path_with_the_same_results():
+    """Batched generation pads on the left; the fused attention then runs causal attention row by row without the
+    padding mask (`_ragged_causal_attention`). Real positions get the same logits, and generation (dynamic and
+    static cache, GQA) the same tokens, as the library's masked attention."""
+    from unittest import mock
+
+    from videopanda.modeling import fused_llm
+
+    torch.manual_seed(0)
+    model = _tiny()  # 4 query heads, 2 key/value heads
+    ids = torch.randint(3, 97, (3, 12))
+    mask = torch.ones_like(ids)
+    mask[0, :5] = 0  # left padding of 5, 0 and 2
+    mask[2, :2] = 0
+    with torch.no_grad():
+        want = model(ids, attention_mask=mask).logits
+        tokens = {c: model.generate(ids, attention_mask=mask, max_new_tokens=5, do_sample=False, pad_token_id=0,
+                                    cache_implementation=c) for c in (None, "static")}
+    fuse_projections(model)
+    with torch.no_grad(), mock.patch.object(fused_llm, "_ragged_causal_attention",
+                                            wraps=fused_llm._ragged_causal_attention) as ragged:
+        got = model(ids, attention_mask=mask).logits
+        assert ragged.call_count == 2  # once per layer
+        for c, t in tokens.items():
+            assert torch.equal(model.generate(ids, attention_mask=mask, max_new_tokens=5, do_sample=False,
+                                              pad_token_id=0, cache_implementation=c), t)
+            assert ragged.call_count == 4 if c is None else 6  # the prefill only, not the decode steps
+        model(ids)  # no padding: the library's path (transformers passes no mask at all)
+        model(ids, attention_mask=mask[:, :1].expand_as(mask).clone())  # a mask that is not left padding
+        assert ragged.call_count == 6
+    real = mask.bool()
+    torch.testing.assert_close(got[real], want[real], rtol=1e-5, atol=1e-5)

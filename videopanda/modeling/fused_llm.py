@@ -65,11 +65,62 @@ def _attention_forward(self, hidden_states: torch.Tensor, position_embeddings: t
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))
     if past_key_values is not None:
         k, v = past_key_values.update(k, v, self.layer_idx)
+    pads = _left_pads(attention_mask, q.shape[2]) if self.config._attn_implementation == "sdpa" else None
+    if pads is not None:  # a left-padded prefill (batched generation): causal flash attention row by row
+        out = _ragged_causal_attention(q, k, v, pads, self.scaling)
+        return self.o_proj(out.reshape(*input_shape, -1)), None
     attention = lib.ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation,
                                                           lib.eager_attention_forward)
     out, weights = attention(self, q, k, v, attention_mask, dropout=0.0 if not self.training else
                              self.attention_dropout, scaling=self.scaling, **kwargs)
     return self.o_proj(out.reshape(*input_shape, -1).contiguous()), weights
+
+
+_NO_PADS = object()
+
+
+def _left_pads(mask: torch.Tensor | None, q_len: int) -> list[int] | None:
+    """Each row's left padding when `mask` is the boolean [B, 1, L, kv] mask of a left-padded prefill from position 0
+    (what transformers builds for batched `generate`): row b may see exactly keys pad_b..q for query q. None for
+    anything else (no mask, decode steps, a prefill after cached tokens, other mask kinds), which keeps the library's
+    attention. Read once per forward (one small host copy) and remembered on the mask, which every layer shares."""
+    if mask is None or q_len < 2 or mask.dtype != torch.bool or mask.ndim != 4 or mask.shape[1] != 1 or \
+            mask.shape[2] != q_len or torch.compiler.is_compiling():
+        return None
+    cached = getattr(mask, "_videopanda_pads", None)
+    if cached is not None:
+        return None if cached is _NO_PADS else cached
+    last = mask[:, 0, -1]  # the last query sees every key of its row that anyone sees
+    first = last.int().argmax(-1)
+    stats = torch.stack([first, last.sum(-1)], 1).tolist()
+    pads = [f for f, _ in stats]
+    causal = all(n == q_len - f for f, n in stats) and any(pads) and max(pads) < q_len
+    if causal:  # also check the pattern itself (on the device, one more small copy): causal from pad_b on
+        pos = torch.arange(mask.shape[-1], device=mask.device)
+        want = (pos[None, None, :] <= pos[:q_len, None]) & (pos[None, None, :] >= first[:, None, None])
+        causal = bool(torch.equal(mask[:, 0], want | (mask[:, 0] & (pos[:q_len, None] < first[:, None, None]))))
+    mask._videopanda_pads = pads if causal else _NO_PADS
+    return pads if causal else None
+
+
+def _ragged_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pads: list[int],
+                             scaling: float) -> torch.Tensor:
+    """Attention of a left-padded prefill without the padding mask: each row's real tokens (pads[b]:) attend
+    causally to that row's real keys, with SDPA's `is_causal` (flash / cuDNN kernels, which take no mask). With a mask
+    the kernel must compute every query-key pair; at a batch of 32 video prompts that was 15% of the prefill.
+
+    q: [B, H, L, D]; k, v: [B, H_kv, >= L, D] (a static cache returns its whole buffer; only the first L positions
+    are this prompt's). Returns [B, L, H, D] like transformers' attention functions; padding rows are zero (no real
+    token attends to them).
+    """
+    B, H, L, D = q.shape
+    out = q.new_zeros(B, L, H, D)
+    gqa = H != k.shape[1]
+    for b, p in enumerate(pads):
+        o = F.scaled_dot_product_attention(q[b:b + 1, :, p:], k[b:b + 1, :, p:L], v[b:b + 1, :, p:L],
+                                           is_causal=True, scale=scaling, enable_gqa=gqa)
+        out[b, p:] = o[0].transpose(0, 1)
+    return out
 
 
 def _mlp_forward(self, x: torch.Tensor) -> torch.Tensor:
