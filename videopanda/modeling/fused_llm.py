@@ -7,8 +7,8 @@ the arithmetic of each output element is unchanged (the same dot products, only 
 
 `compile_pointwise` goes one step further for long prompts: the prefill of a 2,200-token video prompt (times the
 batch in evaluation) spends much of its time in unfused element-wise ops (RMSNorm in float32, rotary embedding,
-SiLU * up), each a separate pass over large activations. Compiling just those small functions (inductor, shapes
-dynamic: one graph serves every prompt length) fuses each into one kernel, while the matrix products stay cuBLAS
+SiLU * up), each a separate pass over large activations. Compiling just those small functions (inductor, batch and
+length dynamic: one graph serves every prompt length) fuses each into one kernel, while the matrix products stay cuBLAS
 calls and the KV cache stays outside compiled code.
 """
 
@@ -151,10 +151,13 @@ _COMPILED: dict[object, Callable] = {}
 
 
 def _compiled(fn: Callable) -> Callable:
-    """`fn` compiled once per process with dynamic shapes (one graph for all prompt lengths and batch sizes; a
-    1-token decode step gets its own)."""
+    """`fn` compiled once per process with automatic dynamic shapes: the first call compiles for its exact shapes,
+    the first call with another batch size or prompt length recompiles once with just those sizes symbolic, and
+    that graph then serves every length (a 1-token decode step gets its own). Not `dynamic=True`: that makes the
+    head count and width symbolic too, and the index arithmetic of the rotary kernel (divisions by runtime sizes)
+    made it 5x slower than its memory traffic."""
     if fn not in _COMPILED:
-        _COMPILED[fn] = torch.compile(fn, dynamic=True)
+        _COMPILED[fn] = torch.compile(fn)
     return _COMPILED[fn]
 
 
