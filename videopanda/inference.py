@@ -230,8 +230,8 @@ def decoding_options(model: torch.nn.Module, decoding: str = "auto", max_length:
 
 def _compile_pointwise_once(model: torch.nn.Module) -> None:
     """With "compiled" decoding on a GPU, also compile the LLM's element-wise ops (`fused_llm.compile_pointwise`):
-    the prefill of a video prompt then runs them as fused kernels (7B on an H100: time to first token 78 -> 61 ms,
-    a batch of 32 prompts 2.45 -> 2.02 s). Once per model."""
+    the prefill of a video prompt then runs them as fused kernels (7B on an H100: time to first token 78 -> 58 ms;
+    docs/speed.md). Once per model."""
     if model.device.type != "cuda" or model.__dict__.get("_videopanda_pointwise"):
         return
     from .modeling.fused_llm import compile_pointwise
