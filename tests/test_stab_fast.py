@@ -241,3 +241,23 @@ def test_model_optimize_for_inference():
         model.encode_video(list(px), crop_boxes="full")
     with pytest.raises(RuntimeError, match="unfuse"):
         model.train()
+
+
+def test_graphed_encoder_checks_and_runs_the_encode_off_cuda():
+    """GraphedEncoder (CUDA graphs on a GPU): needs the fused STAB; off CUDA it runs the same encode, with the host
+    crop boxes, and gives encode_video_flat's tokens."""
+    from videopanda.modeling.graphs import GraphedEncoder
+
+    text = dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
+                num_key_value_heads=2, vocab_size=300, max_position_embeddings=2048)
+    torch.manual_seed(0)
+    model = VideoPandaForCausalLM(VideoPandaConfig(text_config=text, **VARIANTS["videopanda-tiny"])).eval()
+    with pytest.raises(ValueError, match="fused"):
+        GraphedEncoder(model.video_tower, model.video_projector)
+    model.optimize_for_inference()
+    encoder = GraphedEncoder(model.video_tower, model.video_projector, compile=False)
+    px = make_input(*CASES["wide_and_tall"], dtype=torch.float32)
+    with torch.no_grad():
+        want, _ = model.encode_video_flat(px)
+    got = encoder(px, model.video_tower.crop_boxes_for(px))
+    assert torch.equal(got, want)

@@ -457,18 +457,14 @@ def bench_stab(s: dict[str, Any], clock: Clock, device: Any, dtype: Any, log: Ca
 
 
 def _graphed(stab: Any, projector: Any, inputs: dict) -> Callable:
-    """STAB + projector compiled with mode "reduce-overhead" (replayed as CUDA graphs) with the crop boxes read on
-    the host beforehand (`STAB.crop_boxes_for`, as a caller does on the processor's output; not timed), so the call
-    has no host sync: what `encode_video(..., crop_boxes=)` runs after `optimize_for_inference(compile=True,
-    mode="reduce-overhead")`."""
-    import torch
+    """STAB + projector compiled and replayed as one CUDA graph per batch size (`modeling.graphs.GraphedEncoder`),
+    with the crop boxes read on the host beforehand (`STAB.crop_boxes_for`, as a caller does on the processor's
+    output; not timed), so the call has no host sync."""
+    from .modeling.graphs import GraphedEncoder
 
+    encoder = GraphedEncoder(stab, projector, max_graphs=len(inputs))
     boxes = {px.shape[0]: stab.crop_boxes_for(px.cpu()) for px in inputs.values()}
-
-    def encode(px: torch.Tensor) -> torch.Tensor:
-        return projector(stab(px, crop_boxes=boxes[px.shape[0]]).tokens)
-
-    return torch.compile(encode, mode="reduce-overhead", dynamic=False)
+    return lambda px: encoder(px, boxes[px.shape[0]])
 
 
 def _time_batches(s: dict, clock: Clock, inputs: dict, fn: Callable, name: str, impl: str, stab: Any,

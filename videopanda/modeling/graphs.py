@@ -1,0 +1,88 @@
+"""The visual encode (STAB + projector) captured as CUDA graphs and replayed.
+
+Why: for one 7B video the compiled STAB + projector is a few dozen short kernels, so its time is mostly launches. A
+CUDA graph replays them in one launch (0.67 ms of GPU time on an H100, against 2.6-3.1 ms compiled). torch.compile's
+own graphs (mode "reduce-overhead") do the same but add guard checks and input bookkeeping on the host for every call,
+which showed as 0.2-0.3 ms more on the lent machines. Here a call costs one input copy and one replay.
+
+A graph is fixed to its input shape, dtype and the frames' crop boxes (static shapes inside the STAB), so the boxes
+must come from the host (`STAB.crop_boxes_for` on the processor's output); each new combination is captured once.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+
+@dataclass
+class _Captured:
+    graph: Any
+    input: torch.Tensor
+    output: torch.Tensor
+
+
+class GraphedEncoder:
+    """`encoder(pixel_values, crop_boxes)` -> projected visual tokens [N, D] in LLM order, as
+    `VideoPandaForCausalLM.encode_video_flat` returns them, replayed from a CUDA graph on a GPU.
+
+    Args:
+        stab: the fused STAB (`STAB.fuse()`, e.g. after `optimize_for_inference()`).
+        projector: the projector (`model.video_projector`).
+        compile: run inductor on the encode before capturing (fewer, fused kernels in the graph).
+        max_graphs: graphs kept (least recently used dropped); each holds its shape's activations.
+
+    The returned tensor is the graph's output buffer: the next call with the same shape and boxes overwrites it, so
+    clone it to keep it. Off CUDA the encode simply runs (no graphs).
+    """
+
+    def __init__(self, stab: nn.Module, projector: nn.Module, *, compile: bool = True, max_graphs: int = 4) -> None:
+        if not getattr(stab, "fused", False):
+            raise ValueError("GraphedEncoder needs the fused STAB (stab.fuse() or model.optimize_for_inference())")
+        if max_graphs < 1:
+            raise ValueError(f"max_graphs must be >= 1, got {max_graphs}")
+        self.stab, self.projector, self.max_graphs = stab, projector, max_graphs
+        self.fn = torch.compile(self._encode, dynamic=False) if compile else self._encode
+        self.graphs: OrderedDict[tuple, _Captured] = OrderedDict()
+
+    def _encode(self, pixel_values: torch.Tensor, boxes: list[tuple[int, ...]]) -> torch.Tensor:
+        return self.projector(self.stab(pixel_values, crop_boxes=boxes).tokens)
+
+    @torch.inference_mode()
+    def __call__(self, pixel_values: torch.Tensor, crop_boxes: Sequence[Sequence[int]]) -> torch.Tensor:
+        boxes = [tuple(int(v) for v in b) for b in crop_boxes]
+        if pixel_values.device.type != "cuda":
+            return self.fn(pixel_values, boxes)
+        key = (tuple(pixel_values.shape), pixel_values.dtype, pixel_values.device, tuple(boxes))
+        captured = self.graphs.get(key)
+        if captured is None:
+            captured = self._capture(pixel_values, boxes)
+            self.graphs[key] = captured
+            while len(self.graphs) > self.max_graphs:
+                self.graphs.popitem(last=False)
+        else:
+            self.graphs.move_to_end(key)
+        captured.input.copy_(pixel_values)
+        captured.graph.replay()
+        return captured.output
+
+    def _capture(self, pixel_values: torch.Tensor, boxes: list[tuple[int, ...]]) -> _Captured:
+        """Warm up on a side stream (compilation, Triton and cuBLAS set-up happen outside the capture), then
+        capture one call on a static copy of the input."""
+        with torch.cuda.device(pixel_values.device):
+            static = pixel_values.clone()
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(3):
+                    self.fn(static, boxes)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                output = self.fn(static, boxes)
+        return _Captured(graph, static, output)
