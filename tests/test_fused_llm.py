@@ -139,8 +139,12 @@ def test_left_padded_prefill_takes_the_ragged_causal_path_with_the_same_results(
             assert torch.equal(model.generate(ids, attention_mask=mask, max_new_tokens=5, do_sample=False,
                                               pad_token_id=0, cache_implementation=c), t)
             assert ragged.call_count == 4 if c is None else 6  # the prefill only, not the decode steps
+        with torch.inference_mode():  # how eval and the server run it (inference tensors: no version counter)
+            torch.testing.assert_close(model(ids, attention_mask=mask).logits[mask.bool()], want[mask.bool()],
+                                       rtol=1e-5, atol=1e-5)
+        assert ragged.call_count == 8
         model(ids)  # no padding: the library's path (transformers passes no mask at all)
         model(ids, attention_mask=mask[:, :1].expand_as(mask).clone())  # a mask that is not left padding
-        assert ragged.call_count == 6
+        assert ragged.call_count == 8
     real = mask.bool()
     torch.testing.assert_close(got[real], want[real], rtol=1e-5, atol=1e-5)
