@@ -62,6 +62,10 @@ class ServeArgs:
     """auto, cpu, cuda, cuda:1 ..."""
     dtype: str = "auto"
     """auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16, float16"""
+    compile: bool = False
+    """static KV cache + compiled (CUDA-graph) decoding and compiled element-wise ops (GPU): each new batch size and
+    prompt-length bucket compiles once before its first answer (about a minute for a 7B); later answers are several
+    times faster (docs/speed.md)"""
 
     def __post_init__(self) -> None:
         _check_common(self.model, self.port, self.frames, self.max_tokens, self.dtype)

@@ -43,6 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
 
+from ..inference import decoding_options
 from ..processing import VideoPandaProcessor
 from ..video import VideoDecodeError, is_image_path, load_image, load_video
 from . import ServeArgs
@@ -316,9 +317,11 @@ class _Worker:
     job when `waiting >= max_queue`. `lock` serialises the tokenizer, which request threads share with the worker.
     """
 
-    def __init__(self, model: Any, processor: VideoPandaProcessor, *, max_queue: int, max_batch: int) -> None:
+    def __init__(self, model: Any, processor: VideoPandaProcessor, *, max_queue: int, max_batch: int,
+                 decoding: str = "auto") -> None:
         self.model, self.processor = model, processor
         self.max_queue, self.max_batch = max_queue, max_batch
+        self.decoding = decoding  # inference.decoding_options: "compiled" with --compile
         self.lock = threading.Lock()
         self._cond = threading.Condition()
         self._queue: deque[_Job] = deque()
@@ -423,9 +426,10 @@ class _Worker:
         if first.ignore_eos:
             kwargs["min_new_tokens"] = max_new  # keeps EOS from being chosen, as vLLM's ignore_eos
         streamer = _JobStreamer(proc.tokenizer, first) if first.stream else None
-        out = model.generate(**inputs, max_new_tokens=max_new, streamer=streamer,
-                             pad_token_id=proc.tokenizer.pad_token_id,
-                             stopping_criteria=StoppingCriteriaList([_CancelCheck(jobs)]), **kwargs)
+        with decoding_options(model, self.decoding, width + max_new, len(jobs)) as speed:
+            out = model.generate(**inputs, max_new_tokens=max_new, streamer=streamer,
+                                 pad_token_id=proc.tokenizer.pad_token_id,
+                                 stopping_criteria=StoppingCriteriaList([_CancelCheck(jobs)]), **kwargs, **speed)
         for job, row in zip(jobs, out[:, width:].tolist()):
             job.pixels = None  # 6 MB a video at 224 px; the job object may outlive its request a little
             result = self._result(job, row)
@@ -452,7 +456,8 @@ class _Worker:
 # -- the app -----------------------------------------------------------------------------------------------------------
 def create_app(model: Any, processor: VideoPandaProcessor, args: ServeArgs) -> FastAPI:
     """The FastAPI app around a loaded model; its worker thread starts now and stops with the app's lifespan."""
-    worker = _Worker(model, processor, max_queue=args.max_queue, max_batch=args.max_batch)
+    worker = _Worker(model, processor, max_queue=args.max_queue, max_batch=args.max_batch,
+                     decoding="compiled" if args.compile else "auto")
     max_upload = int(args.max_upload_mb * MIB)
     body_limit = (max_upload + 2) // 3 * 4 + _BODY_SLACK
     num_frames = args.frames or processor.config.num_frames

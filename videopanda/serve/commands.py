@@ -92,6 +92,10 @@ def _add_flags(parser: argparse.ArgumentParser, cls: type) -> None:
     types = {"int": int, "float": float, "str": str}
     for f in dataclasses.fields(cls):
         base = str(f.type).replace(" | None", "")
+        if base == "bool":  # an off-by-default switch
+            parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, action="store_true",
+                                help=docs.get(f.name, ""))
+            continue
         shown = "" if f.default is None else " (default: %(default)s)"
         parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=types[base], default=f.default,
                             metavar=f.name.upper(), help=docs.get(f.name, "") + shown)
