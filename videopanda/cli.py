@@ -43,12 +43,17 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (default: %(default)s)")
     p.add_argument("--dtype", default="auto",
                    help="auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16, float16 (default: %(default)s)")
+    add_speed_flags(p, "static KV cache + compiled (CUDA-graph) decoding and compiled element-wise ops: the first "
+                       "answer pays a one-time compilation (~1-2 min for a 7B), later ones are 4-6x faster (GPU; see "
+                       "docs/speed.md)")
+
+
+def add_speed_flags(p: argparse.ArgumentParser | argparse._ArgumentGroup, compile_help: str) -> None:
+    """--load-in and --compile, shared by ask/chat and eval (each says what compiling costs it)."""
     p.add_argument("--load-in", choices=("8bit", "4bit"), default=None,
                    help="quantize the LLM with bitsandbytes while loading (checkpoint folders such as the 7B; the "
                         "STAB and projector stay 16-bit); needs pip install 'videopanda[quant]'")
-    p.add_argument("--compile", action="store_true",
-                   help="static KV cache + compiled (CUDA-graph) decoding: the first answer pays a one-time "
-                        "compilation (~1 min for a 7B), later ones are ~3.5x faster (GPU; see docs/speed.md)")
+    p.add_argument("--compile", action="store_true", help=compile_help)
 
 
 def _read(args: argparse.Namespace):

@@ -74,12 +74,10 @@ def _add_inference_args(p: argparse.ArgumentParser, max_new_tokens: int) -> None
                    help="how torchrun processes split the questions (default: %(default)s)")
     g.add_argument("--device", default="auto", help="auto (this rank's GPU under torchrun), cpu, cuda ...")
     g.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16 (default: %(default)s)")
-    g.add_argument("--load-in", choices=("8bit", "4bit"), default=None,
-                   help="quantize the LLM with bitsandbytes while loading (checkpoint folders such as the 7B); needs "
-                        "pip install 'videopanda[quant]'")
-    g.add_argument("--compile", action="store_true",
-                   help="static KV cache + compiled decoding and compiled element-wise ops (GPU): each new batch "
-                        "size compiles once (~1 min for a 7B), then batches run faster (docs/speed.md)")
+    from ..cli import add_speed_flags  # at call time: cli imports this module
+
+    add_speed_flags(g, "static KV cache + compiled decoding and compiled element-wise ops (GPU): each new batch size "
+                       "compiles once (~1 min for a 7B), then batches run faster (docs/speed.md)")
 
 
 def build_judge(args: argparse.Namespace) -> Judge | None:
