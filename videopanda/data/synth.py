@@ -686,28 +686,24 @@ def render_scene(scene: Scene, indices: Sequence[int] | np.ndarray | None = None
         exactly COLOURS[colour], except on objects with shading.
     """
     t, size = scene.num_frames, scene.size
-    if not scene.wide:  # version 1, unchanged
+    times = None
+    if not scene.wide:  # version 1: one generator for the whole clip's flicker (frames are selected at the end)
         flicker = np.random.default_rng([scene.seed, 1]).standard_normal((t, size, size, 1), dtype=np.float32)
-        flicker *= scene.background_params["flicker_std"]
-        frames = _background_image(scene)[None] + flicker  # [T, H, W, 3]
-        lo, hi = _BG_RANGE
-        frames = np.clip(frames, lo - 10, hi + 10, out=frames).astype(np.uint8)  # truncation instead of rint
-        for obj in scene.objects:
-            _draw_object(frames, obj, size, scene.outline)
-        return frames if indices is None else frames[np.asarray(indices, np.int64)]
-    times = np.arange(t) if indices is None else np.asarray(indices, np.int64)
-    if times.ndim != 1 or not times.size or times.min() < 0 or times.max() >= t:
-        raise ValueError(f"indices must be a non-empty list of frame numbers in [0, {t}), got {indices}")
-    flicker = np.empty((times.size, size, size, 1), np.float32)
-    for j, k in enumerate(times.tolist()):  # one generator per frame, so any subset renders alone
-        np.random.default_rng([scene.seed, 1, k]).standard_normal((size, size, 1), dtype=np.float32, out=flicker[j])
+    else:
+        times = np.arange(t) if indices is None else np.asarray(indices, np.int64)
+        if times.ndim != 1 or not times.size or times.min() < 0 or times.max() >= t:
+            raise ValueError(f"indices must be a non-empty list of frame numbers in [0, {t}), got {indices}")
+        flicker = np.empty((times.size, size, size, 1), np.float32)
+        for j, k in enumerate(times.tolist()):  # one generator per frame, so any subset renders alone
+            np.random.default_rng([scene.seed, 1, k]).standard_normal((size, size, 1), dtype=np.float32,
+                                                                      out=flicker[j])
     flicker *= scene.background_params["flicker_std"]
     frames = _background_image(scene)[None] + flicker  # [T', H, W, 3]
-    lo, hi = _WIDE_BG_RANGE
-    frames = np.clip(frames, lo - 10, hi + 10, out=frames).astype(np.uint8)
+    lo, hi = _WIDE_BG_RANGE if scene.wide else _BG_RANGE
+    frames = np.clip(frames, lo - 10, hi + 10, out=frames).astype(np.uint8)  # truncation instead of rint: cheaper
     for obj in scene.objects:
         _draw_object(frames, obj, size, scene.outline, times, t)
-    return frames
+    return frames if times is not None or indices is None else frames[np.asarray(indices, np.int64)]
 
 
 # ----------------------------------------------------------------------------------------------------------------
