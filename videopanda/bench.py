@@ -468,7 +468,7 @@ def _graphed(stab: Any, projector: Any, inputs: dict) -> Callable:
     mode="reduce-overhead")`."""
     import torch
 
-    boxes = {px.shape[0]: stab.crop_boxes_for(px.cpu()) for px in inputs.values()}
+    boxes = _host_boxes(stab, inputs)
 
     def encode(px: torch.Tensor) -> torch.Tensor:
         return projector(stab(px, crop_boxes=boxes[px.shape[0]]).tokens)
@@ -482,8 +482,13 @@ def _graphed_manual(stab: Any, projector: Any, inputs: dict) -> Callable:
     from .modeling.graphs import GraphedEncoder
 
     encoder = GraphedEncoder(stab, projector, max_graphs=len(inputs))
-    boxes = {px.shape[0]: stab.crop_boxes_for(px.cpu()) for px in inputs.values()}
+    boxes = _host_boxes(stab, inputs)
     return lambda px: encoder(px, boxes[px.shape[0]])
+
+
+def _host_boxes(stab: Any, inputs: dict) -> dict[int, list]:
+    """Batch size -> the frames' crop boxes, read from a host copy once (outside the timed calls)."""
+    return {px.shape[0]: stab.crop_boxes_for(px.cpu()) for px in inputs.values()}
 
 
 def _time_batches(s: dict, clock: Clock, inputs: dict, fn: Callable, name: str, impl: str, stab: Any,

@@ -90,15 +90,12 @@ def _left_pads(mask: torch.Tensor | None, q_len: int) -> list[int] | None:
     cached = getattr(mask, "_videopanda_pads", None)
     if cached is not None:
         return None if cached is _NO_PADS else cached
-    last = mask[:, 0, -1]  # the last query sees every key of its row that anyone sees
-    first = last.int().argmax(-1)
-    stats = torch.stack([first, last.sum(-1)], 1).tolist()
-    pads = [f for f, _ in stats]
-    causal = all(n == q_len - f for f, n in stats) and any(pads) and max(pads) < q_len
-    if causal:  # also check the pattern itself (on the device, one more small copy): causal from pad_b on
-        pos = torch.arange(mask.shape[-1], device=mask.device)
-        want = (pos[None, None, :] <= pos[:q_len, None]) & (pos[None, None, :] >= first[:, None, None])
-        causal = bool(torch.equal(mask[:, 0], want | (mask[:, 0] & (pos[:q_len, None] < first[:, None, None]))))
+    first = mask[:, 0, -1].int().argmax(-1)  # [B]: each row's first key (the last query sees them all)
+    pos = torch.arange(mask.shape[-1], device=mask.device)
+    real = pos[:q_len, None] >= first[:, None, None]  # [B, L, 1]: the queries that are real tokens
+    want = (pos <= pos[:q_len, None]) & (pos >= first[:, None, None])  # [B, L, kv]: causal from pad_b on
+    ok, *pads = torch.cat([((mask[:, 0] & real) == want).all().view(1), first]).tolist()  # one small copy
+    causal = bool(ok) and any(pads)  # the real rows follow the pattern (padding rows may hold anything)
     mask._videopanda_pads = pads if causal else _NO_PADS
     return pads if causal else None
 

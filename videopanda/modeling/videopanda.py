@@ -133,8 +133,7 @@ class VideoPandaForCausalLM(VideoPandaPreTrainedModel, GenerationMixin):
             if pixel_values.ndim == 4:  # [B, 4, S, S] images
                 pixel_values = pixel_values[:, None]
             _check_pixel_values(pixel_values)
-            out = self.video_tower(pixel_values) if crop_boxes is None else \
-                self.video_tower(pixel_values, crop_boxes=crop_boxes)
+            out = self.video_tower(pixel_values, crop_boxes=crop_boxes)
             per_video = out.tokens_per_frame.view(pixel_values.shape[0], -1).sum(1).tolist()
             return self.video_projector(out.tokens), per_video
         if crop_boxes is not None:
