@@ -6,7 +6,9 @@
   and without host crop boxes; compiled (inductor default, max-autotune-no-cudagraphs); compiled and replayed as a
   CUDA graph; the LSD with its key/value projections folded into the query (`--lsd folded`). Plus the kernel table of
   the compiled form at batch 8.
-- dpe (run by stab): the dpe alone in every form and the Triton kernel's block sizes.
+- dpe (run by stab, first): the dpe alone in every form, the Triton kernel's block sizes (the best are then used),
+  and the row-sweep design of bench/dpe_rowsweep.py. `--stab-variants graphed-encoder` times
+  `modeling.graphs.GraphedEncoder`.
 - decode: the 7B-shaped model's 64-token answer with the compiled lean loop, with and without fused q/k/v and
   gate/up projections and compiled pointwise ops (`modeling/fused_llm.py`), and its time to first token.
 - eval: one batch of 32 7B answers (8 new tokens): the visual encode, the prefill and whole `generate` calls per
@@ -25,6 +27,7 @@ from pathlib import Path
 import torch
 
 from videopanda import bench as B
+from videopanda.modeling import kernels
 from videopanda.modeling.stab import STAB
 
 RESULT: dict = {}
@@ -137,12 +140,32 @@ def section_stab(args) -> None:
                 rows.append({"impl": f"compiled-{name}", "batch": b, "ms": cuda_ms(call), "first_s": round(first, 1),
                              "max_diff": diff})
                 print(rows[-1], flush=True)
-                if b == 8 and args.table and not graphs:
-                    out.setdefault("tables", {})[rows[-1]["impl"]] = kernel_table(call)
+                if b == 8 and args.table:  # the compiled function's kernels (inside a graph they are the same)
+                    out.setdefault("tables", {})[rows[-1]["impl"]] = kernel_table(lambda: fn(inputs[b]))
                 save(args.out)
             STAB._fast_lsd = orig_lsd
 
+        dpe_rows(stab, rows)  # first, so that the compiled forms below use the best block sizes
+        best = rows[-1]
+        kernels.BLOCK_C, kernels.NUM_WARPS = best["block_c"], best["warps"]
+        save(args.out)
         for variant in args.stab_variants.split(","):
+            if variant == "graphed-encoder":  # modeling.graphs.GraphedEncoder, as the package ships it
+                from videopanda.modeling.graphs import GraphedEncoder
+
+                torch._dynamo.reset()
+                enc = GraphedEncoder(stab, projector)
+                for b in (1, 8, 32):
+                    t0 = time.perf_counter()
+                    y = enc(inputs[b], [(0, 0, 32, 32)] * (8 * b)).clone()
+                    first = time.perf_counter() - t0
+                    diff = (y - ref[b]).abs().max().item() if b in ref else None
+                    rows.append({"impl": variant, "batch": b, "first_s": round(first, 1), "max_diff": diff,
+                                 "ms": cuda_ms(lambda b=b: enc(inputs[b], [(0, 0, 32, 32)] * (8 * b)))})
+                    print(rows[-1], flush=True)
+                    save(args.out)
+                del enc
+                continue
             mode, lsd, graphs, dpe = VARIANTS[variant]
             stab.dpe_impl = dpe
             try:
@@ -151,15 +174,12 @@ def section_stab(args) -> None:
                 rows.append({"impl": variant, "error": f"{type(err).__name__}: {err}"[:400]})
                 save(args.out)
         stab.dpe_impl = None
-        dpe_rows(stab, rows)
         save(args.out)
 
 
 def dpe_rows(stab: STAB, rows: list[dict]) -> None:
     """The dpe alone at the batch-8 shape, channels-last [n, t, G, G, C]: every form, and the Triton kernel's block
     sizes; max_diff against cuDNN's conv in float32."""
-    from videopanda.modeling import kernels
-
     x = torch.randn(16, 4, 32, 32, stab.dim, device="cuda", dtype=torch.bfloat16)
     stab.dpe_impl = "conv"
     w32, b32 = stab._fold_dpe_w.float(), stab.dpe.bias.float()
@@ -174,15 +194,38 @@ def dpe_rows(stab: STAB, rows: list[dict]) -> None:
         print(rows[-1], flush=True)
     stab.dpe_impl = None
     default = (kernels.BLOCK_C, kernels.NUM_WARPS)
-    for block_c in (32, 64, 128, 256):
-        for warps in (2, 4, 8):
+    for block_c in (32, 64, 128):
+        for warps in (2, 4):
             kernels.BLOCK_C, kernels.NUM_WARPS = block_c, warps
-            try:
-                ms = cuda_ms(lambda: kernels.dpe3d(x, stab._fold_dpe_w, stab.dpe.bias))
-                rows.append({"impl": "dpe triton", "block_c": block_c, "warps": warps, "ms": ms})
-            except Exception as err:
-                rows.append({"impl": "dpe triton", "block_c": block_c, "warps": warps, "error": str(err)[:200]})
+            rows.append({"impl": "dpe triton", "block_c": block_c, "warps": warps,
+                         "ms": cuda_ms(lambda: kernels.dpe3d(x, stab._fold_dpe_w, stab.dpe.bias), repeats=10)})
+            print(rows[-1], flush=True)
     kernels.BLOCK_C, kernels.NUM_WARPS = default
+    # the row-sweep design (bench/dpe_rowsweep.py), capped at two minutes
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from dpe_rowsweep import dpe3d_rowsweep
+
+    diff = (dpe3d_rowsweep(x, stab._fold_dpe_w, stab.dpe.bias).float() - want).abs().max().item()
+    rows.append({"impl": "dpe rowsweep", "max_diff": diff})
+    start = time.perf_counter()
+    for block_h, block_w, block_c, warps in SWEEP:
+        if time.perf_counter() - start > 120:
+            break
+        row = {"impl": "dpe rowsweep", "block_h": block_h, "block_w": block_w, "block_c": block_c, "warps": warps}
+        try:
+            row["ms"] = cuda_ms(lambda: dpe3d_rowsweep(x, stab._fold_dpe_w, stab.dpe.bias, block_h=block_h,
+                                                       block_w=block_w, block_c=block_c, num_warps=warps),
+                                repeats=10)
+        except Exception as err:
+            row["error"] = str(err)[:200]
+        rows.append(row)
+        print(row, flush=True)
+        save(RESULT["out"])
+    best = min((r for r in rows if r.get("impl") == "dpe triton" and "ms" in r), key=lambda r: r["ms"])
+    rows.append({"impl": "dpe triton best", **best})
+
+
+SWEEP = [(h, w, c, warps) for h in (4, 2, 8) for w, c in ((32, 64), (16, 128), (32, 32), (16, 64)) for warps in (4, 2)]
 
 
 VARIANTS = {  # name -> (torch.compile mode, LSD form, manual CUDA graph replay, dpe form)
@@ -300,7 +343,7 @@ def main() -> None:
     p.add_argument("--table", action="store_true", help="kernel tables of the compiled STAB")
     p.add_argument("--eager", action="store_true", help="also time the eager forms")
     p.add_argument("--stab-variants", default="triton,triton-graph,triton-ro,default-graph",
-                   help=f"compiled STAB forms, from {','.join(VARIANTS)}")
+                   help=f"compiled STAB forms, from {','.join(VARIANTS)},graphed-encoder")
     p.add_argument("--decode-variants", default="fused-projections,fused-pointwise",
                    help="plain, fused-projections, fused-pointwise (in this order; fusing is not undone)")
     p.add_argument("--eval-modes", default="dynamic,compiled", help="decoding modes of the eval batch")
@@ -308,10 +351,10 @@ def main() -> None:
     p.add_argument("--eval-variants", default="plain,pointwise", help="plain and/or pointwise (compiled pointwise ops)")
     args = p.parse_args()
     unknown = [n for n in args.sections.split(",") if f"section_{n}" not in globals()]
-    unknown += [v for v in args.stab_variants.split(",") if v not in VARIANTS]
+    unknown += [v for v in args.stab_variants.split(",") if v not in VARIANTS and v != "graphed-encoder"]
     if unknown:
         p.error(f"unknown section or STAB variant: {', '.join(unknown)}")
-    RESULT.update(device=torch.cuda.get_device_name(), torch=torch.__version__,
+    RESULT.update(device=torch.cuda.get_device_name(), torch=torch.__version__, out=args.out,
                   command="python bench/speed_probe.py " + " ".join(sys.argv[1:]))
     for name in args.sections.split(","):
         t0 = time.perf_counter()

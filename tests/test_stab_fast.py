@@ -84,6 +84,20 @@ def test_fused_equals_unfused(case, dpe_impl):
     assert (got.tokens - want.tokens).abs().max() < 1e-12
 
 
+def test_dpe_kernel_equals_conv3d():
+    """The Triton dpe on its own, on sizes that leave ragged tiles: W not a power of two, C not a multiple of the
+    channel block, T and H odd."""
+    if not kernels.available(torch.empty(0)):
+        pytest.skip("Triton is not installed")
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 5, 37, 70, generator=g, dtype=torch.float64)
+    w = torch.randn(70, 1, 3, 3, 3, generator=g, dtype=torch.float64)
+    b = torch.randn(70, generator=g, dtype=torch.float64)
+    want = torch.nn.functional.conv3d(x.permute(0, 4, 1, 2, 3), w, b, padding=1, groups=70).permute(0, 2, 3, 4, 1)
+    got = kernels.dpe3d(x, w, b)
+    assert got.shape == x.shape and (got - want).abs().max() < 1e-12
+
+
 @pytest.mark.parametrize("ablation", list(ABLATIONS))
 @pytest.mark.parametrize("case", ["wide_and_tall", "padded_frames", "image", "T6_mixed"])
 def test_fused_equals_unfused_for_every_ablation(ablation, case):
