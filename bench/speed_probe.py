@@ -145,10 +145,11 @@ def section_stab(args) -> None:
                 save(args.out)
             STAB._fast_lsd = orig_lsd
 
-        dpe_rows(stab, rows)  # first, so that the compiled forms below use the best block sizes
-        best = rows[-1]
-        kernels.BLOCK_C, kernels.NUM_WARPS = best["block_c"], best["warps"]
-        save(args.out)
+        if not args.skip_dpe:
+            dpe_rows(stab, rows)  # first, so that the compiled forms below use the best block sizes
+            best = rows[-1]
+            kernels.BLOCK_C, kernels.NUM_WARPS = best["block_c"], best["warps"]
+            save(args.out)
         for variant in args.stab_variants.split(","):
             if variant == "graphed-encoder":  # modeling.graphs.GraphedEncoder, as the package ships it
                 from videopanda.modeling.graphs import GraphedEncoder
@@ -166,10 +167,13 @@ def section_stab(args) -> None:
                     save(args.out)
                 del enc
                 continue
-            mode, lsd, graphs, dpe = VARIANTS[variant]
+            mode, lsd, graphs, dpe = VARIANTS[variant.removesuffix("-cdt")]
             stab.dpe_impl = dpe
+            # "-cdt": inductor tunes each Triton kernel's block sizes by coordinate descent while compiling
+            tuning = torch._inductor.config.patch(coordinate_descent_tuning=variant.endswith("-cdt"))
             try:
-                compiled(mode, orig_lsd if lsd == "plain" else folded_lsd, graphs, variant)
+                with tuning:
+                    compiled(mode, orig_lsd if lsd == "plain" else folded_lsd, graphs, variant)
             except Exception as err:  # keep the other variants
                 rows.append({"impl": variant, "error": f"{type(err).__name__}: {err}"[:400]})
                 save(args.out)
@@ -343,7 +347,9 @@ def main() -> None:
     p.add_argument("--table", action="store_true", help="kernel tables of the compiled STAB")
     p.add_argument("--eager", action="store_true", help="also time the eager forms")
     p.add_argument("--stab-variants", default="triton,triton-graph,triton-ro,default-graph",
-                   help=f"compiled STAB forms, from {','.join(VARIANTS)},graphed-encoder")
+                   help=f"compiled STAB forms, from {','.join(VARIANTS)},graphed-encoder; a suffix -cdt compiles "
+                        "with inductor's coordinate-descent tuning")
+    p.add_argument("--skip-dpe", action="store_true", help="skip the dpe forms and block-size sweep")
     p.add_argument("--decode-variants", default="fused-projections,fused-pointwise",
                    help="plain, fused-projections, fused-pointwise (in this order; fusing is not undone)")
     p.add_argument("--eval-modes", default="dynamic,compiled", help="decoding modes of the eval batch")
@@ -351,7 +357,8 @@ def main() -> None:
     p.add_argument("--eval-variants", default="plain,pointwise", help="plain and/or pointwise (compiled pointwise ops)")
     args = p.parse_args()
     unknown = [n for n in args.sections.split(",") if f"section_{n}" not in globals()]
-    unknown += [v for v in args.stab_variants.split(",") if v not in VARIANTS and v != "graphed-encoder"]
+    unknown += [v for v in args.stab_variants.split(",")
+                if v.removesuffix("-cdt") not in VARIANTS and v != "graphed-encoder"]
     if unknown:
         p.error(f"unknown section or STAB variant: {', '.join(unknown)}")
     RESULT.update(device=torch.cuda.get_device_name(), torch=torch.__version__, out=args.out,

@@ -487,9 +487,13 @@ class STAB(nn.Module):
             scale = bn.weight.to(wide) * torch.rsqrt(bn.running_var.to(wide) + bn.eps)  # BN(x) = x * scale + shift
             shift = bn.bias.to(wide) - bn.running_mean.to(wide) * scale
             w1 = down.weight.to(wide).flatten(1)  # [I, C]
-            keep("lste_w1", w1 * scale)
-            keep("lste_b1", down.bias.to(wide) + w1 @ shift)
-            keep("lste_taps", tconv.weight.to(wide).flatten(1).t())  # [k, I]
+            # the inner width I (682 for C = 1024) padded with zero channels to a multiple of 8: aligned matmuls,
+            # which inductor would otherwise pad with extra copies; the zero channels add nothing
+            pad = -w1.shape[0] % 8
+            keep("lste_w1", F.pad(w1 * scale, (0, 0, 0, pad)))
+            keep("lste_b1", F.pad(down.bias.to(wide) + w1 @ shift, (0, pad)))
+            keep("lste_taps", F.pad(tconv.weight.to(wide).flatten(1).t(), (0, pad)))  # [k, I]
+            keep("lste_w2", F.pad(up.weight.to(wide).flatten(1), (0, pad)))  # [C, I]
             keep("lste_b2", up.bias.to(wide) + up.weight.to(wide).flatten(1) @ tconv.bias.to(wide))
             dpe = self.dpe.weight.to(wide).clone()  # [C, 1, 3, 3, 3]
             dpe[:, 0, 1, 1, 1] += 1  # x + dpe(x) == dpe'(x) with the identity in the centre tap
@@ -535,11 +539,17 @@ class STAB(nn.Module):
     def _fast_patch_embed(self, frames: torch.Tensor, G: int) -> torch.Tensor:
         """[BT, 4, S, S] -> [BT, G, G, C]: one unfold copy (cast included) and one matmul."""
         p, w = self.patch_size, self.patch_embedding.weight
-        BT = frames.shape[0]
+        BT, K = frames.shape[0], 3 * p * p
         rgb = frames[:, :3, : G * p, : G * p].unflatten(3, (G, p)).unflatten(2, (G, p))  # [BT, 3, G, p, G, p]
+        if torch.compiler.is_compiling():
+            # K padded to a multiple of 8 here, so that inductor's matmul takes the unfold as it is: otherwise it
+            # copies the unfolded patches once more to align them (two passes over the frames instead of one)
+            pad = -K % 8
+            patches = F.pad(rgb.permute(0, 2, 4, 1, 3, 5).reshape(BT * G * G, K).to(w.dtype), (0, pad))
+            return F.linear(patches, F.pad(w.flatten(1), (0, pad))).view(BT, G, G, -1)
         patches = torch.empty(BT, G, G, 3, p, p, dtype=w.dtype, device=frames.device)
         patches.copy_(rgb.permute(0, 2, 4, 1, 3, 5))
-        return F.linear(patches.view(BT * G * G, 3 * p * p), w.flatten(1)).view(BT, G, G, -1)
+        return F.linear(patches.view(BT * G * G, K), w.flatten(1)).view(BT, G, G, -1)
 
     def _fast_temporal(self, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """`_temporal`, channels-last. patches: [B, T, G, G, C] -> ([B*T, G, G, C], [B*T, C] or None)."""
@@ -558,9 +568,16 @@ class STAB(nn.Module):
 
     def _fast_lste(self, x: torch.Tensor) -> torch.Tensor:
         """x + lmhra1(x), then + dpe(.), with BN folded. x: [n, t, G, G, C] -> same."""
-        y = F.linear(x, self._fold_lste_w1, self._fold_lste_b1)  # [n, t, G, G, I]
-        z = _shifted_sum(y, self._fold_lste_taps, dim=1)  # depthwise (3,1,1) conv, zero padding
-        x = x + F.linear(z, self.lmhra1.pos_embed[3].weight.flatten(1), self._fold_lste_b2)
+        taps, b1 = self._fold_lste_taps, self._fold_lste_b1
+        if torch.compiler.is_compiling():
+            # the bias goes in after the taps, as a [t, I] term (zero padding drops end taps): y is then the matmul's
+            # own output and inductor fuses the taps into one pass (with the bias inside y it took two)
+            y = F.linear(x, self._fold_lste_w1)
+            z = _shifted_sum(y, taps, dim=1) + _shifted_sum(b1.expand(1, x.shape[1], 1, 1, -1), taps, dim=1)
+        else:
+            y = F.linear(x, self._fold_lste_w1, b1)  # [n, t, G, G, I]
+            z = _shifted_sum(y, taps, dim=1)  # depthwise (3,1,1) conv, zero padding
+        x = x + F.linear(z, self._fold_lste_w2, self._fold_lste_b2)
         return self._fast_dpe(x)
 
     def _fast_dpe(self, x: torch.Tensor) -> torch.Tensor:
@@ -694,6 +711,15 @@ def _shifted_sum(y: torch.Tensor, taps: torch.Tensor, dim: int) -> torch.Tensor:
     y: [..., channels last]; taps: [k, channels].
     """
     k, r, t = taps.shape[0], taps.shape[0] // 2, y.shape[dim]
+    if torch.compiler.is_compiling():  # out of place, with zero-filled shifts: one fused kernel under inductor
+        out = taps[r] * y
+        for j in range(k):
+            d = j - r
+            if d and abs(d) < t:
+                shifted = y.narrow(dim, max(0, d), t - abs(d))  # y[t + d] for the t where it exists
+                zeros = torch.zeros_like(y.narrow(dim, 0, abs(d)))
+                out = out + taps[j] * (torch.cat([shifted, zeros], dim) if d > 0 else torch.cat([zeros, shifted], dim))
+        return out
     out = taps[r] * y
     for j in range(k):
         d = j - r  # out[t] += taps[j] * y[t + d] where 0 <= t + d < t_max
