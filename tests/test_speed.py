@@ -18,6 +18,10 @@ VID = 299
 
 @pytest.fixture(scope="module")
 def model() -> VideoPandaForCausalLM:
+    return tiny_model()
+
+
+def tiny_model() -> VideoPandaForCausalLM:
     torch.manual_seed(0)
     net = VideoPandaForCausalLM(VideoPandaConfig(text_config=TEXT, video_token_index=VID,
                                                  **VARIANTS["videopanda-tiny"])).eval()
@@ -66,6 +70,20 @@ def test_lean_greedy_loop_gives_the_default_greedy_tokens(model, mode):
             assert torch.equal(got, want), (seed, min_new, got[0, -10:], want[0, -10:])
     finally:
         model.generation_config.eos_token_id = None
+
+
+@torch.inference_mode()
+def test_compiled_mode_encodes_through_the_graphed_encoder():
+    """With the fused STAB, "compiled" single requests encode the video through a `GraphedEncoder` kept on the model
+    (CUDA graphs on a GPU; the plain encode here) and give the default greedy tokens."""
+    fused = tiny_model().optimize_for_inference()
+    for seed in (0, 1):
+        inputs = batch(seed, 1)
+        del inputs["attention_mask"]
+        want = fused.generate(**inputs, max_new_tokens=8, do_sample=False)
+        got = generate(fused, inputs, max_new_tokens=8, decoding="compiled")
+        assert torch.equal(got, want), seed
+    assert fused._videopanda_graphed_encoder.stab is fused.video_tower
 
 
 def test_a_concurrent_call_gets_a_fresh_cache(model):

@@ -164,15 +164,20 @@ class VideoPandaForCausalLM(VideoPandaPreTrainedModel, GenerationMixin):
         parts = list(tokens.split(per_video))
         return torch.stack(parts) if len(set(per_video)) == 1 else parts
 
-    def embed_inputs(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None) -> torch.Tensor:
-        """Token embeddings with every placeholder replaced by its visual token. [B, N] -> [B, N, D]."""
+    def embed_inputs(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None,
+                     visual: torch.Tensor | None = None) -> torch.Tensor:
+        """Token embeddings with every placeholder replaced by its visual token. [B, N] -> [B, N, D].
+
+        `visual`: the visual tokens already encoded ([N_total, D], as `encode_video_flat` returns them), instead of
+        `pixel_values`."""
         placeholder = input_ids == self.config.video_token_index
         embeds = self.get_input_embeddings()(input_ids.masked_fill(placeholder, 0))
-        if pixel_values is None:
+        if pixel_values is None and visual is None:
             if input_ids.shape[1] > 1 and placeholder.any():  # prefill only: decode steps stay sync-free
                 raise ValueError("the prompt holds video placeholder tokens but no pixel_values were given")
             return embeds
-        visual, _ = self.encode_video_flat(pixel_values)
+        if visual is None:
+            visual, _ = self.encode_video_flat(pixel_values)
         n_slots = int(placeholder.sum())
         if n_slots != visual.shape[0]:
             raise ValueError(f"the prompt holds {n_slots} video placeholder tokens but the videos give "
