@@ -1,7 +1,7 @@
 """The visual encode (STAB + projector) captured as CUDA graphs and replayed.
 
 Why: for one 7B video the compiled STAB + projector is a few dozen short kernels, so its time is mostly launches. A
-CUDA graph replays them in one launch (0.67 ms of GPU time on an H100, against 2.6-3.1 ms compiled). torch.compile's
+CUDA graph replays them in one launch (0.60-0.62 ms on an H100, against 1.7-3.1 ms compiled). torch.compile's
 own graphs (mode "reduce-overhead") do the same but add guard checks and input bookkeeping on the host for every call,
 which showed as 0.2-0.3 ms more on the lent machines. Here a call costs one input copy and one replay.
 
