@@ -91,9 +91,9 @@ def section_stab(args) -> None:
         return lambda: projector(stab(inputs[b], crop_boxes=crop).tokens)
 
     with torch.inference_mode():
-        stab.dpe_impl = "conv"  # the reference output: cuDNN's conv for the dpe
+        stab.dpe_impl, stab.lsd_impl = "conv", "plain"  # the reference output: cuDNN's conv, keys and values
         ref = {b: plain(b)() for b in (1, 8)}
-        stab.dpe_impl = None
+        stab.dpe_impl = stab.lsd_impl = None
         for b in (1, 8, 32) if args.eager else ():
             rows.append({"impl": "fused-eager", "batch": b, "ms": cuda_ms(plain(b))})
             rows.append({"impl": "fused-eager-boxes", "batch": b, "ms": cuda_ms(plain(b, boxes[b]))})
@@ -148,7 +148,13 @@ def section_stab(args) -> None:
         if not args.skip_dpe:
             dpe_rows(stab, rows)  # first, so that the compiled forms below use the best block sizes
             best = rows[-1]
-            kernels.BLOCK_C, kernels.NUM_WARPS = best["block_c"], best["warps"]
+            kernels.BLOCK_H, kernels.BLOCK_C, kernels.NUM_WARPS = best["block_h"], best["block_c"], best["warps"]
+            save(args.out)
+        if args.dpe_sweep:
+            kernels.BLOCK_H, kernels.BLOCK_C, kernels.NUM_WARPS = dpe_sweep(stab, rows, DPE_SWEEP)
+            save(args.out)
+        if args.lsd_sweep:
+            kernels.LSD_BLOCK_N, kernels.LSD_NUM_WARPS = lsd_rows(stab, rows)
             save(args.out)
         for variant in args.stab_variants.split(","):
             if variant == "graphed-encoder":  # modeling.graphs.GraphedEncoder, as the package ships it
@@ -169,16 +175,62 @@ def section_stab(args) -> None:
                 continue
             mode, lsd, graphs, dpe = VARIANTS[variant.removesuffix("-cdt")]
             stab.dpe_impl = dpe
+            stab.lsd_impl = "triton" if lsd == "triton" else "plain"
             # "-cdt": inductor tunes each Triton kernel's block sizes by coordinate descent while compiling
             tuning = torch._inductor.config.patch(coordinate_descent_tuning=variant.endswith("-cdt"))
             try:
                 with tuning:
-                    compiled(mode, orig_lsd if lsd == "plain" else folded_lsd, graphs, variant)
+                    compiled(mode, folded_lsd if lsd == "folded" else orig_lsd, graphs, variant)
             except Exception as err:  # keep the other variants
                 rows.append({"impl": variant, "error": f"{type(err).__name__}: {err}"[:400]})
                 save(args.out)
-        stab.dpe_impl = None
+        stab.dpe_impl = stab.lsd_impl = None
         save(args.out)
+
+
+def lsd_rows(stab: STAB, rows: list[dict]) -> tuple[int, int]:
+    """LSD's window attention (kernels.lsd_attend) alone at the batch-8 shape: block sizes, the difference from the
+    same math in float32 torch ops, and inductor's form (the score reduction and weighted sum of `lsd_impl="plain"`,
+    compiled). Returns the best (windows per program, warps)."""
+    g = torch.Generator(device="cuda").manual_seed(0)
+    C, heads = stab.dim, stab.num_heads
+    kv = torch.randn(64, 16, 2, 16, 2, 2 * C, device="cuda", dtype=torch.bfloat16, generator=g)
+    q = torch.randn(64, 16, 16, C, device="cuda", dtype=torch.bfloat16, generator=g) / 8
+    k, v = kv.float().view(64, 16, 2, 16, 2, 2, heads, -1).unbind(5)
+    scores = (q.float().view(64, 16, 1, 16, 1, heads, -1) * k).sum(-1)  # [n, h, s, w, s, heads]
+    attn = (scores - scores.amax((2, 4), keepdim=True)).exp()
+    attn = attn / attn.sum((2, 4), keepdim=True)
+    want = (attn[..., None] * v).sum((2, 4)).flatten(3)
+
+    def inductor(q, kv):
+        k, v = kv.view(64, 16, 2, 16, 2, 2, heads, -1).unbind(5)
+        scores = (q.view(64, 16, 1, 16, 1, heads, -1) * k).sum(-1).float()
+        e = (scores - scores.amax((2, 4), keepdim=True)).exp()
+        return ((e / e.sum((2, 4), keepdim=True)).to(v.dtype)[..., None] * v).sum((2, 4)).flatten(3)
+
+    fn = torch.compile(inductor, dynamic=False)
+    rows.append({"impl": "lsd inductor", "max_diff": (fn(q, kv).float() - want).abs().max().item(),
+                 "ms": cuda_ms(lambda: fn(q, kv), repeats=10)})
+    print(rows[-1], flush=True)
+    default = (kernels.LSD_BLOCK_N, kernels.LSD_NUM_WARPS)
+    found = []
+    for config in LSD_SWEEP:
+        kernels.LSD_BLOCK_N, kernels.LSD_NUM_WARPS = config
+        row = {"impl": "lsd_attend", "block_n": config[0], "warps": config[1]}
+        try:
+            row["max_diff"] = (kernels.lsd_attend(q, kv, heads, 1.0).float() - want).abs().max().item()
+            row["ms"] = cuda_ms(lambda: kernels.lsd_attend(q, kv, heads, 1.0), repeats=10)
+            found.append((row["ms"], config))
+        except Exception as err:
+            row["error"] = f"{type(err).__name__}: {err}"[:300]
+        rows.append(row)
+        print(row, flush=True)
+        save(RESULT["out"])
+    kernels.LSD_BLOCK_N, kernels.LSD_NUM_WARPS = default
+    return min(found)[1] if found else default
+
+
+LSD_SWEEP = [(32, 4), (16, 4), (64, 4), (64, 8), (16, 2), (32, 2), (128, 8), (8, 1), (8, 2)]
 
 
 def dpe_rows(stab: STAB, rows: list[dict]) -> None:
@@ -197,14 +249,7 @@ def dpe_rows(stab: STAB, rows: list[dict]) -> None:
         rows.append({"impl": label, "batch": 8, "ms": cuda_ms(lambda fn=fn: fn(x)), "max_diff": diff})
         print(rows[-1], flush=True)
     stab.dpe_impl = None
-    default = (kernels.BLOCK_C, kernels.NUM_WARPS)
-    for block_c in (32, 64, 128):
-        for warps in (2, 4):
-            kernels.BLOCK_C, kernels.NUM_WARPS = block_c, warps
-            rows.append({"impl": "dpe triton", "block_c": block_c, "warps": warps,
-                         "ms": cuda_ms(lambda: kernels.dpe3d(x, stab._fold_dpe_w, stab.dpe.bias), repeats=10)})
-            print(rows[-1], flush=True)
-    kernels.BLOCK_C, kernels.NUM_WARPS = default
+    dpe_sweep(stab, rows, [(1, c, w) for c in (32, 64, 128) for w in (2, 4)])
     # the row-sweep design (bench/dpe_rowsweep.py), capped at two minutes
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from dpe_rowsweep import dpe3d_rowsweep
@@ -229,6 +274,36 @@ def dpe_rows(stab: STAB, rows: list[dict]) -> None:
     rows.append({"impl": "dpe triton best", **best})
 
 
+def dpe_sweep(stab: STAB, rows: list[dict], configs: list[tuple[int, ...]]) -> tuple[int, ...]:
+    """The Triton dpe kernel's (rows, channels, warps) per program at the batch-8 shape; max_diff against cuDNN's
+    conv in float32. Leaves the module's defaults in place and returns the best."""
+    x = torch.randn(16, 4, 32, 32, stab.dim, device="cuda", dtype=torch.bfloat16)
+    w32, b32 = stab._fold_dpe_w.float(), stab.dpe.bias.float()
+    want = torch.nn.functional.conv3d(x.float().permute(0, 4, 1, 2, 3), w32, b32, padding=1,
+                                      groups=stab.dim).permute(0, 2, 3, 4, 1)
+    default = (kernels.BLOCK_H, kernels.BLOCK_C, kernels.NUM_WARPS)
+    found = []
+    for config in configs:
+        kernels.BLOCK_H, kernels.BLOCK_C, kernels.NUM_WARPS = config
+        row = {"impl": "dpe triton", "block_h": config[0], "block_c": config[1], "warps": config[2]}
+        try:
+            fn = lambda: kernels.dpe3d(x, stab._fold_dpe_w, stab.dpe.bias)  # noqa: E731
+            row["max_diff"] = (fn().float() - want).abs().max().item()
+            row["ms"] = cuda_ms(fn, repeats=10)
+            found.append((row["ms"], config))
+        except Exception as err:
+            row["error"] = f"{type(err).__name__}: {err}"[:300]
+        rows.append(row)
+        print(row, flush=True)
+        save(RESULT["out"])
+    kernels.BLOCK_H, kernels.BLOCK_C, kernels.NUM_WARPS = default
+    return min(found)[1] if found else default
+
+
+DPE_SWEEP = [(4, 32, 4), (1, 64, 4), (2, 32, 4), (2, 64, 4), (4, 64, 8), (8, 32, 8), (4, 16, 4), (2, 16, 2),
+             (8, 16, 4), (4, 16, 2)]
+
+
 SWEEP = [(h, w, c, warps) for h in (4, 2, 8) for w, c in ((32, 64), (16, 128), (32, 32), (16, 64)) for warps in (4, 2)]
 
 
@@ -242,6 +317,7 @@ VARIANTS = {  # name -> (torch.compile mode, LSD form, manual CUDA graph replay,
     "triton": (None, "plain", False, "triton"),
     "triton-graph": (None, "plain", True, "triton"),
     "triton-ro": ("reduce-overhead", "plain", False, "triton"),
+    "triton-lsd-graph": (None, "triton", True, "triton"),  # LSD window attention as a Triton kernel (the default)
     "shift-ro": ("reduce-overhead", "plain", False, "shift"),
 }
 
@@ -350,6 +426,9 @@ def main() -> None:
                    help=f"compiled STAB forms, from {','.join(VARIANTS)},graphed-encoder; a suffix -cdt compiles "
                         "with inductor's coordinate-descent tuning")
     p.add_argument("--skip-dpe", action="store_true", help="skip the dpe forms and block-size sweep")
+    p.add_argument("--dpe-sweep", action="store_true", help="time the dpe kernel's rows/channels/warps per program "
+                   "(the best are used)")
+    p.add_argument("--lsd-sweep", action="store_true", help="time kernels.lsd_attend's block sizes (the best are used)")
     p.add_argument("--decode-variants", default="fused-projections,fused-pointwise",
                    help="plain, fused-projections, fused-pointwise (in this order; fusing is not undone)")
     p.add_argument("--eval-modes", default="dynamic,compiled", help="decoding modes of the eval batch")

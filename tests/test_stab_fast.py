@@ -65,16 +65,16 @@ def run_both(stab: STAB, px: torch.Tensor, **kw):
         return stab(px), fused(px, **kw)
 
 
-@pytest.mark.parametrize("dpe_impl", ["conv", "shift", "triton"])
+@pytest.mark.parametrize("dpe_impl,lsd_impl", [("conv", "plain"), ("shift", "plain"), ("triton", "triton")])
 @pytest.mark.parametrize("case", list(CASES))
-def test_fused_equals_unfused(case, dpe_impl):
-    """Every form of the fused dpe; "triton" is the GPU kernel run by Triton's interpreter (conftest sets
+def test_fused_equals_unfused(case, dpe_impl, lsd_impl):
+    """Every form of the fused dpe and LSD; "triton" are the GPU kernels run by Triton's interpreter (conftest sets
     TRITON_INTERPRET=1 on machines without CUDA)."""
     if dpe_impl == "triton" and not kernels.available(torch.empty(0)):
         pytest.skip("Triton is not installed")
     stab = make_stab()
     fused = copy.deepcopy(stab).fuse()
-    fused.dpe_impl = dpe_impl
+    fused.dpe_impl, fused.lsd_impl = dpe_impl, lsd_impl
     px = make_input(*CASES[case])
     with torch.no_grad():
         want, got = stab(px), fused(px)
@@ -84,11 +84,14 @@ def test_fused_equals_unfused(case, dpe_impl):
     assert (got.tokens - want.tokens).abs().max() < 1e-12
 
 
-def test_dpe_kernel_equals_conv3d():
+@pytest.mark.parametrize("block_h,block_c", [(1, 64), (2, 64), (4, 32)])
+def test_dpe_kernel_equals_conv3d(monkeypatch, block_h, block_c):
     """The Triton dpe on its own, on sizes that leave ragged tiles: W not a power of two, C not a multiple of the
-    channel block, T and H odd."""
+    channel block, T and H odd (H not a multiple of the rows per program)."""
     if not kernels.available(torch.empty(0)):
         pytest.skip("Triton is not installed")
+    monkeypatch.setattr(kernels, "BLOCK_H", block_h)
+    monkeypatch.setattr(kernels, "BLOCK_C", block_c)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 3, 5, 37, 70, generator=g, dtype=torch.float64)
     w = torch.randn(70, 1, 3, 3, 3, generator=g, dtype=torch.float64)
@@ -96,6 +99,26 @@ def test_dpe_kernel_equals_conv3d():
     want = torch.nn.functional.conv3d(x.permute(0, 4, 1, 2, 3), w, b, padding=1, groups=70).permute(0, 2, 3, 4, 1)
     got = kernels.dpe3d(x, w, b)
     assert got.shape == x.shape and (got - want).abs().max() < 1e-12
+
+
+@pytest.mark.parametrize("s", [2, 3])
+def test_lsd_attend_kernel_equals_softmax_attention(s):
+    """LSD's window attention kernel on its own: a strided crop of the keys/values (as `_fast_group` passes it),
+    a head width that is not a power of two, a window count that is not a multiple of the windows per program."""
+    if not kernels.available(torch.empty(0)):
+        pytest.skip("Triton is not installed")
+    g = torch.Generator().manual_seed(0)
+    n, h, w, heads, hd = 3, 2, 5, 4, 12
+    C = heads * hd
+    full = torch.randn(n, h * s + 1, w * s + 2, 2 * C, generator=g, dtype=torch.float64)
+    kv = full[:, 1:, 1:-1].reshape(n, h, s, w, s, 2 * C)  # a view, not contiguous
+    q = torch.randn(n, h, w, C, generator=g, dtype=torch.float64)
+    scale = C**-0.5
+    k, v = kv.permute(0, 1, 3, 2, 4, 5).reshape(n, h, w, s * s, 2, heads, hd).unbind(4)
+    attn = torch.einsum("nijhd,nijphd->nijhp", q.view(n, h, w, heads, hd) * scale, k).softmax(-1)
+    want = torch.einsum("nijhp,nijphd->nijhd", attn, v).reshape(n, h, w, C)
+    got = kernels.lsd_attend(q, kv, heads, scale)
+    assert got.shape == want.shape and (got - want).abs().max() < 1e-12
 
 
 @pytest.mark.parametrize("ablation", list(ABLATIONS))
@@ -112,12 +135,19 @@ def test_float32_close():
     assert (got.tokens - want.tokens).abs().max() < 2e-5
 
 
-def test_bfloat16_error_is_that_of_the_unfused_path():
-    """Folding must not cost precision: both forms in bfloat16 against a float64 truth."""
+@pytest.mark.parametrize("kernels_impl", ["torch", "triton"])
+def test_bfloat16_error_is_that_of_the_unfused_path(kernels_impl):
+    """Folding must not cost precision: both forms in bfloat16 against a float64 truth (with the Triton dpe and LSD
+    kernels too)."""
+    if kernels_impl == "triton" and not kernels.available(torch.empty(0)):
+        pytest.skip("Triton is not installed")
     px = make_input(*CASES["wide_and_tall"], dtype=torch.float32)
     truth = make_stab()(px.double()).tokens.detach()
     errors = {}
-    for name, stab in (("unfused", make_stab(torch.bfloat16)), ("fused", make_stab(torch.bfloat16).fuse())):
+    fused = make_stab(torch.bfloat16).fuse()
+    if kernels_impl == "triton":
+        fused.dpe_impl = fused.lsd_impl = "triton"
+    for name, stab in (("unfused", make_stab(torch.bfloat16)), ("fused", fused)):
         with torch.no_grad():
             errors[name] = (stab(px).tokens.double() - truth).abs().mean().item()
     assert errors["fused"] < 1.25 * errors["unfused"] + 1e-6, errors
@@ -275,3 +305,11 @@ def test_graphed_encoder_checks_and_runs_the_encode_off_cuda():
         want, _ = model.encode_video_flat(px)
     got = encoder(px, model.video_tower.crop_boxes_for(px))
     assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("attr", ["dpe_impl", "lsd_impl"])
+def test_unknown_kernel_form_is_refused(attr):
+    fused = make_stab().fuse()
+    setattr(fused, attr, "cudnn-magic")
+    with pytest.raises(ValueError, match=attr), torch.no_grad():
+        fused(make_input(*CASES["square"]))

@@ -324,6 +324,9 @@ class STAB(nn.Module):
         self._fused = False
         # fused dpe form: None = auto ("triton" on a GPU with Triton, else "shift" when compiling, else "conv")
         self.dpe_impl: str | None = None
+        # fused LSD form: None = auto ("triton", the window attention as one Triton kernel, on a GPU with Triton;
+        # else "plain")
+        self.lsd_impl: str | None = None
         self.register_load_state_dict_post_hook(_refold_after_load)
         self.reset_parameters()
 
@@ -662,11 +665,24 @@ class STAB(nn.Module):
         return out
 
     def _fast_lsd(self, windows: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
-        """LSD without gathering windows: K/V for every token in place. windows [n, h, s, w, s, C] -> [n, h, w, C]."""
+        """LSD without gathering windows: K/V for every token in place. windows [n, h, s, w, s, C] -> [n, h, w, C].
+
+        `lsd_impl` "triton" (the default on a GPU): the scores, softmax and weighted sum as one Triton kernel
+        (kernels.lsd_attend) that reads the keys and values once; "plain": as torch ops (inductor makes a score
+        reduction and a weighted sum of them).
+        """
         la, heads = self.local_attention, self.num_heads
         n, h, s, w, _, C = windows.shape
+        kv = la.kv(windows)  # [n, h, s, w, s, 2C]
+        impl = self.lsd_impl
+        if impl is None:
+            impl = "triton" if kv.is_cuda and kernels.available(kv) else "plain"
+        if impl == "triton":
+            return pooled + la.proj(kernels.lsd_attend(la.q(pooled), kv, heads, la.scale))
+        if impl != "plain":
+            raise ValueError(f"lsd_impl must be None, 'triton' or 'plain', got {impl!r}")
         q = (la.q(pooled) * la.scale).view(n, h, 1, w, 1, heads, -1)
-        k, v = la.kv(windows).view(n, h, s, w, s, 2, heads, -1).unbind(5)  # [n, h, s, w, s, heads, hd]
+        k, v = kv.view(n, h, s, w, s, 2, heads, -1).unbind(5)  # [n, h, s, w, s, heads, hd]
         scores = (q * k).sum(-1)  # [n, h, s, w, s, heads]
         scores = scores.to(torch.promote_types(scores.dtype, torch.float32))
         e = (scores - scores.amax((2, 4), keepdim=True)).exp()
