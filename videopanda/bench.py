@@ -671,7 +671,8 @@ def bench_generate(s: dict[str, Any], clock: Clock, device: Any, dtype: Any, log
                 rows.append(row := _generate_mode(s, clock, model, processor, inputs, n_prompt, mode, device, log,
                                                   llm))
             except Exception as err:  # one failing mode (e.g. no compiler here) must not lose the others
-                rows.append({"llm": llm, "decoding": mode, "error": f"{type(err).__name__}: {err}"})
+                rows.append({"llm": llm, "decoding": mode, "error": f"{type(err).__name__}: {err}",
+                             "traceback": traceback.format_exc()[-4000:]})
                 log(f"  generate {llm} {mode}: FAILED {type(err).__name__}: {err}")
                 continue
             tokens = row.pop("_tokens")
