@@ -7,7 +7,9 @@
   CUDA graph; the LSD with its key/value projections folded into the query (`--lsd folded`). Plus the kernel table of
   the compiled form at batch 8.
 - dpe (run by stab, first): the dpe alone in every form, the Triton kernel's block sizes (the best are then used),
-  and the row-sweep design of bench/dpe_rowsweep.py. `--stab-variants graphed-encoder` times
+  and the row-sweep design of bench/dpe_rowsweep.py. `--skip-dpe --dpe-sweep` times only the kernel's rows, channels
+  and warps per program; `--lsd-sweep` times LSD's window-attention kernel (kernels.lsd_attend) against inductor's
+  form, by block size. Each sweep's best is used by the compiled forms that follow. `--stab-variants graphed-encoder` times
   `modeling.graphs.GraphedEncoder`.
 - decode: the 7B-shaped model's 64-token answer with the compiled lean loop, with and without fused q/k/v and
   gate/up projections and compiled pointwise ops (`modeling/fused_llm.py`), and its time to first token.
@@ -146,9 +148,8 @@ def section_stab(args) -> None:
             STAB._fast_lsd = orig_lsd
 
         if not args.skip_dpe:
-            dpe_rows(stab, rows)  # first, so that the compiled forms below use the best block sizes
-            best = rows[-1]
-            kernels.BLOCK_H, kernels.BLOCK_C, kernels.NUM_WARPS = best["block_h"], best["block_c"], best["warps"]
+            # first, so that the compiled forms below use the best block sizes
+            kernels.BLOCK_H, kernels.BLOCK_C, kernels.NUM_WARPS = dpe_rows(stab, rows)
             save(args.out)
         if args.dpe_sweep:
             kernels.BLOCK_H, kernels.BLOCK_C, kernels.NUM_WARPS = dpe_sweep(stab, rows, DPE_SWEEP)
@@ -212,35 +213,17 @@ def lsd_rows(stab: STAB, rows: list[dict]) -> tuple[int, int]:
     rows.append({"impl": "lsd inductor", "max_diff": (fn(q, kv).float() - want).abs().max().item(),
                  "ms": cuda_ms(lambda: fn(q, kv), repeats=10)})
     print(rows[-1], flush=True)
-    default = (kernels.LSD_BLOCK_N, kernels.LSD_NUM_WARPS)
-    found = []
-    for config in LSD_SWEEP:
-        kernels.LSD_BLOCK_N, kernels.LSD_NUM_WARPS = config
-        row = {"impl": "lsd_attend", "block_n": config[0], "warps": config[1]}
-        try:
-            row["max_diff"] = (kernels.lsd_attend(q, kv, heads, 1.0).float() - want).abs().max().item()
-            row["ms"] = cuda_ms(lambda: kernels.lsd_attend(q, kv, heads, 1.0), repeats=10)
-            found.append((row["ms"], config))
-        except Exception as err:
-            row["error"] = f"{type(err).__name__}: {err}"[:300]
-        rows.append(row)
-        print(row, flush=True)
-        save(RESULT["out"])
-    kernels.LSD_BLOCK_N, kernels.LSD_NUM_WARPS = default
-    return min(found)[1] if found else default
+    return kernel_sweep(rows, "lsd_attend", {"block_n": "LSD_BLOCK_N", "warps": "LSD_NUM_WARPS"}, LSD_SWEEP,
+                        lambda: kernels.lsd_attend(q, kv, heads, 1.0), want)
 
 
 LSD_SWEEP = [(32, 4), (16, 4), (64, 4), (64, 8), (16, 2), (32, 2), (128, 8), (8, 1), (8, 2)]
 
 
-def dpe_rows(stab: STAB, rows: list[dict]) -> None:
-    """The dpe alone at the batch-8 shape, channels-last [n, t, G, G, C]: every form, and the Triton kernel's block
-    sizes; max_diff against cuDNN's conv in float32."""
-    x = torch.randn(16, 4, 32, 32, stab.dim, device="cuda", dtype=torch.bfloat16)
-    stab.dpe_impl = "conv"
-    w32, b32 = stab._fold_dpe_w.float(), stab.dpe.bias.float()
-    want = torch.nn.functional.conv3d(x.float().permute(0, 4, 1, 2, 3), w32, b32, padding=1,
-                                      groups=stab.dim).permute(0, 2, 3, 4, 1)
+def dpe_rows(stab: STAB, rows: list[dict]) -> tuple[int, ...]:
+    """The dpe alone at the batch-8 shape, channels-last [n, t, G, G, C]: every form, the Triton kernel's block
+    sizes (the best is returned) and the row-sweep design; max_diff against cuDNN's conv in float32."""
+    x, want = dpe_case(stab)
     for label, impl, comp in (("dpe shift compiled", "shift", True), ("dpe conv eager", "conv", False),
                               ("dpe triton eager", "triton", False), ("dpe triton compiled", "triton", True)):
         stab.dpe_impl = impl
@@ -249,7 +232,7 @@ def dpe_rows(stab: STAB, rows: list[dict]) -> None:
         rows.append({"impl": label, "batch": 8, "ms": cuda_ms(lambda fn=fn: fn(x)), "max_diff": diff})
         print(rows[-1], flush=True)
     stab.dpe_impl = None
-    dpe_sweep(stab, rows, [(1, c, w) for c in (32, 64, 128) for w in (2, 4)])
+    best = dpe_sweep(stab, rows, [(1, c, w) for c in (32, 64, 128) for w in (2, 4)])
     # the row-sweep design (bench/dpe_rowsweep.py), capped at two minutes
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from dpe_rowsweep import dpe3d_rowsweep
@@ -270,24 +253,36 @@ def dpe_rows(stab: STAB, rows: list[dict]) -> None:
         rows.append(row)
         print(row, flush=True)
         save(RESULT["out"])
-    best = min((r for r in rows if r.get("impl") == "dpe triton" and "ms" in r), key=lambda r: r["ms"])
-    rows.append({"impl": "dpe triton best", **best})
+    return best
+
+
+def dpe_case(stab: STAB) -> tuple[torch.Tensor, torch.Tensor]:
+    """The dpe's batch-8 input, channels-last [n, t, G, G, C], and cuDNN's conv of it in float32."""
+    x = torch.randn(16, 4, 32, 32, stab.dim, device="cuda", dtype=torch.bfloat16)
+    want = torch.nn.functional.conv3d(x.float().permute(0, 4, 1, 2, 3), stab._fold_dpe_w.float(),
+                                      stab.dpe.bias.float(), padding=1, groups=stab.dim).permute(0, 2, 3, 4, 1)
+    return x, want
 
 
 def dpe_sweep(stab: STAB, rows: list[dict], configs: list[tuple[int, ...]]) -> tuple[int, ...]:
-    """The Triton dpe kernel's (rows, channels, warps) per program at the batch-8 shape; max_diff against cuDNN's
-    conv in float32. Leaves the module's defaults in place and returns the best."""
-    x = torch.randn(16, 4, 32, 32, stab.dim, device="cuda", dtype=torch.bfloat16)
-    w32, b32 = stab._fold_dpe_w.float(), stab.dpe.bias.float()
-    want = torch.nn.functional.conv3d(x.float().permute(0, 4, 1, 2, 3), w32, b32, padding=1,
-                                      groups=stab.dim).permute(0, 2, 3, 4, 1)
-    default = (kernels.BLOCK_H, kernels.BLOCK_C, kernels.NUM_WARPS)
+    """The Triton dpe kernel's (rows, channels, warps) per program at the batch-8 shape."""
+    x, want = dpe_case(stab)
+    return kernel_sweep(rows, "dpe triton", {"block_h": "BLOCK_H", "block_c": "BLOCK_C", "warps": "NUM_WARPS"},
+                        configs, lambda: kernels.dpe3d(x, stab._fold_dpe_w, stab.dpe.bias), want)
+
+
+def kernel_sweep(rows: list[dict], impl: str, knobs: dict[str, str], configs: list[tuple[int, ...]], fn,
+                 want: torch.Tensor) -> tuple[int, ...]:
+    """Times `fn` under each configuration of the `kernels` module constants named by `knobs` (row key -> constant),
+    with max_diff against `want`; one row each, saved as it goes. Leaves the module's defaults in place and returns
+    the fastest configuration (the defaults if none ran)."""
+    default = tuple(getattr(kernels, name) for name in knobs.values())
     found = []
     for config in configs:
-        kernels.BLOCK_H, kernels.BLOCK_C, kernels.NUM_WARPS = config
-        row = {"impl": "dpe triton", "block_h": config[0], "block_c": config[1], "warps": config[2]}
+        for name, value in zip(knobs.values(), config):
+            setattr(kernels, name, value)
+        row = {"impl": impl, **dict(zip(knobs, config))}
         try:
-            fn = lambda: kernels.dpe3d(x, stab._fold_dpe_w, stab.dpe.bias)  # noqa: E731
             row["max_diff"] = (fn().float() - want).abs().max().item()
             row["ms"] = cuda_ms(fn, repeats=10)
             found.append((row["ms"], config))
@@ -296,7 +291,8 @@ def dpe_sweep(stab: STAB, rows: list[dict], configs: list[tuple[int, ...]]) -> t
         rows.append(row)
         print(row, flush=True)
         save(RESULT["out"])
-    kernels.BLOCK_H, kernels.BLOCK_C, kernels.NUM_WARPS = default
+    for name, value in zip(knobs.values(), default):
+        setattr(kernels, name, value)
     return min(found)[1] if found else default
 
 
