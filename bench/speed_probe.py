@@ -112,7 +112,7 @@ def section_stab(args) -> None:
             STAB._fast_lsd = lsd
             torch._dynamo.reset()
             fn = torch.compile(lambda px: projector(stab(px, crop_boxes="full").tokens), mode=mode, dynamic=False)
-            for b in (1, 8, 32):
+            for b in args.stab_batches:
                 t0 = time.perf_counter()
                 y = fn(inputs[b])
                 torch.cuda.synchronize()
@@ -154,6 +154,9 @@ def section_stab(args) -> None:
         if args.dpe_sweep:
             kernels.BLOCK_H, kernels.BLOCK_C, kernels.NUM_WARPS = dpe_sweep(stab, rows, DPE_SWEEP)
             save(args.out)
+        if args.dpe_framesweep:
+            framesweep_rows(stab, rows)
+            save(args.out)
         if args.lsd_sweep:
             kernels.LSD_BLOCK_N, kernels.LSD_NUM_WARPS = lsd_rows(stab, rows)
             save(args.out)
@@ -175,16 +178,21 @@ def section_stab(args) -> None:
                 del enc
                 continue
             mode, lsd, graphs, dpe = VARIANTS[variant.removesuffix("-cdt")]
+            package_dpe = kernels.dpe3d
+            if dpe == "framesweep":  # bench/dpe_framesweep.py's kernel in place of the package's
+                kernels.dpe3d, dpe = framesweep_module().dpe3d_framesweep, "triton"
             stab.dpe_impl = dpe
             stab.lsd_impl = "triton" if lsd == "triton" else "plain"
             # "-cdt": inductor tunes each Triton kernel's block sizes by coordinate descent while compiling
-            tuning = torch._inductor.config.patch(coordinate_descent_tuning=variant.endswith("-cdt"))
+            tuning = torch._inductor.config.patch(coordinate_descent_tuning=variant.endswith("-cdt"),
+                                                  **{"triton.enable_persistent_tma_matmul": mode is not None})
             try:
                 with tuning:
                     compiled(mode, folded_lsd if lsd == "folded" else orig_lsd, graphs, variant)
             except Exception as err:  # keep the other variants
                 rows.append({"impl": variant, "error": f"{type(err).__name__}: {err}"[:400]})
                 save(args.out)
+            kernels.dpe3d = package_dpe
         stab.dpe_impl = stab.lsd_impl = None
         save(args.out)
 
@@ -271,6 +279,41 @@ def dpe_sweep(stab: STAB, rows: list[dict], configs: list[tuple[int, ...]]) -> t
                         configs, lambda: kernels.dpe3d(x, stab._fold_dpe_w, stab.dpe.bias), want)
 
 
+def framesweep_module():
+    """bench/dpe_framesweep.py (its op and block sizes)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import dpe_framesweep
+
+    return dpe_framesweep
+
+
+def framesweep_rows(stab: STAB, rows: list[dict]) -> None:
+    """bench/dpe_framesweep.py's kernel (each program walks the frames of a chunk) at the batch-8 shape, by block
+    size; its module's block sizes are left at the fastest."""
+    fs = framesweep_module()
+    op = fs.dpe3d_framesweep
+    x, want = dpe_case(stab)
+    found = []
+    for block_h, block_c, warps in FRAMESWEEP:
+        fs.BLOCK_H, fs.BLOCK_C, fs.NUM_WARPS = block_h, block_c, warps
+        row = {"impl": "dpe framesweep", "block_h": block_h, "block_c": block_c, "warps": warps}
+        try:
+            row["max_diff"] = (op(x, stab._fold_dpe_w, stab.dpe.bias).float() - want).abs().max().item()
+            row["ms"] = cuda_ms(lambda: op(x, stab._fold_dpe_w, stab.dpe.bias), repeats=10)
+            found.append((row["ms"], (block_h, block_c, warps)))
+        except Exception as err:
+            row["error"] = f"{type(err).__name__}: {err}"[:300]
+        rows.append(row)
+        print(row, flush=True)
+        save(RESULT["out"])
+    if found:
+        fs.BLOCK_H, fs.BLOCK_C, fs.NUM_WARPS = min(found)[1]
+
+
+FRAMESWEEP = [(2, 64, 4), (1, 64, 4), (2, 32, 4), (4, 32, 4), (1, 128, 4), (2, 64, 8), (1, 32, 2), (2, 16, 2),
+              (4, 16, 4)]
+
+
 def kernel_sweep(rows: list[dict], impl: str, knobs: dict[str, str], configs: list[tuple[int, ...]], fn,
                  want: torch.Tensor) -> tuple[int, ...]:
     """Times `fn` under each configuration of the `kernels` module constants named by `knobs` (row key -> constant),
@@ -314,6 +357,10 @@ VARIANTS = {  # name -> (torch.compile mode, LSD form, manual CUDA graph replay,
     "triton-graph": (None, "plain", True, "triton"),
     "triton-ro": ("reduce-overhead", "plain", False, "triton"),
     "triton-lsd-graph": (None, "triton", True, "triton"),  # LSD window attention as a Triton kernel (the default)
+    # max-autotune: inductor's Triton GEMM templates (persistent TMA ones included) against cuBLAS, per shape, with
+    # the element-wise ops around them fused in where a template wins
+    "autotune-lsd-graph": ("max-autotune-no-cudagraphs", "triton", True, "triton"),
+    "framesweep-lsd-graph": (None, "triton", True, "framesweep"),  # bench/dpe_framesweep.py's dpe kernel
     "shift-ro": ("reduce-overhead", "plain", False, "shift"),
 }
 
@@ -421,9 +468,13 @@ def main() -> None:
     p.add_argument("--stab-variants", default="triton,triton-graph,triton-ro,default-graph",
                    help=f"compiled STAB forms, from {','.join(VARIANTS)},graphed-encoder; a suffix -cdt compiles "
                         "with inductor's coordinate-descent tuning")
+    p.add_argument("--stab-batches", default="1,8,32", type=lambda v: [int(b) for b in v.split(",")],
+                   help="videos per call of the compiled forms (each compiles anew)")
     p.add_argument("--skip-dpe", action="store_true", help="skip the dpe forms and block-size sweep")
     p.add_argument("--dpe-sweep", action="store_true", help="time the dpe kernel's rows/channels/warps per program "
                    "(the best are used)")
+    p.add_argument("--dpe-framesweep", action="store_true", help="time bench/dpe_framesweep.py's dpe kernel by "
+                   "block size (the best is used by the framesweep-lsd-graph variant)")
     p.add_argument("--lsd-sweep", action="store_true", help="time kernels.lsd_attend's block sizes (the best are used)")
     p.add_argument("--decode-variants", default="fused-projections,fused-pointwise",
                    help="plain, fused-projections, fused-pointwise (in this order; fusing is not undone)")
