@@ -104,3 +104,22 @@ def test_reference_stab_loads_with_our_weights_and_agrees():
         theirs = torch.cat(ref(torch.stack(px[0].chunk(2)), torch.nn.Identity())[0])
         mine = ours(px).tokens
     assert theirs.shape == mine.shape and torch.allclose(theirs, mine, atol=1e-4)
+
+
+def test_a_broken_device_keeps_the_rows_measured_before_it(tmp_path, monkeypatch):
+    """A kernel fault leaves the CUDA context unusable, and the next cleanup raises: the bench writes what it had,
+    records the error and runs no further section (each would fail the same way)."""
+    calls = []
+
+    def free(device):
+        calls.append(device)
+        if len(calls) > 1:
+            raise RuntimeError("CUDA error: unspecified launch failure")
+
+    monkeypatch.setattr(bench, "_free", free)
+    out = tmp_path / "broken.json"
+    args = [*TINY, "--sections", "stab,vit,generate", "--batch-sizes", "1", "--out", str(out), "--quiet"]
+    assert cli.main(["bench", *args]) == 0
+    result = json.loads(out.read_text())
+    assert result["stab"]["rows"] and "vit" not in result and "generate" not in result
+    assert "unspecified launch failure" in result["errors"][-1]["error"]

@@ -682,8 +682,22 @@ def bench_generate(s: dict[str, Any], clock: Clock, device: Any, dtype: Any, log
                        same_tokens_as_first_mode=not differ.numel(),
                        first_difference=int(differ[0]) if differ.numel() else None)
         del model, processor
-        _free(device)
+        if not _freed(device, rows, log):
+            break
     return {"rows": rows}
+
+
+def _freed(device: Any, errors: list, log: Callable[[str], None]) -> bool:
+    """`_free`, or False with an error appended when the device cannot be used any more: a kernel fault in the
+    work before leaves the CUDA context broken, and every later call fails with it. The rows measured so far
+    stay."""
+    try:
+        _free(device)
+        return True
+    except RuntimeError as err:
+        errors.append({"error": f"the device is unusable after this: {type(err).__name__}: {err}"[:600]})
+        log(f"  device unusable: {type(err).__name__}: {err}")
+        return False
 
 
 def _generate_mode(s: dict, clock: Clock, model: Any, processor: Any, inputs: dict, n_prompt: int, mode: str,
@@ -958,10 +972,12 @@ def run(args: argparse.Namespace, log: Callable[[str], None] | None = None) -> d
             result["errors"].append({"section": name, "error": f"{type(err).__name__}: {err}",
                                      "traceback": traceback.format_exc(limit=6)})
             log(f"[{name}] FAILED: {type(err).__name__}: {err}")
-        _free(device)
+        usable = _freed(device, result["errors"], log)
         result["seconds"] = round(time.time() - started, 1)
         result["load_average_at_end"] = _load_average()
         _write(args.out, result)  # after every section: a run cut short keeps what it measured
+        if not usable:
+            break
     if args.out:
         log(f"wrote {args.out}")
     return result

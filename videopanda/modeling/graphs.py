@@ -89,6 +89,12 @@ class GraphedEncoder:
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
                 output = self.fn(static, boxes)
+            # cuBLAS's workspace for the capture stream was allocated during the capture, inside this graph's private
+            # memory pool, and PyTorch keeps it cached for that stream. Once this graph is dropped (evicted, or its
+            # encoder freed), the next capture reused that stale workspace and a later replay failed with "CUDA
+            # error: unspecified launch failure" (H100, torch 2.11; bench/fault_repro.py). Dropping the cache here
+            # leaves the workspace to this graph alone; later cuBLAS calls allocate their own.
+            torch._C._cuda_clearCublasWorkspaces()
         return _Captured(graph, static, output)
 
 
