@@ -24,7 +24,11 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=25)
     p.add_argument("--coordinate-descent", action="store_true",
                    help="torch._inductor.config.coordinate_descent_tuning = True (as gpt-fast)")
+    p.add_argument("--no-cudnn-sdp", action="store_true",
+                   help="torch.backends.cuda.enable_cudnn_sdp(False): SDPA picks another backend (decode attention)")
     args = p.parse_args()
+    if args.no_cudnn_sdp:
+        torch.backends.cuda.enable_cudnn_sdp(False)
     if args.coordinate_descent:
         torch._inductor.config.coordinate_descent_tuning = True
     device = torch.device("cuda")
