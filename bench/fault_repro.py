@@ -9,7 +9,8 @@ emptied, as the bench's stab section does): `ours-graph` (torch.compile mode "re
 --reset-trees: reset inductor's cudagraph trees after it; --keep-before, --no-empty-cache, --dynamo-reset, --capture:
 see --help. Then five 64-token compiled answers of the 7B-shaped model, each synchronised; the JSON says which call
 failed, if one did. Session 7's runs (bench/results/h100_fault_7.json) came before the fix in GraphedEncoder._capture:
-their default capture is today's `--capture unfixed`.
+their default capture is today's `--capture unfixed`. A capture on a fresh stream of its own (warm-up and capture on
+one side stream) was tried there too, from an earlier version of this script, and failed the same way.
 """
 
 from __future__ import annotations
@@ -22,32 +23,6 @@ import traceback
 import torch
 
 from videopanda import bench as B
-
-
-def capture_variant(kind: str):
-    """A replacement for GraphedEncoder._capture without its fix (the cuBLAS workspaces stay cached after the
-    capture): "unfixed" captures as the package did before session 7's fix, "own-stream" warms up and captures on
-    one fresh stream (so the workspace would come from the warm-up, outside the graph's pool; it still failed)."""
-    from videopanda.modeling.graphs import _Captured
-
-    def capture(self, pixel_values, boxes):
-        with torch.cuda.device(pixel_values.device):
-            static = pixel_values.clone()
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                for _ in range(3):
-                    self.fn(static, boxes)
-            graph = torch.cuda.CUDAGraph()
-            if kind == "own-stream":
-                side.synchronize()
-            else:
-                torch.cuda.current_stream().wait_stream(side)
-            with torch.cuda.graph(graph, stream=side if kind == "own-stream" else None):
-                output = self.fn(static, boxes)
-        return _Captured(graph, static, output)
-
-    return capture
 
 
 KEEP: list = []  # --keep-before: what ran first stays alive
@@ -90,18 +65,16 @@ def main() -> None:
     p.add_argument("--reset-trees", action="store_true")
     p.add_argument("--keep-before", action="store_true", help="keep what ran first alive")
     p.add_argument("--no-empty-cache", action="store_true", help="gc only after it, no torch.cuda.empty_cache()")
-    p.add_argument("--capture", default="package", choices=["package", "unfixed", "own-stream"],
-                   help="GraphedEncoder's capture: the package's (cuBLAS workspaces cleared after it) or one without "
-                        "that fix")
+    p.add_argument("--capture", default="package", choices=["package", "unfixed"],
+                   help="GraphedEncoder's capture as the package has it (cuBLAS workspaces cleared after it), or "
+                        "without that step")
     p.add_argument("--dynamo-reset", action="store_true", help="torch._dynamo.reset() after it")
     p.add_argument("--out", required=True)
     args = p.parse_args()
     device, dtype = torch.device("cuda"), torch.bfloat16
     result = {**vars(args), "calls": []}
-    if args.capture != "package":
-        from videopanda.modeling.graphs import GraphedEncoder
-
-        GraphedEncoder._capture = capture_variant(args.capture)
+    if args.capture == "unfixed":  # the capture without its last step, as before session 7's fix
+        torch._C._cuda_clearCublasWorkspaces = lambda: None
     before(args.before, device, dtype, keep=args.keep_before, empty_cache=not args.no_empty_cache)
     if args.dynamo_reset:
         torch._dynamo.reset()
