@@ -66,15 +66,19 @@ def main() -> None:
     p.add_argument("--keep-before", action="store_true", help="keep what ran first alive")
     p.add_argument("--no-empty-cache", action="store_true", help="gc only after it, no torch.cuda.empty_cache()")
     p.add_argument("--capture", default="package", choices=["package", "unfixed"],
-                   help="GraphedEncoder's capture as the package has it (cuBLAS workspaces cleared after it), or "
-                        "without that step")
+                   help="GraphedEncoder's capture as the package has it (cuBLAS workspaces cleared around it), or "
+                        "without that")
     p.add_argument("--dynamo-reset", action="store_true", help="torch._dynamo.reset() after it")
     p.add_argument("--out", required=True)
     args = p.parse_args()
     device, dtype = torch.device("cuda"), torch.bfloat16
     result = {**vars(args), "calls": []}
-    if args.capture == "unfixed":  # the capture without its last step, as before session 7's fix
-        torch._C._cuda_clearCublasWorkspaces = lambda: None
+    if args.capture == "unfixed":  # GraphedEncoder's capture as before session 7's fix
+        import contextlib
+
+        from videopanda.modeling import graphs
+
+        graphs._own_cublas_workspace = contextlib.nullcontext
     before(args.before, device, dtype, keep=args.keep_before, empty_cache=not args.no_empty_cache)
     if args.dynamo_reset:
         torch._dynamo.reset()

@@ -11,8 +11,9 @@ must come from the host (`STAB.crop_boxes_for` on the processor's output); each 
 
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,15 +88,23 @@ class GraphedEncoder:
                     self.fn(static, boxes)
             torch.cuda.current_stream().wait_stream(side)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
+            with _own_cublas_workspace(), torch.cuda.graph(graph):
                 output = self.fn(static, boxes)
-            # cuBLAS's workspace for the capture stream was allocated during the capture, inside this graph's private
-            # memory pool, and PyTorch keeps it cached for that stream. Once this graph is dropped (evicted, or its
-            # encoder freed), the next capture reused that stale workspace and a later replay failed with "CUDA
-            # error: unspecified launch failure" (H100, torch 2.11; bench/fault_repro.py). Dropping the cache here
-            # leaves the workspace to this graph alone; later cuBLAS calls allocate their own.
-            torch._C._cuda_clearCublasWorkspaces()
         return _Captured(graph, static, output)
+
+
+@contextlib.contextmanager
+def _own_cublas_workspace() -> Iterator[None]:
+    """Clear PyTorch's cached cuBLAS workspaces before and after a capture, as torch's own CUDA graphs
+    (cudagraph trees) do: the capture then allocates its workspace in the graph's private pool, and nothing outside
+    the graph keeps using it. Without this, the workspace made during one capture stayed cached for the stream after
+    its graph was dropped, and the next GraphedEncoder's replay failed with "CUDA error: unspecified launch failure"
+    (H100, torch 2.11; bench/fault_repro.py, docs/speed.md "Session 7")."""
+    torch._C._cuda_clearCublasWorkspaces()
+    try:
+        yield
+    finally:
+        torch._C._cuda_clearCublasWorkspaces()
 
 
 def _ints(boxes: Sequence[Sequence[int]]) -> list[tuple[int, ...]]:
