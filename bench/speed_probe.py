@@ -291,23 +291,10 @@ def framesweep_rows(stab: STAB, rows: list[dict]) -> None:
     """bench/dpe_framesweep.py's kernel (each program walks the frames of a chunk) at the batch-8 shape, by block
     size; its module's block sizes are left at the fastest."""
     fs = framesweep_module()
-    op = fs.dpe3d_framesweep
     x, want = dpe_case(stab)
-    found = []
-    for block_h, block_c, warps in FRAMESWEEP:
-        fs.BLOCK_H, fs.BLOCK_C, fs.NUM_WARPS = block_h, block_c, warps
-        row = {"impl": "dpe framesweep", "block_h": block_h, "block_c": block_c, "warps": warps}
-        try:
-            row["max_diff"] = (op(x, stab._fold_dpe_w, stab.dpe.bias).float() - want).abs().max().item()
-            row["ms"] = cuda_ms(lambda: op(x, stab._fold_dpe_w, stab.dpe.bias), repeats=10)
-            found.append((row["ms"], (block_h, block_c, warps)))
-        except Exception as err:
-            row["error"] = f"{type(err).__name__}: {err}"[:300]
-        rows.append(row)
-        print(row, flush=True)
-        save(RESULT["out"])
-    if found:
-        fs.BLOCK_H, fs.BLOCK_C, fs.NUM_WARPS = min(found)[1]
+    best = kernel_sweep(rows, "dpe framesweep", {"block_h": "BLOCK_H", "block_c": "BLOCK_C", "warps": "NUM_WARPS"},
+                        FRAMESWEEP, lambda: fs.dpe3d_framesweep(x, stab._fold_dpe_w, stab.dpe.bias), want, module=fs)
+    fs.BLOCK_H, fs.BLOCK_C, fs.NUM_WARPS = best
 
 
 FRAMESWEEP = [(2, 64, 4), (1, 64, 4), (2, 32, 4), (4, 32, 4), (1, 128, 4), (2, 64, 8), (1, 32, 2), (2, 16, 2),
@@ -315,15 +302,15 @@ FRAMESWEEP = [(2, 64, 4), (1, 64, 4), (2, 32, 4), (4, 32, 4), (1, 128, 4), (2, 6
 
 
 def kernel_sweep(rows: list[dict], impl: str, knobs: dict[str, str], configs: list[tuple[int, ...]], fn,
-                 want: torch.Tensor) -> tuple[int, ...]:
-    """Times `fn` under each configuration of the `kernels` module constants named by `knobs` (row key -> constant),
-    with max_diff against `want`; one row each, saved as it goes. Leaves the module's defaults in place and returns
-    the fastest configuration (the defaults if none ran)."""
-    default = tuple(getattr(kernels, name) for name in knobs.values())
+                 want: torch.Tensor, module=kernels) -> tuple[int, ...]:
+    """Times `fn` under each configuration of the `module` constants (videopanda's `kernels` unless said) named by
+    `knobs` (row key -> constant), with max_diff against `want`; one row each, saved as it goes. Leaves the module's
+    defaults in place and returns the fastest configuration (the defaults if none ran)."""
+    default = tuple(getattr(module, name) for name in knobs.values())
     found = []
     for config in configs:
         for name, value in zip(knobs.values(), config):
-            setattr(kernels, name, value)
+            setattr(module, name, value)
         row = {"impl": impl, **dict(zip(knobs, config))}
         try:
             row["max_diff"] = (fn().float() - want).abs().max().item()
@@ -335,7 +322,7 @@ def kernel_sweep(rows: list[dict], impl: str, knobs: dict[str, str], configs: li
         print(row, flush=True)
         save(RESULT["out"])
     for name, value in zip(knobs.values(), default):
-        setattr(kernels, name, value)
+        setattr(module, name, value)
     return min(found)[1] if found else default
 
 
