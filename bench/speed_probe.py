@@ -30,6 +30,7 @@ import torch
 
 from videopanda import bench as B
 from videopanda.modeling import kernels
+from videopanda.modeling.graphs import _own_cublas_workspace
 from videopanda.modeling.stab import STAB
 
 RESULT: dict = {}
@@ -131,7 +132,7 @@ def section_stab(args) -> None:
                             fn(static_in)
                     torch.cuda.current_stream().wait_stream(s)
                     g = torch.cuda.CUDAGraph()
-                    with torch.cuda.graph(g):
+                    with _own_cublas_workspace(), torch.cuda.graph(g):  # as GraphedEncoder captures (its docstring)
                         static_out = fn(static_in)
                     call = g.replay
                     y = static_out
