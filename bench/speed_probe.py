@@ -158,6 +158,12 @@ def section_stab(args) -> None:
         if args.dpe_framesweep:
             framesweep_rows(stab, rows)
             save(args.out)
+        if args.dpe_padded:
+            padded_rows(stab, rows)
+            save(args.out)
+        if args.gelu_epilogue:
+            gelu_rows(projector, rows)
+            save(args.out)
         if args.lsd_sweep:
             kernels.LSD_BLOCK_N, kernels.LSD_NUM_WARPS = lsd_rows(stab, rows)
             save(args.out)
@@ -179,9 +185,11 @@ def section_stab(args) -> None:
                 del enc
                 continue
             mode, lsd, graphs, dpe = VARIANTS[variant.removesuffix("-cdt")]
-            package_dpe = kernels.dpe3d
+            package_dpe, package_fast_dpe = kernels.dpe3d, STAB._fast_dpe
             if dpe == "framesweep":  # bench/dpe_framesweep.py's kernel in place of the package's
                 kernels.dpe3d, dpe = framesweep_module().dpe3d_framesweep, "triton"
+            if dpe == "padded":  # bench/dpe_padded.py's kernel on a padded input, the padding fused by inductor
+                STAB._fast_dpe, dpe = bench_module("dpe_padded").fast_dpe_padded, "triton"
             stab.dpe_impl = dpe
             stab.lsd_impl = "triton" if lsd == "triton" else "plain"
             # "-cdt": inductor tunes each Triton kernel's block sizes by coordinate descent while compiling
@@ -193,7 +201,7 @@ def section_stab(args) -> None:
             except Exception as err:  # keep the other variants
                 rows.append({"impl": variant, "error": f"{type(err).__name__}: {err}"[:400]})
                 save(args.out)
-            kernels.dpe3d = package_dpe
+            kernels.dpe3d, STAB._fast_dpe = package_dpe, package_fast_dpe
         stab.dpe_impl = stab.lsd_impl = None
         save(args.out)
 
@@ -280,12 +288,54 @@ def dpe_sweep(stab: STAB, rows: list[dict], configs: list[tuple[int, ...]]) -> t
                         configs, lambda: kernels.dpe3d(x, stab._fold_dpe_w, stab.dpe.bias), want)
 
 
-def framesweep_module():
-    """bench/dpe_framesweep.py (its op and block sizes)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import dpe_framesweep
+def bench_module(name: str):
+    """A module of bench/ (a kernel design's op and block sizes)."""
+    import importlib
 
-    return dpe_framesweep
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    return importlib.import_module(name)
+
+
+def framesweep_module():
+    return bench_module("dpe_framesweep")
+
+
+def padded_rows(stab: STAB, rows: list[dict]) -> None:
+    """bench/dpe_padded.py's kernel at the batch-8 shape: the package's kernel beside it, then the padded kernel by
+    block size on an input padded beforehand (the kernel alone) and with the padding as an eager copy; its module's
+    block sizes are left at the fastest."""
+    import torch.nn.functional as F
+
+    dp = bench_module("dpe_padded")
+    x, want = dpe_case(stab)
+    xp = F.pad(x, (0, 0, 1, 1, 1, 1))
+    rows.append({"impl": "dpe triton (package)", "max_diff": (kernels.dpe3d(x, stab._fold_dpe_w, stab.dpe.bias).float()
+                                                             - want).abs().max().item(),
+                 "ms": cuda_ms(lambda: kernels.dpe3d(x, stab._fold_dpe_w, stab.dpe.bias), repeats=10)})
+    print(rows[-1], flush=True)
+    best = kernel_sweep(rows, "dpe padded", {"block_h": "BLOCK_H", "block_c": "BLOCK_C", "warps": "NUM_WARPS"},
+                        PADDED, lambda: dp.dpe3d_padded(xp, stab._fold_dpe_w, stab.dpe.bias), want, module=dp)
+    dp.BLOCK_H, dp.BLOCK_C, dp.NUM_WARPS = best
+    rows.append({"impl": "dpe padded + eager pad", "ms": cuda_ms(lambda: dp.fast_dpe_padded(stab, x), repeats=10)})
+    print(rows[-1], flush=True)
+
+
+PADDED = [(2, 64, 4), (1, 64, 4), (2, 32, 4), (4, 32, 4), (4, 64, 8), (1, 128, 4), (2, 128, 8), (8, 32, 8),
+          (2, 64, 8), (4, 16, 4)]
+
+
+def gelu_rows(projector: torch.nn.Module, rows: list[dict]) -> None:
+    """The projector's first layer and its exact GELU at the batch-8 shape: compiled (cuBLAS, then inductor's GELU
+    pass) against cuBLASLt's GELU epilogue (`torch._addmm_activation`, which is the tanh approximation)."""
+    lin = projector[0]
+    x = torch.randn(17472, lin.in_features, device="cuda", dtype=torch.bfloat16)
+    exact = torch.compile(lambda x: torch.nn.functional.gelu(lin(x)), dynamic=False)
+    want = exact(x).float()
+    rows.append({"impl": "projector l1 + exact gelu (compiled)", "ms": cuda_ms(lambda: exact(x))})
+    fused = lambda: torch._addmm_activation(lin.bias, x, lin.weight.t(), use_gelu=True)  # noqa: E731
+    rows.append({"impl": "projector l1 + gelu epilogue (tanh)", "ms": cuda_ms(fused),
+                 "max_diff": (fused().float() - want).abs().max().item()})
+    print(rows[-2:], flush=True)
 
 
 def framesweep_rows(stab: STAB, rows: list[dict]) -> None:
@@ -349,6 +399,7 @@ VARIANTS = {  # name -> (torch.compile mode, LSD form, manual CUDA graph replay,
     # the element-wise ops around them fused in where a template wins
     "autotune-lsd-graph": ("max-autotune-no-cudagraphs", "triton", True, "triton"),
     "framesweep-lsd-graph": (None, "triton", True, "framesweep"),  # bench/dpe_framesweep.py's dpe kernel
+    "padded-lsd-graph": (None, "triton", True, "padded"),  # bench/dpe_padded.py's dpe kernel
     "shift-ro": ("reduce-overhead", "plain", False, "shift"),
 }
 
@@ -463,6 +514,10 @@ def main() -> None:
                    "(the best are used)")
     p.add_argument("--dpe-framesweep", action="store_true", help="time bench/dpe_framesweep.py's dpe kernel by "
                    "block size (the best is used by the framesweep-lsd-graph variant)")
+    p.add_argument("--dpe-padded", action="store_true", help="time bench/dpe_padded.py's dpe kernel by block size "
+                   "(the best is used by the padded-lsd-graph variant)")
+    p.add_argument("--gelu-epilogue", action="store_true", help="time the projector's first layer with cuBLASLt's "
+                   "GELU epilogue against cuBLAS + inductor's exact GELU")
     p.add_argument("--lsd-sweep", action="store_true", help="time kernels.lsd_attend's block sizes (the best are used)")
     p.add_argument("--decode-variants", default="fused-projections,fused-pointwise",
                    help="plain, fused-projections, fused-pointwise (in this order; fusing is not undone)")

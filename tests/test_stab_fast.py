@@ -97,18 +97,39 @@ def test_dpe_kernel_equals_conv3d(monkeypatch, block_h, block_c):
     w = torch.randn(70, 1, 3, 3, 3, generator=g, dtype=torch.float64)
     b = torch.randn(70, generator=g, dtype=torch.float64)
     want = torch.nn.functional.conv3d(x.permute(0, 4, 1, 2, 3), w, b, padding=1, groups=70).permute(0, 2, 3, 4, 1)
-    got = kernels.dpe3d(x, w, b)
+    got = kernels.dpe3d(torch.nn.functional.pad(x, (0, 0, 1, 1, 1, 1)), w, b)
     assert got.shape == x.shape and (got - want).abs().max() < 1e-12
+    taps = w.view(70, 27).t().contiguous()  # a tap-major buffer, passed as its [C, 27] transpose
+    assert (kernels.dpe3d(torch.nn.functional.pad(x, (0, 0, 1, 1, 1, 1)), taps.t(), b) - want).abs().max() < 1e-12
+
+
+def test_dpe_kernel_without_masks_equals_conv3d(monkeypatch):
+    """The maskless form of the dpe kernel: blocks that tile the frame and channels exactly (as the 7B and default
+    STABs have), chunks of 1, 2 and 4 frames (a chunk's first and last frames see zeros beyond them)."""
+    if not kernels.available(torch.empty(0)):
+        pytest.skip("Triton is not installed")
+    monkeypatch.setattr(kernels, "BLOCK_H", 2)
+    monkeypatch.setattr(kernels, "BLOCK_C", 16)
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(32, 1, 3, 3, 3, generator=g, dtype=torch.float64)
+    b = torch.randn(32, generator=g, dtype=torch.float64)
+    for T in (1, 2, 4):
+        x = torch.randn(3, T, 4, 8, 32, generator=g, dtype=torch.float64)
+        want = torch.nn.functional.conv3d(x.permute(0, 4, 1, 2, 3), w, b, padding=1, groups=32).permute(0, 2, 3, 4, 1)
+        got = kernels.dpe3d(torch.nn.functional.pad(x, (0, 0, 1, 1, 1, 1)), w, b)
+        assert (got - want).abs().max() < 1e-12
 
 
 @pytest.mark.parametrize("s", [2, 3])
-def test_lsd_attend_kernel_equals_softmax_attention(s):
-    """LSD's window attention kernel on its own: a strided crop of the keys/values (as `_fast_group` passes it),
-    a head width that is not a power of two, a window count that is not a multiple of the windows per program."""
+@pytest.mark.parametrize("n,h,w,heads,hd,block_n", [(3, 2, 5, 4, 12, 32), (2, 2, 4, 2, 8, 8)])
+def test_lsd_attend_kernel_equals_softmax_attention(monkeypatch, s, n, h, w, heads, hd, block_n):
+    """LSD's window attention kernel on its own: a strided crop of the keys/values (as `_fast_group` passes it);
+    first a head width that is not a power of two and a window count that is not a multiple of the windows per
+    program (masked loads), then both exact (the maskless form the 7B STAB takes)."""
     if not kernels.available(torch.empty(0)):
         pytest.skip("Triton is not installed")
+    monkeypatch.setattr(kernels, "LSD_BLOCK_N", block_n)
     g = torch.Generator().manual_seed(0)
-    n, h, w, heads, hd = 3, 2, 5, 4, 12
     C = heads * hd
     full = torch.randn(n, h * s + 1, w * s + 2, 2 * C, generator=g, dtype=torch.float64)
     kv = full[:, 1:, 1:-1].reshape(n, h, s, w, s, 2 * C)  # a view, not contiguous

@@ -4,8 +4,10 @@ Only what no library does well (docs/speed.md has the measurements):
 - `dpe3d`, the dpe: a depthwise 3x3x3 convolution over channels-last [N, T, H, W, C] features. Inductor turns its 27
   shifted multiply-adds into one kernel that fetches every input element 27 times, and cuDNN's depthwise conv3d is
   slower still. Here a program owns a few rows of positions of one frame and a block of channels and loads each of
-  the 27 shifted input blocks once; the blocks overlap, so most rows come from the SM's L1. 0.41-0.43 ms at 8 videos
-  of the 7B STAB (0.58-0.63 ms with one row per program; inductor 1.75 ms, cuDNN 7.6 ms; H100).
+  the 27 shifted input blocks once; the blocks overlap, so most rows come from the SM's L1. The input comes padded
+  with a zero border, so no load needs a bounds mask: the kernel was limited by its integer work per element and
+  tap, not by memory. 0.23 ms at 8 videos of the 7B STAB (0.42 ms with bounds masks, inductor 1.75 ms, cuDNN 7.6 ms;
+  H100).
 - `lsd_attend`, LSD's attention inside each 2x2 window: scores, softmax and weighted sum in one pass over the keys
   and values (online softmax), where inductor made a score reduction and a weighted sum of them.
 
@@ -28,7 +30,7 @@ except ImportError:  # CPU-only installs
 
 # One fixed configuration (no autotuning: a first call inside a CUDA-graph capture must not benchmark). Chosen by
 # bench/speed_probe.py on an H100 (bench/results/); it only affects speed.
-BLOCK_H, BLOCK_C = 2, 64  # rows of positions and channels per program
+BLOCK_H, BLOCK_C = 1, 128  # rows of positions and channels per program
 NUM_WARPS = 4
 # LSD's window attention (`lsd_attend`): windows per program (one head each), warps
 LSD_BLOCK_N = 32
@@ -43,51 +45,72 @@ def available(x: torch.Tensor) -> bool:
 if triton is not None:
 
     @triton.jit
-    def _dpe_kernel(x_ptr, w_ptr, b_ptr, out_ptr, T, H, W, C, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
-                    BLOCK_C: tl.constexpr, ACC: tl.constexpr):
-        """out[n, t, h, w, c] = b[c] + sum_{a,b,d} wt[c, 9a+3b+d] * x[n, t+a-1, h+b-1, w+d-1, c], zero padded.
+    def _dpe_kernel(x_ptr, w_ptr, b_ptr, out_ptr, T, s_wc, s_wt, H: tl.constexpr, W: tl.constexpr,
+                    C: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
+                    EVEN: tl.constexpr, ACC: tl.constexpr):
+        """out[n, t, h, w, c] = b[c] + sum_{a,b,d} wt[c, 9a+3b+d] * xp[n, t+a-1, h+b, w+d, c], frames outside the
+        chunk counted as zero. xp: [N, T, H+2, W+2, C], zero-padded by one row and column on each side of a frame;
+        out: [N, T, H, W, C]; weight (c, tap) at c * s_wc + tap * s_wt.
 
         A program owns BLOCK_H rows of W positions of one frame and a block of channels, and loads each of the 27
-        shifted input blocks once: the shifted blocks overlap, so most of their rows come from the SM's L1."""
-        blocks_h = tl.cdiv(H, BLOCK_H)
+        shifted input blocks once: the blocks overlap, so most rows come from the SM's L1. The padding and the
+        compile-time frame size make every tap the centre block's addresses plus a constant, with no bounds mask
+        (EVEN: the blocks tile H, W and C exactly), so the integer work per element and tap is gone; only the chunk's
+        first and last frames take a branch."""
+        blocks_h = (H + BLOCK_H - 1) // BLOCK_H
         frame = tl.program_id(0) // blocks_h  # (n, t)
         t = frame % T
         offs_h = (tl.program_id(0) % blocks_h) * BLOCK_H + tl.arange(0, BLOCK_H)
         offs_w = tl.arange(0, BLOCK_W)
         offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+        PADDED: tl.constexpr = (H + 2) * (W + 2) * C  # one padded frame
+        centre = x_ptr + frame.to(tl.int64) * PADDED + \
+            ((offs_h[:, None, None] + 1) * (W + 2) + offs_w[None, :, None] + 1) * C + offs_c[None, None, :]
         cmask = offs_c < C
+        m = (offs_h < H)[:, None, None] & (offs_w < W)[None, :, None] & cmask[None, None, :]
         acc = tl.zeros((BLOCK_H, BLOCK_W, BLOCK_C), ACC)
-        acc += tl.load(b_ptr + offs_c, mask=cmask, other=0.0).to(ACC)[None, None, :]
+        if EVEN:
+            acc += tl.load(b_ptr + offs_c).to(ACC)[None, None, :]
+        else:
+            acc += tl.load(b_ptr + offs_c, mask=cmask, other=0.0).to(ACC)[None, None, :]
         for a in tl.static_range(3):
             tt = t + a - 1
-            src = x_ptr + (frame + a - 1).to(tl.int64) * H * W * C
-            for b in tl.static_range(3):
-                hh = offs_h + b - 1
-                hmask = (tt >= 0) & (tt < T) & (hh >= 0) & (hh < H)
-                for d in tl.static_range(3):
-                    ww = offs_w + d - 1
-                    m = hmask[:, None, None] & ((ww >= 0) & (ww < W))[None, :, None] & cmask[None, None, :]
-                    offs = (hh[:, None, None] * W + ww[None, :, None]) * C + offs_c[None, None, :]
-                    v = tl.load(src + offs, mask=m, other=0.0)
-                    wt = tl.load(w_ptr + offs_c * 27 + (a * 9 + b * 3 + d), mask=cmask, other=0.0)
-                    acc += v.to(ACC) * wt.to(ACC)[None, None, :]
+            if (tt >= 0) & (tt < T):
+                for b in tl.static_range(3):
+                    for d in tl.static_range(3):
+                        src = centre + (a - 1) * PADDED + ((b - 1) * (W + 2) + d - 1) * C
+                        taps = w_ptr + offs_c * s_wc + (a * 9 + b * 3 + d) * s_wt
+                        if EVEN:
+                            v = tl.load(src)
+                            wt = tl.load(taps)
+                        else:
+                            v = tl.load(src, mask=m, other=0.0)
+                            wt = tl.load(taps, mask=cmask, other=0.0)
+                        acc += v.to(ACC) * wt.to(ACC)[None, None, :]
         offs = (frame.to(tl.int64) * H * W + offs_h[:, None, None] * W + offs_w[None, :, None]) * C + \
             offs_c[None, None, :]
-        m = (offs_h < H)[:, None, None] & (offs_w < W)[None, :, None] & cmask[None, None, :]
-        tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=m)
+        if EVEN:
+            tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty))
+        else:
+            tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=m)
 
     @triton.jit
     def _lsd_attend_kernel(q_ptr, kv_ptr, out_ptr, NW, HW, Wn, s_n, s_i, s_a, s_j, s_b, C, HD, scale,
-                           S: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, ACC: tl.constexpr):
+                           S: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, EVEN: tl.constexpr,
+                           ACC: tl.constexpr):
         """One head of BLOCK_N windows: scores scale * q . k_p over the S x S positions p, softmax, sum_p a_p v_p. The
         softmax is the online (running max) form, so each k_p and v_p tile is loaded once. q, out: [NW, C];
         kv row of position (a, b) of window (n, i, j) at n * s_n + i * s_i + a * s_a + j * s_j + b * s_b, keys in
-        its first C channels and values in the next C."""
+        its first C channels and values in the next C. EVEN: the blocks tile the windows and the head exactly, so no
+        load needs a mask."""
         win = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         wmask = win < NW
         col = tl.program_id(1) * HD + tl.arange(0, BLOCK_D)  # this head's channels
         m = wmask[:, None] & (tl.arange(0, BLOCK_D) < HD)[None, :]
-        q = tl.load(q_ptr + win.to(tl.int64)[:, None] * C + col[None, :], mask=m, other=0.0).to(ACC)
+        if EVEN:
+            q = tl.load(q_ptr + win.to(tl.int64)[:, None] * C + col[None, :]).to(ACC)
+        else:
+            q = tl.load(q_ptr + win.to(tl.int64)[:, None] * C + col[None, :], mask=m, other=0.0).to(ACC)
         base = (win // HW).to(tl.int64) * s_n + ((win % HW) // Wn) * s_i + (win % Wn) * s_j
         run_max = tl.full((BLOCK_N,), float("-inf"), ACC)
         total = tl.zeros((BLOCK_N,), ACC)
@@ -95,17 +118,25 @@ if triton is not None:
         for a in tl.static_range(S):
             for b in tl.static_range(S):
                 row = (base + a * s_a + b * s_b)[:, None]
-                k = tl.load(kv_ptr + row + col[None, :], mask=m, other=0.0).to(ACC)
+                if EVEN:
+                    k = tl.load(kv_ptr + row + col[None, :]).to(ACC)
+                    v = tl.load(kv_ptr + row + C + col[None, :]).to(ACC)
+                else:
+                    k = tl.load(kv_ptr + row + col[None, :], mask=m, other=0.0).to(ACC)
+                    v = tl.load(kv_ptr + row + C + col[None, :], mask=m, other=0.0).to(ACC)
                 score = tl.sum(q * k, 1) * scale
                 new_max = tl.maximum(run_max, score)
                 keep = tl.exp(run_max - new_max)
                 e = tl.exp(score - new_max)
-                v = tl.load(kv_ptr + row + C + col[None, :], mask=m, other=0.0).to(ACC)
                 acc = acc * keep[:, None] + e[:, None] * v
                 total = total * keep + e
                 run_max = new_max
         out = acc / total[:, None]
-        tl.store(out_ptr + win.to(tl.int64)[:, None] * C + col[None, :], out.to(out_ptr.dtype.element_ty), mask=m)
+        if EVEN:
+            tl.store(out_ptr + win.to(tl.int64)[:, None] * C + col[None, :], out.to(out_ptr.dtype.element_ty))
+        else:
+            tl.store(out_ptr + win.to(tl.int64)[:, None] * C + col[None, :], out.to(out_ptr.dtype.element_ty),
+                     mask=m)
 
     @torch.library.triton_op("videopanda::lsd_attend", mutates_args=())
     def lsd_attend(q: torch.Tensor, kv: torch.Tensor, num_heads: int, scale: float) -> torch.Tensor:
@@ -124,22 +155,27 @@ if triton is not None:
         grid = (triton.cdiv(NW, LSD_BLOCK_N), num_heads)
         torch.library.wrap_triton(_lsd_attend_kernel)[grid](
             q, kv, out, NW, h * w, w, s_n, s_i, s_a, s_j, s_b, C, HD, scale, S=s, BLOCK_N=LSD_BLOCK_N,
-            BLOCK_D=triton.next_power_of_2(HD), num_warps=LSD_NUM_WARPS,
-            ACC=tl.float64 if q.dtype == torch.float64 else tl.float32)
+            BLOCK_D=triton.next_power_of_2(HD), EVEN=NW % LSD_BLOCK_N == 0 and HD == triton.next_power_of_2(HD),
+            num_warps=LSD_NUM_WARPS, ACC=tl.float64 if q.dtype == torch.float64 else tl.float32)
         return out
 
     @torch.library.triton_op("videopanda::dpe3d", mutates_args=())
-    def dpe3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        """Depthwise 3x3x3 conv, zero padding 1, channels-last. x: [N, T, H, W, C]; weight: [C, 1, 3, 3, 3] (or
-        [C, 27]); bias: [C]. Accumulates in float32 (float64 for float64 input), returns x's dtype."""
-        x = x.contiguous()
-        N, T, H, W, C = x.shape
-        out = torch.empty_like(x)
+    def dpe3d(xp: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """Depthwise 3x3x3 conv, zero padding 1, channels-last, on a spatially pre-padded input: xp [N, T, H+2, W+2,
+        C] (`F.pad(x, (0, 0, 1, 1, 1, 1))`; under torch.compile the padding fuses into the kernel that writes x) ->
+        [N, T, H, W, C]. weight: [C, 1, 3, 3, 3], or any [C, 27] view (a tap-major buffer transposed, say); bias:
+        [C]. Accumulates in float32 (float64 for float64 input), returns xp's dtype."""
+        xp = xp.contiguous()
+        N, T, Hp, Wp, C = xp.shape
+        H, W = Hp - 2, Wp - 2
+        w = weight.reshape(C, 27)
+        out = xp.new_empty(N, T, H, W, C)
+        block_w = triton.next_power_of_2(W)
         grid = (N * T * triton.cdiv(H, BLOCK_H), triton.cdiv(C, BLOCK_C))
         torch.library.wrap_triton(_dpe_kernel)[grid](
-            x, weight.reshape(C, 27).contiguous(), bias.contiguous(), out, T, H, W, C, BLOCK_H=BLOCK_H,
-            BLOCK_W=triton.next_power_of_2(W), BLOCK_C=BLOCK_C, num_warps=NUM_WARPS,
-            ACC=tl.float64 if x.dtype == torch.float64 else tl.float32)
+            xp, w, bias.contiguous(), out, T, w.stride(0), w.stride(1), H=H, W=W, C=C, BLOCK_H=BLOCK_H,
+            BLOCK_W=block_w, BLOCK_C=BLOCK_C, EVEN=H % BLOCK_H == 0 and W == block_w and C % BLOCK_C == 0,
+            num_warps=NUM_WARPS, ACC=tl.float64 if xp.dtype == torch.float64 else tl.float32)
         return out
 
 else:
@@ -149,5 +185,5 @@ else:
     def lsd_attend(q: torch.Tensor, kv: torch.Tensor, num_heads: int, scale: float) -> torch.Tensor:
         raise RuntimeError(_NO_TRITON)
 
-    def dpe3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    def dpe3d(xp: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         raise RuntimeError(_NO_TRITON)

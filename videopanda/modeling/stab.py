@@ -589,8 +589,8 @@ class STAB(nn.Module):
         if impl is None:
             impl = "triton" if x.is_cuda and kernels.available(x) else \
                 "shift" if torch.compiler.is_compiling() else "conv"
-        if impl == "triton":  # one row of positions per program, the 27 taps from cache (modeling/kernels.py)
-            return kernels.dpe3d(x, self._fold_dpe_w, self.dpe.bias)
+        if impl == "triton":  # a zero border, so the kernel needs no bounds masks (modeling/kernels.py)
+            return kernels.dpe3d(F.pad(x, (0, 0, 1, 1, 1, 1)), self._fold_dpe_w, self.dpe.bias)
         if impl == "shift":  # 27 shifted multiply-adds: inductor fuses them into one kernel
             w = self._fold_dpe_w.view(-1, 27).t().view(3, 3, 3, -1)
             xp = F.pad(x, (0, 0, 1, 1, 1, 1, 1, 1))
