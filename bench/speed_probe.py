@@ -9,8 +9,8 @@
 - dpe (run by stab, first): the dpe alone in every form, the Triton kernel's block sizes (the best are then used),
   and the row-sweep design of bench/dpe_rowsweep.py. `--skip-dpe --dpe-sweep` times only the kernel's rows, channels
   and warps per program; `--lsd-sweep` times LSD's window-attention kernel (kernels.lsd_attend) against inductor's
-  form, by block size. Each sweep's best is used by the compiled forms that follow. `--stab-variants graphed-encoder` times
-  `modeling.graphs.GraphedEncoder`.
+  form, by block size. Each sweep's best is used by the compiled forms that follow. `--stab-variants graphed-encoder`
+  times `modeling.graphs.GraphedEncoder`.
 - decode: the 7B-shaped model's 64-token answer with the compiled lean loop, with and without fused q/k/v and
   gate/up projections and compiled pointwise ops (`modeling/fused_llm.py`), and its time to first token.
 - eval: one batch of 32 7B answers (8 new tokens): the visual encode, the prefill and whole `generate` calls per
@@ -158,9 +158,6 @@ def section_stab(args) -> None:
         if args.dpe_framesweep:
             framesweep_rows(stab, rows)
             save(args.out)
-        if args.dpe_padded:
-            padded_rows(stab, rows)
-            save(args.out)
         if args.gelu_epilogue:
             gelu_rows(projector, rows)
             save(args.out)
@@ -184,25 +181,32 @@ def section_stab(args) -> None:
                     save(args.out)
                 del enc
                 continue
+            variant, _, blocks = variant.partition("@")
             mode, lsd, graphs, dpe = VARIANTS[variant.removesuffix("-cdt")]
             package_dpe, package_fast_dpe = kernels.dpe3d, STAB._fast_dpe
+            package_blocks = kernels.BLOCK_H, kernels.BLOCK_C, kernels.NUM_WARPS
             if dpe == "framesweep":  # bench/dpe_framesweep.py's kernel in place of the package's
                 kernels.dpe3d, dpe = framesweep_module().dpe3d_framesweep, "triton"
-            if dpe == "padded":  # bench/dpe_padded.py's kernel on a padded input, the padding fused by inductor
-                STAB._fast_dpe, dpe = bench_module("dpe_padded").fast_dpe_padded, "triton"
+            if dpe in ("nodense", "taps"):
+                STAB._fast_dpe, dpe = DPE_FORMS[dpe], "triton"
+            if blocks:  # "@HxCxWARPS": the dpe kernel's rows, channels and warps per program
+                kernels.BLOCK_H, kernels.BLOCK_C, kernels.NUM_WARPS = (int(v) for v in blocks.split("x"))
             stab.dpe_impl = dpe
+            stab.unfold_impl = "torch" if variant.startswith("torchunfold") else None
             stab.lsd_impl = "triton" if lsd == "triton" else "plain"
             # "-cdt": inductor tunes each Triton kernel's block sizes by coordinate descent while compiling
             tuning = torch._inductor.config.patch(coordinate_descent_tuning=variant.endswith("-cdt"),
                                                   **{"triton.enable_persistent_tma_matmul": mode is not None})
             try:
                 with tuning:
-                    compiled(mode, folded_lsd if lsd == "folded" else orig_lsd, graphs, variant)
+                    compiled(mode, folded_lsd if lsd == "folded" else orig_lsd, graphs,
+                             variant + (f"@{blocks}" if blocks else ""))
             except Exception as err:  # keep the other variants
                 rows.append({"impl": variant, "error": f"{type(err).__name__}: {err}"[:400]})
                 save(args.out)
             kernels.dpe3d, STAB._fast_dpe = package_dpe, package_fast_dpe
-        stab.dpe_impl = stab.lsd_impl = None
+            kernels.BLOCK_H, kernels.BLOCK_C, kernels.NUM_WARPS = package_blocks
+        stab.dpe_impl = stab.lsd_impl = stab.unfold_impl = None
         save(args.out)
 
 
@@ -245,8 +249,8 @@ def dpe_rows(stab: STAB, rows: list[dict]) -> tuple[int, ...]:
                               ("dpe triton eager", "triton", False), ("dpe triton compiled", "triton", True)):
         stab.dpe_impl = impl
         fn = torch.compile(stab._fast_dpe, dynamic=False) if comp else stab._fast_dpe
-        diff = (fn(x).float() - want).abs().max().item()
-        rows.append({"impl": label, "batch": 8, "ms": cuda_ms(lambda fn=fn: fn(x)), "max_diff": diff})
+        diff = (fn(x, x)[0].float() - want).abs().max().item()
+        rows.append({"impl": label, "batch": 8, "ms": cuda_ms(lambda fn=fn: fn(x, x)), "max_diff": diff})
         print(rows[-1], flush=True)
     stab.dpe_impl = None
     best = dpe_sweep(stab, rows, [(1, c, w) for c in (32, 64, 128) for w in (2, 4)])
@@ -284,8 +288,9 @@ def dpe_case(stab: STAB) -> tuple[torch.Tensor, torch.Tensor]:
 def dpe_sweep(stab: STAB, rows: list[dict], configs: list[tuple[int, ...]]) -> tuple[int, ...]:
     """The Triton dpe kernel's (rows, channels, warps) per program at the batch-8 shape."""
     x, want = dpe_case(stab)
+    xp = torch.nn.functional.pad(x, (0, 0, 1, 1, 1, 1))
     return kernel_sweep(rows, "dpe triton", {"block_h": "BLOCK_H", "block_c": "BLOCK_C", "warps": "NUM_WARPS"},
-                        configs, lambda: kernels.dpe3d(x, stab._fold_dpe_w, stab.dpe.bias), want)
+                        configs, lambda: kernels.dpe3d(xp, stab._fold_dpe_w, stab.dpe.bias), want)
 
 
 def bench_module(name: str):
@@ -298,30 +303,6 @@ def bench_module(name: str):
 
 def framesweep_module():
     return bench_module("dpe_framesweep")
-
-
-def padded_rows(stab: STAB, rows: list[dict]) -> None:
-    """bench/dpe_padded.py's kernel at the batch-8 shape: the package's kernel beside it, then the padded kernel by
-    block size on an input padded beforehand (the kernel alone) and with the padding as an eager copy; its module's
-    block sizes are left at the fastest."""
-    import torch.nn.functional as F
-
-    dp = bench_module("dpe_padded")
-    x, want = dpe_case(stab)
-    xp = F.pad(x, (0, 0, 1, 1, 1, 1))
-    rows.append({"impl": "dpe triton (package)", "max_diff": (kernels.dpe3d(x, stab._fold_dpe_w, stab.dpe.bias).float()
-                                                             - want).abs().max().item(),
-                 "ms": cuda_ms(lambda: kernels.dpe3d(x, stab._fold_dpe_w, stab.dpe.bias), repeats=10)})
-    print(rows[-1], flush=True)
-    best = kernel_sweep(rows, "dpe padded", {"block_h": "BLOCK_H", "block_c": "BLOCK_C", "warps": "NUM_WARPS"},
-                        PADDED, lambda: dp.dpe3d_padded(xp, stab._fold_dpe_w, stab.dpe.bias), want, module=dp)
-    dp.BLOCK_H, dp.BLOCK_C, dp.NUM_WARPS = best
-    rows.append({"impl": "dpe padded + eager pad", "ms": cuda_ms(lambda: dp.fast_dpe_padded(stab, x), repeats=10)})
-    print(rows[-1], flush=True)
-
-
-PADDED = [(2, 64, 4), (1, 64, 4), (2, 32, 4), (4, 32, 4), (4, 64, 8), (1, 128, 4), (2, 128, 8), (8, 32, 8),
-          (2, 64, 8), (4, 16, 4)]
 
 
 def gelu_rows(projector: torch.nn.Module, rows: list[dict]) -> None:
@@ -377,8 +358,8 @@ def kernel_sweep(rows: list[dict], impl: str, knobs: dict[str, str], configs: li
     return min(found)[1] if found else default
 
 
-DPE_SWEEP = [(4, 32, 4), (1, 64, 4), (2, 32, 4), (2, 64, 4), (4, 64, 8), (8, 32, 8), (4, 16, 4), (2, 16, 2),
-             (8, 16, 4), (4, 16, 2)]
+DPE_SWEEP = [(1, 128, 4), (1, 64, 4), (1, 128, 8), (2, 64, 4), (2, 128, 4), (1, 64, 2), (1, 32, 2), (2, 32, 4),
+             (4, 32, 4)]
 
 
 SWEEP = [(h, w, c, warps) for h in (4, 2, 8) for w, c in ((32, 64), (16, 128), (32, 32), (16, 64)) for warps in (4, 2)]
@@ -399,9 +380,28 @@ VARIANTS = {  # name -> (torch.compile mode, LSD form, manual CUDA graph replay,
     # the element-wise ops around them fused in where a template wins
     "autotune-lsd-graph": ("max-autotune-no-cudagraphs", "triton", True, "triton"),
     "framesweep-lsd-graph": (None, "triton", True, "framesweep"),  # bench/dpe_framesweep.py's dpe kernel
-    "padded-lsd-graph": (None, "triton", True, "padded"),  # bench/dpe_padded.py's dpe kernel
+    # the dpe kernel without writing the dense connection (the passes after it add x + chunk themselves)
+    "nodense-lsd-graph": (None, "triton", True, "nodense"),
+    "taps-lsd-graph": (None, "triton", True, "taps"),  # the dpe kernel reading tap-major [27, C] weights
+    # the package's default with inductor's permute + pad for the patch unfold (stab.unfold_impl="torch")
+    "torchunfold-lsd-graph": (None, "triton", True, "triton"),
     "shift-ro": ("reduce-overhead", "plain", False, "shift"),
 }
+
+
+def _dpe_nodense(self: STAB, x: torch.Tensor, residual: torch.Tensor):
+    out = kernels.dpe3d(torch.nn.functional.pad(x, (0, 0, 1, 1, 1, 1)), self._fold_dpe_w, self.dpe.bias)
+    return out, out + residual
+
+
+def _dpe_taps(self: STAB, x: torch.Tensor, residual: torch.Tensor):
+    if getattr(self, "_probe_taps", None) is None:  # tap-major [27, C], passed as its [C, 27] transpose
+        self._probe_taps = self._fold_dpe_w.view(-1, 27).t().contiguous()
+    return kernels.dpe3d_residual(torch.nn.functional.pad(x, (0, 0, 1, 1, 1, 1)), self._probe_taps.t(),
+                                  self.dpe.bias, residual)
+
+
+DPE_FORMS = {"nodense": _dpe_nodense, "taps": _dpe_taps}
 
 
 def section_decode(args) -> None:
@@ -506,7 +506,8 @@ def main() -> None:
     p.add_argument("--eager", action="store_true", help="also time the eager forms")
     p.add_argument("--stab-variants", default="triton,triton-graph,triton-ro,default-graph",
                    help=f"compiled STAB forms, from {','.join(VARIANTS)},graphed-encoder; a suffix -cdt compiles "
-                        "with inductor's coordinate-descent tuning")
+                        "with inductor's coordinate-descent tuning, a suffix @HxCxW sets the dpe kernel's rows, "
+                        "channels and warps per program")
     p.add_argument("--stab-batches", default="1,8,32", type=lambda v: [int(b) for b in v.split(",")],
                    help="videos per call of the compiled forms (each compiles anew)")
     p.add_argument("--skip-dpe", action="store_true", help="skip the dpe forms and block-size sweep")
@@ -514,8 +515,6 @@ def main() -> None:
                    "(the best are used)")
     p.add_argument("--dpe-framesweep", action="store_true", help="time bench/dpe_framesweep.py's dpe kernel by "
                    "block size (the best is used by the framesweep-lsd-graph variant)")
-    p.add_argument("--dpe-padded", action="store_true", help="time bench/dpe_padded.py's dpe kernel by block size "
-                   "(the best is used by the padded-lsd-graph variant)")
     p.add_argument("--gelu-epilogue", action="store_true", help="time the projector's first layer with cuBLASLt's "
                    "GELU epilogue against cuBLAS + inductor's exact GELU")
     p.add_argument("--lsd-sweep", action="store_true", help="time kernels.lsd_attend's block sizes (the best are used)")
@@ -527,7 +526,7 @@ def main() -> None:
     args = p.parse_args()
     unknown = [n for n in args.sections.split(",") if f"section_{n}" not in globals()]
     unknown += [v for v in args.stab_variants.split(",")
-                if v.removesuffix("-cdt") not in VARIANTS and v != "graphed-encoder"]
+                if v.partition("@")[0].removesuffix("-cdt") not in VARIANTS and v != "graphed-encoder"]
     if unknown:
         p.error(f"unknown section or STAB variant: {', '.join(unknown)}")
     RESULT.update(device=torch.cuda.get_device_name(), torch=torch.__version__, out=args.out,

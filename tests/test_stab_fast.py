@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 
 import pytest
 import torch
@@ -75,6 +76,7 @@ def test_fused_equals_unfused(case, dpe_impl, lsd_impl):
     stab = make_stab()
     fused = copy.deepcopy(stab).fuse()
     fused.dpe_impl, fused.lsd_impl = dpe_impl, lsd_impl
+    fused.unfold_impl = "triton" if dpe_impl == "triton" else "torch"
     px = make_input(*CASES[case])
     with torch.no_grad():
         want, got = stab(px), fused(px)
@@ -120,6 +122,20 @@ def test_dpe_kernel_without_masks_equals_conv3d(monkeypatch):
         assert (got - want).abs().max() < 1e-12
 
 
+@pytest.mark.parametrize("S,patch,width", [(28, 14, 592), (23, 5, 80), (20, 4, 48)])
+def test_patch_unfold_kernel_equals_permute(S, patch, width):
+    """The patch unfold kernel on its own: a 4-channel frame (the mask channel is skipped), a side that is not a
+    multiple of the patch (the remainder is dropped), zero columns after the 3 * patch**2 pixels (none in the last)."""
+    if not kernels.available(torch.empty(0)):
+        pytest.skip("Triton is not installed")
+    frames = torch.randn(3, 4, S, S, generator=torch.Generator().manual_seed(0))
+    G = S // patch
+    rgb = frames[:, :3, :G * patch, :G * patch].unflatten(3, (G, patch)).unflatten(2, (G, patch))
+    want = torch.nn.functional.pad(rgb.permute(0, 2, 4, 1, 3, 5).reshape(3 * G * G, -1), (0, width - 3 * patch**2))
+    got = kernels.patch_unfold(frames, patch, width, torch.float64)
+    assert got.dtype == torch.float64 and torch.equal(got, want.double())
+
+
 @pytest.mark.parametrize("s", [2, 3])
 @pytest.mark.parametrize("n,h,w,heads,hd,block_n", [(3, 2, 5, 4, 12, 32), (2, 2, 4, 2, 8, 8)])
 def test_lsd_attend_kernel_equals_softmax_attention(monkeypatch, s, n, h, w, heads, hd, block_n):
@@ -156,10 +172,29 @@ def test_float32_close():
     assert (got.tokens - want.tokens).abs().max() < 2e-5
 
 
+@pytest.fixture
+def gpu_rounding(monkeypatch):
+    """Triton's interpreter casts float32 to bfloat16 by truncation, where the GPU rounds to nearest even (what
+    `.to(tl.bfloat16)` compiles to); a precision test of the kernels on CPU needs the GPU's rounding."""
+    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") == "1":
+        import triton.language as tl
+        from triton.runtime import interpreter
+
+        cast = interpreter.InterpreterBuilder.cast_impl
+
+        def rounded(self, src, dst_type):
+            if src.dtype.scalar == tl.float32 and dst_type.scalar == tl.bfloat16:
+                data = torch.from_numpy(src.data).to(torch.bfloat16).view(torch.uint16).numpy()
+                return interpreter.TensorHandle(data, dst_type.scalar)
+            return cast(self, src, dst_type)
+
+        monkeypatch.setattr(interpreter.InterpreterBuilder, "cast_impl", rounded)
+
+
 @pytest.mark.parametrize("kernels_impl", ["torch", "triton"])
-def test_bfloat16_error_is_that_of_the_unfused_path(kernels_impl):
-    """Folding must not cost precision: both forms in bfloat16 against a float64 truth (with the Triton dpe and LSD
-    kernels too)."""
+def test_bfloat16_error_is_that_of_the_unfused_path(kernels_impl, gpu_rounding):
+    """Folding must not cost precision: both forms in bfloat16 against a float64 truth (with the Triton dpe, LSD and
+    unfold kernels too)."""
     if kernels_impl == "triton" and not kernels.available(torch.empty(0)):
         pytest.skip("Triton is not installed")
     px = make_input(*CASES["wide_and_tall"], dtype=torch.float32)
@@ -167,7 +202,7 @@ def test_bfloat16_error_is_that_of_the_unfused_path(kernels_impl):
     errors = {}
     fused = make_stab(torch.bfloat16).fuse()
     if kernels_impl == "triton":
-        fused.dpe_impl = fused.lsd_impl = "triton"
+        fused.dpe_impl = fused.lsd_impl = fused.unfold_impl = "triton"
     for name, stab in (("unfused", make_stab(torch.bfloat16)), ("fused", fused)):
         with torch.no_grad():
             errors[name] = (stab(px).tokens.double() - truth).abs().mean().item()

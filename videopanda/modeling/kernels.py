@@ -7,11 +7,13 @@ Only what no library does well (docs/speed.md has the measurements):
   the 27 shifted input blocks once; the blocks overlap, so most rows come from the SM's L1. The input comes padded
   with a zero border, so no load needs a bounds mask: the kernel was limited by its integer work per element and
   tap, not by memory. 0.23 ms at 8 videos of the 7B STAB (0.42 ms with bounds masks, inductor 1.75 ms, cuDNN 7.6 ms;
-  H100).
+  H100). `dpe3d_residual` also writes dpe(x) + x from the same accumulator, the LSTE's output, sparing a pass.
+- `patch_unfold`, the patch embedding's im2col: frames to rows of 3*14*14 pixels (zero-filled to an aligned width)
+  in one pass, where inductor's permute and pad read the pixels at about half the memory's speed.
 - `lsd_attend`, LSD's attention inside each 2x2 window: scores, softmax and weighted sum in one pass over the keys
   and values (online softmax), where inductor made a score reduction and a weighted sum of them.
 
-Both are `torch.library.triton_op`s: they run eagerly, and torch.compile / CUDA graphs see each as one kernel.
+All are `torch.library.triton_op`s: they run eagerly, and torch.compile / CUDA graphs see each as one kernel.
 Without Triton (CPU-only installs) `available()` is False and the STAB keeps its other forms. On CPU the kernels run
 under Triton's interpreter (`TRITON_INTERPRET=1`, set before Triton is imported), which is how the tests check them.
 """
@@ -32,6 +34,8 @@ except ImportError:  # CPU-only installs
 # bench/speed_probe.py on an H100 (bench/results/); it only affects speed.
 BLOCK_H, BLOCK_C = 1, 128  # rows of positions and channels per program
 NUM_WARPS = 4
+# the patch unfold (`patch_unfold`): columns per step, warps
+UNFOLD_BLOCK_K, UNFOLD_NUM_WARPS = 128, 4
 # LSD's window attention (`lsd_attend`): windows per program (one head each), warps
 LSD_BLOCK_N = 32
 LSD_NUM_WARPS = 4
@@ -45,12 +49,13 @@ def available(x: torch.Tensor) -> bool:
 if triton is not None:
 
     @triton.jit
-    def _dpe_kernel(x_ptr, w_ptr, b_ptr, out_ptr, T, s_wc, s_wt, H: tl.constexpr, W: tl.constexpr,
-                    C: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
-                    EVEN: tl.constexpr, ACC: tl.constexpr):
+    def _dpe_kernel(x_ptr, w_ptr, b_ptr, out_ptr, r_ptr, sum_ptr, T, s_wc, s_wt, H: tl.constexpr,
+                    W: tl.constexpr, C: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
+                    BLOCK_C: tl.constexpr, EVEN: tl.constexpr, RESIDUAL: tl.constexpr, ACC: tl.constexpr):
         """out[n, t, h, w, c] = b[c] + sum_{a,b,d} wt[c, 9a+3b+d] * xp[n, t+a-1, h+b, w+d, c], frames outside the
         chunk counted as zero. xp: [N, T, H+2, W+2, C], zero-padded by one row and column on each side of a frame;
-        out: [N, T, H, W, C]; weight (c, tap) at c * s_wc + tap * s_wt.
+        out: [N, T, H, W, C]; weight (c, tap) at c * s_wc + tap * s_wt. RESIDUAL: also sum = out + r (r and sum
+        shaped as out), from the float32 accumulator.
 
         A program owns BLOCK_H rows of W positions of one frame and a block of channels, and loads each of the 27
         shifted input blocks once: the blocks overlap, so most rows come from the SM's L1. The padding and the
@@ -91,8 +96,47 @@ if triton is not None:
             offs_c[None, None, :]
         if EVEN:
             tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty))
+            if RESIDUAL:
+                tl.store(sum_ptr + offs, (acc + tl.load(r_ptr + offs).to(ACC)).to(sum_ptr.dtype.element_ty))
         else:
             tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=m)
+            if RESIDUAL:
+                r = tl.load(r_ptr + offs, mask=m, other=0.0).to(ACC)
+                tl.store(sum_ptr + offs, (acc + r).to(sum_ptr.dtype.element_ty), mask=m)
+
+    @triton.jit
+    def _unfold_kernel(x_ptr, out_ptr, s_f, s_c, s_y, G, K: tl.constexpr, KP: tl.constexpr, P: tl.constexpr,
+                       BLOCK_G: tl.constexpr, BLOCK_K: tl.constexpr):
+        """Patch row gh of one frame: out[(frame * G + gh) * G + gw, k] = x[frame, c, gh * P + i, gw * P + j] with
+        k = (c * P + i) * P + j < K, and zeros for K <= k < KP. The lanes run along k, so reads come in runs of P
+        pixels and the [G, KP] block written is contiguous."""
+        frame = tl.program_id(0) // G
+        gh = tl.program_id(0) % G
+        gw = tl.arange(0, BLOCK_G)
+        src = x_ptr + frame.to(tl.int64) * s_f + gh * P * s_y + gw[:, None] * P
+        dst = out_ptr + (tl.program_id(0).to(tl.int64) * G + gw[:, None]) * KP
+        for k0 in tl.static_range(0, KP, BLOCK_K):
+            k = k0 + tl.arange(0, BLOCK_K)
+            c, i, j = k // (P * P), (k // P) % P, k % P
+            v = tl.load(src + c[None, :] * s_c + i[None, :] * s_y + j[None, :],
+                        mask=(gw < G)[:, None] & (k < K)[None, :], other=0.0)
+            tl.store(dst + k[None, :], v.to(out_ptr.dtype.element_ty), mask=(gw < G)[:, None] & (k < KP)[None, :])
+
+    @torch.library.triton_op("videopanda::patch_unfold", mutates_args=())
+    def patch_unfold(frames: torch.Tensor, patch: int, width: int, dtype: torch.dtype) -> torch.Tensor:
+        """[BT, >=3, S, S] frames (any strides with unit pixel stride) -> [BT * G * G, width] patches of the first
+        three channels, G = S // patch, each row (channel, row, column) flattened as the patch embedding's weight,
+        zero-filled up to `width` (>= 3 * patch**2: aligned rows for the matmul), cast to `dtype`. One pass: what
+        inductor made of the permute and pad read the pixels at about half the memory's speed."""
+        BT, _, S, _ = frames.shape
+        if frames.stride(-1) != 1:
+            frames = frames.contiguous()
+        G, K = S // patch, 3 * patch * patch
+        out = torch.empty(BT * G * G, width, dtype=dtype, device=frames.device)
+        torch.library.wrap_triton(_unfold_kernel)[(BT * G,)](
+            frames, out, frames.stride(0), frames.stride(1), frames.stride(2), G, K=K, KP=width, P=patch,
+            BLOCK_G=triton.next_power_of_2(G), BLOCK_K=UNFOLD_BLOCK_K, num_warps=UNFOLD_NUM_WARPS)
+        return out
 
     @triton.jit
     def _lsd_attend_kernel(q_ptr, kv_ptr, out_ptr, NW, HW, Wn, s_n, s_i, s_a, s_j, s_b, C, HD, scale,
@@ -159,24 +203,40 @@ if triton is not None:
             num_warps=LSD_NUM_WARPS, ACC=tl.float64 if q.dtype == torch.float64 else tl.float32)
         return out
 
+    def _dpe3d(xp: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+               residual: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        xp = xp.contiguous()
+        N, T, Hp, Wp, C = xp.shape
+        H, W = Hp - 2, Wp - 2
+        w = weight.reshape(C, 27)
+        out = xp.new_empty(N, T, H, W, C)
+        # without a residual, `out` stands in for its two pointers (never read or written then)
+        total = out if residual is None else torch.empty_like(out)
+        residual = out if residual is None else residual.contiguous()
+        block_w = triton.next_power_of_2(W)
+        grid = (N * T * triton.cdiv(H, BLOCK_H), triton.cdiv(C, BLOCK_C))
+        torch.library.wrap_triton(_dpe_kernel)[grid](
+            xp, w, bias.contiguous(), out, residual, total, T, w.stride(0), w.stride(1), H=H, W=W, C=C,
+            BLOCK_H=BLOCK_H, BLOCK_W=block_w, BLOCK_C=BLOCK_C,
+            EVEN=H % BLOCK_H == 0 and W == block_w and C % BLOCK_C == 0, RESIDUAL=total is not out,
+            num_warps=NUM_WARPS, ACC=tl.float64 if xp.dtype == torch.float64 else tl.float32)
+        return out, total
+
     @torch.library.triton_op("videopanda::dpe3d", mutates_args=())
     def dpe3d(xp: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         """Depthwise 3x3x3 conv, zero padding 1, channels-last, on a spatially pre-padded input: xp [N, T, H+2, W+2,
         C] (`F.pad(x, (0, 0, 1, 1, 1, 1))`; under torch.compile the padding fuses into the kernel that writes x) ->
         [N, T, H, W, C]. weight: [C, 1, 3, 3, 3], or any [C, 27] view (a tap-major buffer transposed, say); bias:
         [C]. Accumulates in float32 (float64 for float64 input), returns xp's dtype."""
-        xp = xp.contiguous()
-        N, T, Hp, Wp, C = xp.shape
-        H, W = Hp - 2, Wp - 2
-        w = weight.reshape(C, 27)
-        out = xp.new_empty(N, T, H, W, C)
-        block_w = triton.next_power_of_2(W)
-        grid = (N * T * triton.cdiv(H, BLOCK_H), triton.cdiv(C, BLOCK_C))
-        torch.library.wrap_triton(_dpe_kernel)[grid](
-            xp, w, bias.contiguous(), out, T, w.stride(0), w.stride(1), H=H, W=W, C=C, BLOCK_H=BLOCK_H,
-            BLOCK_W=block_w, BLOCK_C=BLOCK_C, EVEN=H % BLOCK_H == 0 and W == block_w and C % BLOCK_C == 0,
-            num_warps=NUM_WARPS, ACC=tl.float64 if xp.dtype == torch.float64 else tl.float32)
-        return out
+        return _dpe3d(xp, weight, bias, None)[0]
+
+    @torch.library.triton_op("videopanda::dpe3d_residual", mutates_args=())
+    def dpe3d_residual(xp: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                       residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`dpe3d` that also returns its output plus `residual` (shaped as the output), summed in the accumulator's
+        precision: the STAB's dense connection written by the kernel, so that later passes read one tensor, not
+        two."""
+        return _dpe3d(xp, weight, bias, residual)
 
 else:
 
@@ -186,4 +246,11 @@ else:
         raise RuntimeError(_NO_TRITON)
 
     def dpe3d(xp: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError(_NO_TRITON)
+
+    def patch_unfold(frames: torch.Tensor, patch: int, width: int, dtype: torch.dtype) -> torch.Tensor:
+        raise RuntimeError(_NO_TRITON)
+
+    def dpe3d_residual(xp: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                       residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise RuntimeError(_NO_TRITON)

@@ -327,6 +327,8 @@ class STAB(nn.Module):
         # fused LSD form: None = auto ("triton", the window attention as one Triton kernel, on a GPU with Triton;
         # else "plain")
         self.lsd_impl: str | None = None
+        # fused patch unfold: None = auto ("triton", one Triton kernel, on a GPU with Triton; else "torch")
+        self.unfold_impl: str | None = None
         self.register_load_state_dict_post_hook(_refold_after_load)
         self.reset_parameters()
 
@@ -543,6 +545,15 @@ class STAB(nn.Module):
         """[BT, 4, S, S] -> [BT, G, G, C]: one unfold copy (cast included) and one matmul."""
         p, w = self.patch_size, self.patch_embedding.weight
         BT, K = frames.shape[0], 3 * p * p
+        impl = self.unfold_impl
+        if impl is None:
+            impl = "triton" if frames.is_cuda and kernels.available(frames) else "torch"
+        if impl == "triton":  # rows padded to a multiple of 8 (aligned for the matmul), written in one pass
+            width = K + -K % 8
+            patches = kernels.patch_unfold(frames, p, width, w.dtype)
+            return F.linear(patches, F.pad(w.flatten(1), (0, width - K))).view(BT, G, G, -1)
+        if impl != "torch":
+            raise ValueError(f"unfold_impl must be None, 'triton' or 'torch', got {impl!r}")
         rgb = frames[:, :3, : G * p, : G * p].unflatten(3, (G, p)).unflatten(2, (G, p))  # [BT, 3, G, p, G, p]
         if torch.compiler.is_compiling():
             # K padded to a multiple of 8 here, so that inductor's matmul takes the unfold as it is: otherwise it
@@ -560,8 +571,9 @@ class STAB(nn.Module):
         feats, cls = [], []
         for chunk in _chunks(patches, self.chunk_size):  # [n, t, G, G, C]
             n, t = chunk.shape[:2]
-            x = self._fast_lste(chunk) if self.lmhra1 is not None else chunk
-            feats.append((x + chunk).reshape(B, -1, G, G, C))  # dense connection
+            # x and the dense connection x + chunk
+            x, dense = self._fast_lste(chunk) if self.lmhra1 is not None else (chunk, chunk + chunk)
+            feats.append(dense.reshape(B, -1, G, G, C))
             if self.dec is not None:
                 c = self._fast_gstra(x.reshape(n, t * G * G, C))  # [n, C]
                 cls.append(c.view(B, -1, 1, C).expand(B, n // B, t, C).reshape(B, -1, C))
@@ -569,9 +581,10 @@ class STAB(nn.Module):
         feats = feats[0] if len(feats) == 1 else torch.cat(feats, 1)
         return feats.flatten(0, 1), video_cls
 
-    def _fast_lste(self, x: torch.Tensor) -> torch.Tensor:
-        """x + lmhra1(x), then + dpe(.), with BN folded. x: [n, t, G, G, C] -> same."""
-        taps, b1 = self._fold_lste_taps, self._fold_lste_b1
+    def _fast_lste(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x + lmhra1(x), then + dpe(.), with BN folded; also that plus x (the dense connection).
+        x: [n, t, G, G, C] -> (same, same)."""
+        taps, b1, inp = self._fold_lste_taps, self._fold_lste_b1, x
         if torch.compiler.is_compiling():
             # the bias goes in after the taps, as a [t, I] term (zero padding drops end taps): y is then the matmul's
             # own output and inductor fuses the taps into one pass (with the bias inside y it took two)
@@ -581,16 +594,19 @@ class STAB(nn.Module):
             y = F.linear(x, self._fold_lste_w1, b1)  # [n, t, G, G, I]
             z = _shifted_sum(y, taps, dim=1)  # depthwise (3,1,1) conv, zero padding
         x = x + F.linear(z, self._fold_lste_w2, self._fold_lste_b2)
-        return self._fast_dpe(x)
+        return self._fast_dpe(x, inp)
 
-    def _fast_dpe(self, x: torch.Tensor) -> torch.Tensor:
-        """x + dpe(x) as one depthwise 3x3x3 conv with the identity folded in. x: [n, t, G, G, C]."""
+    def _fast_dpe(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """y = x + dpe(x), as one depthwise 3x3x3 conv with the identity folded in, and y + residual.
+        x, residual: [n, t, G, G, C]."""
         impl = self.dpe_impl
         if impl is None:
             impl = "triton" if x.is_cuda and kernels.available(x) else \
                 "shift" if torch.compiler.is_compiling() else "conv"
-        if impl == "triton":  # a zero border, so the kernel needs no bounds masks (modeling/kernels.py)
-            return kernels.dpe3d(F.pad(x, (0, 0, 1, 1, 1, 1)), self._fold_dpe_w, self.dpe.bias)
+        if impl == "triton":
+            # a zero border, so the kernel needs no bounds masks; it also writes y + residual, so that the passes
+            # after it read one tensor, not two (modeling/kernels.py)
+            return kernels.dpe3d_residual(F.pad(x, (0, 0, 1, 1, 1, 1)), self._fold_dpe_w, self.dpe.bias, residual)
         if impl == "shift":  # 27 shifted multiply-adds: inductor fuses them into one kernel
             w = self._fold_dpe_w.view(-1, 27).t().view(3, 3, 3, -1)
             xp = F.pad(x, (0, 0, 1, 1, 1, 1, 1, 1))
@@ -600,13 +616,14 @@ class STAB(nn.Module):
                 for b in range(3):
                     for c in range(3):
                         out = out + w[a, b, c] * xp[:, a:a + t, b:b + G1, c:c + G2]
-            return out
+            return out, out + residual
         if impl != "conv":
             raise ValueError(f"dpe_impl must be None, 'triton', 'shift' or 'conv', got {impl!r}")
         # one depthwise conv on the channels-last view (PyTorch routes channels-last depthwise convs to cuDNN on GPU,
         # to oneDNN on CPU; a contiguous NCDHW input would get the slow native depthwise-3d kernel)
         y = F.conv3d(x.permute(0, 4, 1, 2, 3), self._fold_dpe_w, self.dpe.bias, padding=1, groups=x.shape[-1])
-        return y.permute(0, 2, 3, 4, 1)
+        y = y.permute(0, 2, 3, 4, 1)
+        return y, y + residual
 
     def _fast_gstra(self, x: torch.Tensor) -> torch.Tensor:
         """GSTRA with its constant query folded: x [n, L, C] (LSTE output) -> video cls [n, C]."""
