@@ -140,3 +140,22 @@ def api(server, monkeypatch):
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
     server.reset()
     return server
+
+
+@pytest.fixture
+def gpu_rounding(monkeypatch):
+    """Triton's interpreter casts float32 to bfloat16 by truncation, where the GPU rounds to nearest even (what
+    `.to(tl.bfloat16)` compiles to); a precision test of the kernels on CPU needs the GPU's rounding."""
+    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") == "1":
+        import triton.language as tl
+        from triton.runtime import interpreter
+
+        cast = interpreter.InterpreterBuilder.cast_impl
+
+        def rounded(self, src, dst_type):
+            if src.dtype.scalar == tl.float32 and dst_type.scalar == tl.bfloat16:
+                data = torch.from_numpy(src.data).to(torch.bfloat16).view(torch.uint16).numpy()
+                return interpreter.TensorHandle(data, dst_type.scalar)
+            return cast(self, src, dst_type)
+
+        monkeypatch.setattr(interpreter.InterpreterBuilder, "cast_impl", rounded)

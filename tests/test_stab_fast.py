@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import os
 
 import pytest
 import torch
@@ -170,25 +169,6 @@ def test_float32_close():
     stab = make_stab(torch.float32)
     want, got = run_both(stab, make_input(*CASES["padded_frames"], dtype=torch.float32))
     assert (got.tokens - want.tokens).abs().max() < 2e-5
-
-
-@pytest.fixture
-def gpu_rounding(monkeypatch):
-    """Triton's interpreter casts float32 to bfloat16 by truncation, where the GPU rounds to nearest even (what
-    `.to(tl.bfloat16)` compiles to); a precision test of the kernels on CPU needs the GPU's rounding."""
-    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") == "1":
-        import triton.language as tl
-        from triton.runtime import interpreter
-
-        cast = interpreter.InterpreterBuilder.cast_impl
-
-        def rounded(self, src, dst_type):
-            if src.dtype.scalar == tl.float32 and dst_type.scalar == tl.bfloat16:
-                data = torch.from_numpy(src.data).to(torch.bfloat16).view(torch.uint16).numpy()
-                return interpreter.TensorHandle(data, dst_type.scalar)
-            return cast(self, src, dst_type)
-
-        monkeypatch.setattr(interpreter.InterpreterBuilder, "cast_impl", rounded)
 
 
 @pytest.mark.parametrize("kernels_impl", ["torch", "triton"])

@@ -5,6 +5,10 @@ products (q|k|v, then gate|up) instead of five small ones keeps the GPU's memory
 count. The separate weights become views of the fused matrix, so memory use and `state_dict()` stay the same, and
 the arithmetic of each output element is unchanged (the same dot products, only launched together).
 
+In a batch-1 decode step the fused blocks (and the LM head) also read their weights through `decode_kernels.gemv`,
+and every decode step attends through `decode_kernels.decode_attention`: both read memory faster than cuBLAS and SDPA
+did there (docs/speed.md).
+
 `compile_pointwise` goes one step further for long prompts: the prefill of a 2,200-token video prompt (times the
 batch in evaluation) spends much of its time in unfused element-wise ops (RMSNorm in float32, rotary embedding,
 SiLU * up), each a separate pass over large activations. Compiling just those small functions (inductor, batch and
@@ -21,6 +25,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from . import decode_kernels
 
 FUSABLE_ATTENTION = ("LlamaAttention",)  # forward below mirrors transformers' LlamaAttention.forward
 FUSABLE_MLP = ("LlamaMLP",)
@@ -51,11 +57,13 @@ def _plain(*linears: nn.Module) -> bool:
 
 def _attention_forward(self, hidden_states: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor],
                        attention_mask: torch.Tensor | None = None, past_key_values=None, **kwargs):
-    """transformers' LlamaAttention.forward with the three input projections done as one."""
+    """transformers' LlamaAttention.forward with the three input projections done as one, and a decode step's
+    products and attention through `decode_kernels` (a one-row input, one query)."""
     lib = sys.modules[type(self).__module__]
     input_shape = hidden_states.shape[:-1]
     hidden_shape = (*input_shape, -1, self.head_dim)
-    q, k, v = F.linear(hidden_states, self._fused_qkv_weight, self._fused_qkv_bias).split(self._fused_qkv_sizes, -1)
+    q, k, v = decode_kernels.linear(hidden_states, self._fused_qkv_weight, self._fused_qkv_bias) \
+        .split(self._fused_qkv_sizes, -1)
     q, k, v = (t.view(hidden_shape) for t in (q, k, v))  # [B, L, heads, D]
     cos, sin = position_embeddings
     # rotary embedding in the [B, L, heads, D] layout (cos/sin broadcast over heads), then the [B, heads, L, D] view:
@@ -68,12 +76,28 @@ def _attention_forward(self, hidden_states: torch.Tensor, position_embeddings: t
     pads = _left_pads(attention_mask, q.shape[2]) if self.config._attn_implementation == "sdpa" else None
     if pads is not None:  # a left-padded prefill (batched generation): causal flash attention row by row
         out = _ragged_causal_attention(q, k, v, pads, self.scaling)
-        return self.o_proj(out.reshape(*input_shape, -1)), None
-    attention = lib.ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation,
-                                                          lib.eager_attention_forward)
-    out, weights = attention(self, q, k, v, attention_mask, dropout=0.0 if not self.training else
-                             self.attention_dropout, scaling=self.scaling, **kwargs)
-    return self.o_proj(out.reshape(*input_shape, -1).contiguous()), weights
+        return _project(self.o_proj, out.reshape(*input_shape, -1)), None
+    out = weights = None
+    if self.config._attn_implementation == "sdpa" and not self.training:  # a decode step: split-KV kernel
+        out = decode_kernels.decode_attention(q, k, v, attention_mask, self.scaling)
+    if out is None:
+        attention = lib.ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation,
+                                                              lib.eager_attention_forward)
+        out, weights = attention(self, q, k, v, attention_mask, dropout=0.0 if not self.training else
+                                 self.attention_dropout, scaling=self.scaling, **kwargs)
+    return _project(self.o_proj, out.reshape(*input_shape, -1).contiguous()), weights
+
+
+def _project(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`layer(x)`, through `decode_kernels.linear` for a plain nn.Linear (a one-row input then reads the weights
+    with the matrix-vector kernel); quantized and other layers keep their own forward."""
+    if type(layer) is nn.Linear:
+        return decode_kernels.linear(x, layer.weight, layer.bias)
+    return layer(x)
+
+
+def _linear_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    return decode_kernels.linear(x, self.weight, self.bias)
 
 
 _NO_PADS = object()
@@ -121,9 +145,9 @@ def _ragged_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
 
 
 def _mlp_forward(self, x: torch.Tensor) -> torch.Tensor:
-    gate, up = F.linear(x, self._fused_gate_up_weight, self._fused_gate_up_bias).chunk(2, -1)
+    gate, up = decode_kernels.linear(x, self._fused_gate_up_weight, self._fused_gate_up_bias).chunk(2, -1)
     act_mul = getattr(self, "_act_mul", None)
-    return self.down_proj(act_mul(gate, up) if act_mul is not None else self.act_fn(gate) * up)
+    return _project(self.down_proj, act_mul(gate, up) if act_mul is not None else self.act_fn(gate) * up)
 
 
 def _silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
@@ -202,4 +226,7 @@ def fuse_projections(model: nn.Module) -> int:
             module._fused_gate_up_weight, module._fused_gate_up_bias = _fuse(parts)
             module.forward = types.MethodType(_mlp_forward, module)
             fused += 1
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if fused and type(head) is nn.Linear and "forward" not in head.__dict__:  # the logits of a decode step too
+        head.forward = types.MethodType(_linear_forward, head)
     return fused
