@@ -81,6 +81,7 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
 
 # One fixed configuration (no autotuning inside a CUDA-graph capture); see bench/results/.
 ATTN_BLOCK_N, ATTN_NUM_WARPS = 128, 4
+ATTN_FORM = "dot"  # "dot": scores and values on the tensor cores; "fma": element-wise products and sums
 
 if triton is not None:
 
@@ -137,6 +138,36 @@ if triton is not None:
         tl.store(out + D + 1, tl.sum(p, 0))
 
     @triton.jit
+    def _split_attend_dot_kernel(q_ptr, k_ptr, v_ptr, m_ptr, part_ptr, H, GROUP, S, s_qb, s_qh, s_kb, s_kh, s_kn,
+                                 s_vb, s_vh, s_vn, s_mb, scale, D: tl.constexpr, BLOCK_N: tl.constexpr,
+                                 BLOCK_G: tl.constexpr):
+        """`_split_attend_kernel` on the tensor cores, for all query heads of one key/value head at once: the
+        GROUP queries are rows of a [BLOCK_G >= 16, D] block (zero rows past GROUP), scores = q k^T and values =
+        p v are matrix products (p rounded to the values' dtype first, as flash attention does), and no [BLOCK_N, D]
+        float32 products are held in registers."""
+        bk, blk = tl.program_id(0), tl.program_id(1)
+        hkv = H // GROUP
+        b, hk = bk // hkv, bk % hkv
+        g = tl.arange(0, BLOCK_G)
+        heads = hk * GROUP + g
+        d = tl.arange(0, D)
+        n = blk * BLOCK_N + tl.arange(0, BLOCK_N)
+        ok = (n < S) & (tl.load(m_ptr + b * s_mb + n, mask=n < S, other=0) != 0)
+        k = tl.load(k_ptr + b.to(tl.int64) * s_kb + hk * s_kh + n[:, None] * s_kn + d[None, :], mask=ok[:, None],
+                    other=0.0)
+        v = tl.load(v_ptr + b.to(tl.int64) * s_vb + hk * s_vh + n[:, None] * s_vn + d[None, :], mask=ok[:, None],
+                    other=0.0)
+        q = tl.load(q_ptr + b * s_qb + heads[:, None] * s_qh + d[None, :], mask=(g < GROUP)[:, None], other=0.0)
+        s = tl.where(ok[None, :], tl.dot(q, tl.trans(k)) * scale, float("-inf"))  # [BLOCK_G, BLOCK_N]
+        m = tl.max(s, 1)
+        p = tl.exp(s - tl.where(m == float("-inf"), 0.0, m)[:, None])
+        acc = tl.dot(p.to(v.dtype), v)  # [BLOCK_G, D]
+        out = part_ptr + ((b * H + heads) * tl.num_programs(1) + blk) * (D + 2)
+        tl.store(out[:, None] + d[None, :], acc, mask=(g < GROUP)[:, None])
+        tl.store(out + D, m, mask=g < GROUP)
+        tl.store(out + D + 1, tl.sum(p, 1), mask=g < GROUP)
+
+    @triton.jit
     def _combine_kernel(part_ptr, o_ptr, NB, D: tl.constexpr, NB_P: tl.constexpr):
         """out[bh] = sum_blk e^(m_blk - M) values_blk / sum_blk e^(m_blk - M) sum_blk, M the largest block max."""
         bh = tl.program_id(0)
@@ -161,10 +192,15 @@ if triton is not None:
         nb = triton.cdiv(S, ATTN_BLOCK_N)
         part = torch.empty(B * H, nb, D + 2, dtype=torch.float32, device=q.device)
         out = torch.empty(B, 1, H, D, dtype=q.dtype, device=q.device)
-        torch.library.wrap_triton(_split_attend_kernel)[(B * H, nb)](
-            q, k, v, mask, part, H, H // k.shape[1], S, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
-            k.stride(2), v.stride(0), v.stride(1), v.stride(2), mask.stride(0), scale, D=D,
-            BLOCK_N=ATTN_BLOCK_N, num_warps=ATTN_NUM_WARPS)
+        args = (q, k, v, mask, part, H, H // k.shape[1], S, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
+                k.stride(2), v.stride(0), v.stride(1), v.stride(2), mask.stride(0), scale)
+        if ATTN_FORM == "dot":
+            torch.library.wrap_triton(_split_attend_dot_kernel)[(B * k.shape[1], nb)](
+                *args, D=D, BLOCK_N=ATTN_BLOCK_N, BLOCK_G=max(16, triton.next_power_of_2(H // k.shape[1])),
+                num_warps=ATTN_NUM_WARPS)
+        else:
+            torch.library.wrap_triton(_split_attend_kernel)[(B * H, nb)](
+                *args, D=D, BLOCK_N=ATTN_BLOCK_N, num_warps=ATTN_NUM_WARPS)
         torch.library.wrap_triton(_combine_kernel)[(B * H,)](part, out, nb, D=D, NB_P=triton.next_power_of_2(nb),
                                                              num_warps=4)
         return out
