@@ -9,12 +9,13 @@ weights and caches (so nothing stays in the 50 MB L2):
 
 - gemv: the layer's four products (q|k|v 12288x4096, o 4096x4096, gate|up 22016x4096, down 4096x11008) with
   `F.linear` against Triton matrix-vector kernels by block size;
-- answer (`--sections answer`): the 7B-shaped compiled 64-token answer with each attention form in the real step;
 - attention: one query over a 2304-slot cache with a boolean mask (what transformers gives the decode step), SDPA
   against a split-KV Triton kernel (flash-decoding: splits of the keys in parallel, then a combine).
 
-Reports GB/s and the largest difference from the cuBLAS / SDPA result. The package's kernels
-(modeling/decode_kernels.py, adopted from this probe) are timed beside them.
+Reports GB/s and the largest difference from the cuBLAS / SDPA result. The package's matrix-vector kernel
+(modeling/decode_kernels.py, adopted from this probe) is timed beside them. The package's split-KV attention kernels
+and the answer timings of `h100_decode_probe_9c.json` ran at commit c8c2012 (`--sections attention,answer`); the
+attention kernel was then dropped (no gain inside the real step).
 """
 
 from __future__ import annotations
@@ -149,55 +150,13 @@ GEMV_CONFIGS = [(bn, bk, w, st) for bn, bk in ((1, 1024), (2, 512), (2, 1024), (
 ATTN_CONFIGS = [(s, bn, w) for s in (8, 16, 32) for bn in (32, 64, 128) for w in (4, 8)]
 
 
-ANSWER_VARIANTS = {  # name -> (attention kernel on, form, keys per block, warps)
-    "cudnn": (False, None, None, None), "fma-128x4": (True, "fma", 128, 4), "dot-128x4": (True, "dot", 128, 4),
-    "dot-64x4": (True, "dot", 64, 4), "dot-64x2": (True, "dot", 64, 2)}
-
-
-def answer_rows(args: argparse.Namespace) -> None:
-    """The 7B-shaped compiled 64-token answer (the bench's generate row) per decode-attention form, the decode step
-    recompiled for each: what the attention kernel is worth inside the real step, next to cuDNN's SDPA."""
-    from videopanda import bench, inference
-    from videopanda.inference import generate
-
-    device = torch.device("cuda")
-    model, processor, _ = bench.build_model("7b-random", device, torch.bfloat16)
-    inputs = dict(processor(videos=bench.synthetic_videos(1, 8, 448, seed=100),
-                            text=processor.build_prompt(bench.QUESTION)))
-    x = {k: v.to(device) for k, v in inputs.items()}
-    x["pixel_values"] = x["pixel_values"].to(torch.bfloat16)
-    library = decode_kernels.decode_attention
-    for name in args.answer_variants.split(","):
-        on, form, block_n, warps = ANSWER_VARIANTS[name]
-        decode_kernels.decode_attention = library if on else (lambda *a, **k: None)
-        if on:
-            decode_kernels.ATTN_FORM, decode_kernels.ATTN_BLOCK_N, decode_kernels.ATTN_NUM_WARPS = form, block_n, warps
-        torch._dynamo.reset()
-        inference._COMPILED_STEP.clear()
-        t0 = time.perf_counter()
-        generate(model, x, max_new_tokens=64, min_new_tokens=64, decoding="compiled")
-        first = time.perf_counter() - t0
-        times = []
-        for _ in range(6):
-            torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            generate(model, x, max_new_tokens=64, min_new_tokens=64, decoding="compiled")
-            torch.cuda.synchronize()
-            times.append((time.perf_counter() - t0) * 1000)
-        times.sort()
-        add({"what": "answer", "impl": name, "median_ms": round(times[3], 1), "min_ms": round(times[0], 1),
-             "first_s": round(first, 1)}, args.out)
-    decode_kernels.decode_attention = library
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True)
     p.add_argument("--layers", type=int, default=32)
     p.add_argument("--cache", type=int, default=2304)
     p.add_argument("--valid", type=int, default=2250)
-    p.add_argument("--sections", default="gemv,attention", help="gemv, attention, answer")
-    p.add_argument("--answer-variants", default=",".join(ANSWER_VARIANTS))
+    p.add_argument("--sections", default="gemv,attention", help="gemv, attention")
     args = p.parse_args()
     RESULT.update(command=" ".join(sys.argv), device=torch.cuda.get_device_name(), torch=torch.__version__,
                   triton=triton.__version__)
@@ -309,15 +268,6 @@ def main() -> None:
             if best is None or ms < best[0]:
                 best = (ms, cfg)
         RESULT["attention_best"] = best
-        for form, block_n, warps in (("fma", 128, 4), ("fma", 32, 2), ("dot", 128, 4), ("dot", 64, 4),
-                                     ("dot", 64, 2), ("dot", 128, 8), ("dot", 32, 2), ("dot", 256, 8)):
-            decode_kernels.ATTN_FORM, decode_kernels.ATTN_BLOCK_N, decode_kernels.ATTN_NUM_WARPS = form, block_n, warps
-            diff = (decode_kernels.attend_one(q, ks[0], vs[0], mask.view(1, S), scale).float() - ref).abs().max()
-            ms = graph_ms(lambda: [decode_kernels.attend_one(q, k, v, mask.view(1, S), scale) for k, v in zip(ks, vs)])
-            add({"what": "attention", "impl": f"package attend_one {form}", "block_n": block_n, "warps": warps,
-                 "ms": round(ms, 4), "GB/s": round(nbytes / ms / 1e6), "max_diff": diff.item()}, args.out)
-    if "answer" in args.sections:
-        answer_rows(args)
     RESULT["seconds"] = round(time.time() - t0, 1)
     Path(args.out).write_text(json.dumps(RESULT, indent=1))
 

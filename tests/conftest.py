@@ -145,9 +145,7 @@ def api(server, monkeypatch):
 @pytest.fixture
 def gpu_rounding(monkeypatch):
     """Triton's interpreter casts float32 to bfloat16 by truncation, where the GPU rounds to nearest even (what
-    `.to(tl.bfloat16)` compiles to); a precision test of the kernels on CPU needs the GPU's rounding. Its `tl.dot`
-    also multiplies bfloat16 blocks as their raw 16-bit integers (Triton 3.6); here they are widened first, as the
-    tensor cores do."""
+    `.to(tl.bfloat16)` compiles to); a precision test of the kernels on CPU needs the GPU's rounding."""
     if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") == "1":
         import triton.language as tl
         from triton.runtime import interpreter
@@ -161,14 +159,3 @@ def gpu_rounding(monkeypatch):
             return cast(self, src, dst_type)
 
         monkeypatch.setattr(interpreter.InterpreterBuilder, "cast_impl", rounded)
-        dot = interpreter.InterpreterBuilder.create_dot
-
-        def widened(self, a, b, d, *args):
-            def f32(x):
-                if x.dtype.scalar != tl.bfloat16:
-                    return x
-                data = torch.from_numpy(x.data.view("uint16")).view(torch.bfloat16).float().numpy()
-                return interpreter.TensorHandle(data, tl.float32)
-            return dot(self, f32(a), f32(b), d, *args)
-
-        monkeypatch.setattr(interpreter.InterpreterBuilder, "create_dot", widened)

@@ -5,9 +5,8 @@ products (q|k|v, then gate|up) instead of five small ones keeps the GPU's memory
 count. The separate weights become views of the fused matrix, so memory use and `state_dict()` stay the same, and
 the arithmetic of each output element is unchanged (the same dot products, only launched together).
 
-In a batch-1 decode step the fused blocks (and the LM head) also read their weights through `decode_kernels.gemv`,
-and every decode step attends through `decode_kernels.decode_attention`: both read memory faster than cuBLAS and SDPA
-did there (docs/speed.md).
+In a batch-1 decode step the fused blocks (and the LM head) read their weights through `decode_kernels.gemv`,
+which reads memory faster than cuBLAS did for one row (docs/speed.md).
 
 `compile_pointwise` goes one step further for long prompts: the prefill of a 2,200-token video prompt (times the
 batch in evaluation) spends much of its time in unfused element-wise ops (RMSNorm in float32, rotary embedding,
@@ -57,8 +56,8 @@ def _plain(*linears: nn.Module) -> bool:
 
 def _attention_forward(self, hidden_states: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor],
                        attention_mask: torch.Tensor | None = None, past_key_values=None, **kwargs):
-    """transformers' LlamaAttention.forward with the three input projections done as one, and a decode step's
-    products and attention through `decode_kernels` (a one-row input, one query)."""
+    """transformers' LlamaAttention.forward with the three input projections done as one, and the products of a
+    one-row input (a batch-1 decode step) through `decode_kernels`."""
     lib = sys.modules[type(self).__module__]
     input_shape = hidden_states.shape[:-1]
     hidden_shape = (*input_shape, -1, self.head_dim)
@@ -77,14 +76,10 @@ def _attention_forward(self, hidden_states: torch.Tensor, position_embeddings: t
     if pads is not None:  # a left-padded prefill (batched generation): causal flash attention row by row
         out = _ragged_causal_attention(q, k, v, pads, self.scaling)
         return _project(self.o_proj, out.reshape(*input_shape, -1)), None
-    out = weights = None
-    if self.config._attn_implementation == "sdpa" and not self.training:  # a decode step: split-KV kernel
-        out = decode_kernels.decode_attention(q, k, v, attention_mask, self.scaling)
-    if out is None:
-        attention = lib.ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation,
-                                                              lib.eager_attention_forward)
-        out, weights = attention(self, q, k, v, attention_mask, dropout=0.0 if not self.training else
-                                 self.attention_dropout, scaling=self.scaling, **kwargs)
+    attention = lib.ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation,
+                                                          lib.eager_attention_forward)
+    out, weights = attention(self, q, k, v, attention_mask, dropout=0.0 if not self.training else
+                             self.attention_dropout, scaling=self.scaling, **kwargs)
     return _project(self.o_proj, out.reshape(*input_shape, -1).contiguous()), weights
 
 
