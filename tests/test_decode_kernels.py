@@ -51,10 +51,11 @@ def test_linear_keeps_the_library_where_the_kernel_does_not_apply(kernels_on):
         x = torch.randn(1, 100, generator=g).bfloat16()
         torch.testing.assert_close(decode_kernels.linear(x, odd), F.linear(x, odd))
         assert spy.call_count == 0
-    decode_kernels.IMPL = "torch"
-    with mock.patch.object(decode_kernels, "gemv") as spy:
-        decode_kernels.linear(cases[0][:1], w)
-        assert spy.call_count == 0
+    for impl in ("torch", None):  # None: CUDA tensors in compiled code only
+        decode_kernels.IMPL = impl
+        with mock.patch.object(decode_kernels, "gemv") as spy:
+            decode_kernels.linear(cases[0][:1], w)
+            assert spy.call_count == 0
     decode_kernels.IMPL = "gpu"
     with pytest.raises(ValueError, match="IMPL"):
         decode_kernels.linear(cases[0][:1], w)

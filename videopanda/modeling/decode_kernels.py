@@ -10,8 +10,10 @@ summation order differs.
 A split-KV attention kernel for the step was measured too and dropped: 20% faster than SDPA alone, no faster than
 cuDNN inside the real compiled step (h100_decode_probe_9c.json).
 
-`IMPL` picks the form: None (default) uses the kernel on CUDA tensors when Triton is installed, "triton" also
-elsewhere (the tests run it under Triton's interpreter), "torch" never. `modeling/fused_llm.py` calls `linear` from
+`IMPL` picks the form: None (default) uses the kernel on CUDA tensors inside compiled code (the compiled decode step,
+replayed as a CUDA graph) when Triton is installed; eager decoding is bound by the host's kernel launches, where a
+Triton launch from Python costs more than cuBLAS's and the faster read cannot show. "triton" uses it everywhere (the
+tests run it eagerly under Triton's interpreter), "torch" never. `modeling/fused_llm.py` calls `linear` from
 the fused LLaMA blocks and the LM head.
 """
 
@@ -31,7 +33,7 @@ IMPL: str | None = None
 def _use(x: torch.Tensor) -> bool:
     if IMPL not in (None, "triton", "torch"):
         raise ValueError(f"decode_kernels.IMPL must be None, 'triton' or 'torch', got {IMPL!r}")
-    return triton is not None and (IMPL == "triton" or (IMPL is None and x.is_cuda))
+    return triton is not None and (IMPL == "triton" or (IMPL is None and x.is_cuda and torch.compiler.is_compiling()))
 
 
 def _gemv_config(n: int, k: int) -> tuple[int, int, int, int] | None:
