@@ -487,6 +487,11 @@ class STAB(nn.Module):
         def keep(name: str, value: torch.Tensor) -> None:
             self.register_buffer("_fold_" + name, value.to(dtype).contiguous(), persistent=False)
 
+        # the patch embedding as a [C, 3 * p * p] matrix, zero columns up to a multiple of 8 (aligned matmul rows
+        # for the unfolded patches, which the Triton unfold and the compiled path write padded)
+        patch_w = self.patch_embedding.weight.flatten(1)
+        keep("patch_w", F.pad(patch_w, (0, -patch_w.shape[1] % 8)))
+
         if self.lmhra1 is not None:
             bn, down, tconv, up = self.lmhra1.pos_embed
             scale = bn.weight.to(wide) * torch.rsqrt(bn.running_var.to(wide) + bn.eps)  # BN(x) = x * scale + shift
@@ -548,19 +553,19 @@ class STAB(nn.Module):
         impl = self.unfold_impl
         if impl is None:
             impl = "triton" if frames.is_cuda and kernels.available(frames) else "torch"
-        if impl == "triton":  # rows padded to a multiple of 8 (aligned for the matmul), written in one pass
-            width = K + -K % 8
-            patches = kernels.patch_unfold(frames, p, width, w.dtype)
-            return F.linear(patches, F.pad(w.flatten(1), (0, width - K))).view(BT, G, G, -1)
+        padded = self._fold_patch_w  # [C, K rounded up to a multiple of 8]
+        if impl == "triton":  # rows padded (aligned for the matmul), written in one pass
+            patches = kernels.patch_unfold(frames, p, padded.shape[1], w.dtype)
+            return F.linear(patches, padded).view(BT, G, G, -1)
         if impl != "torch":
             raise ValueError(f"unfold_impl must be None, 'triton' or 'torch', got {impl!r}")
         rgb = frames[:, :3, : G * p, : G * p].unflatten(3, (G, p)).unflatten(2, (G, p))  # [BT, 3, G, p, G, p]
         if torch.compiler.is_compiling():
-            # K padded to a multiple of 8 here, so that inductor's matmul takes the unfold as it is: otherwise it
-            # copies the unfolded patches once more to align them (two passes over the frames instead of one)
-            pad = -K % 8
-            patches = F.pad(rgb.permute(0, 2, 4, 1, 3, 5).reshape(BT * G * G, K).to(w.dtype), (0, pad))
-            return F.linear(patches, F.pad(w.flatten(1), (0, pad))).view(BT, G, G, -1)
+            # K padded here, so that inductor's matmul takes the unfold as it is: otherwise it copies the unfolded
+            # patches once more to align them (two passes over the frames instead of one)
+            patches = F.pad(rgb.permute(0, 2, 4, 1, 3, 5).reshape(BT * G * G, K).to(w.dtype),
+                            (0, padded.shape[1] - K))
+            return F.linear(patches, padded).view(BT, G, G, -1)
         patches = torch.empty(BT, G, G, 3, p, p, dtype=w.dtype, device=frames.device)
         patches.copy_(rgb.permute(0, 2, 4, 1, 3, 5))
         return F.linear(patches.view(BT * G * G, K), w.flatten(1)).view(BT, G, G, -1)
