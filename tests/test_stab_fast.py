@@ -343,7 +343,7 @@ def test_graphed_encoder_checks_and_runs_the_encode_off_cuda():
     assert torch.equal(got, want)
 
 
-@pytest.mark.parametrize("attr", ["dpe_impl", "lsd_impl"])
+@pytest.mark.parametrize("attr", ["dpe_impl", "lsd_impl", "unfold_impl"])
 def test_unknown_kernel_form_is_refused(attr):
     fused = make_stab().fuse()
     setattr(fused, attr, "cudnn-magic")
