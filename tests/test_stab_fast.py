@@ -76,6 +76,7 @@ def test_fused_equals_unfused(case, dpe_impl, lsd_impl):
     fused = copy.deepcopy(stab).fuse()
     fused.dpe_impl, fused.lsd_impl = dpe_impl, lsd_impl
     fused.unfold_impl = "triton" if dpe_impl == "triton" else "torch"
+    fused.pool_impl = "triton" if dpe_impl == "triton" else "plain"
     px = make_input(*CASES[case])
     with torch.no_grad():
         want, got = stab(px), fused(px)
@@ -157,6 +158,28 @@ def test_lsd_attend_kernel_equals_softmax_attention(monkeypatch, s, n, h, w, hea
     assert got.shape == want.shape and (got - want).abs().max() < 1e-12
 
 
+@pytest.mark.parametrize("n,L,C,heads", [(3, 37, 48, 3), (2, 600, 32, 4), (1, 5, 20, 8)])
+def test_ln_pool_kernels_equal_layer_norm_attention(monkeypatch, n, L, C, heads):
+    """`kernels.ln_pool` (GSTRA's and FSRA's pooling without the normed keys) against layer norm, softmax and
+    matmuls in float64: rows and channels that leave ragged blocks, head counts that are not powers of two, rows
+    split over programs (L = 600), and rows with a mean far from zero (the kernel centres before it sums)."""
+    if not kernels.available(torch.empty(0)):
+        pytest.skip("Triton is not installed")
+    monkeypatch.setattr(kernels, "POOL_SCORE_ROWS", 4)
+    g = torch.Generator().manual_seed(n * L)
+    x = torch.randn(n, L, C, generator=g, dtype=torch.float64) + 30 * torch.randn(n, L, 1, generator=g,
+                                                                                 dtype=torch.float64)
+    ln = torch.nn.LayerNorm(C, dtype=torch.float64)
+    with torch.no_grad():
+        ln.weight.normal_(1, 0.3, generator=g)
+        ln.bias.normal_(0, 0.3, generator=g)
+        u = torch.randn(C, heads, generator=g, dtype=torch.float64) / C**0.5
+        keys = ln(x)
+        want = (keys @ u).softmax(1).transpose(1, 2) @ keys
+        got = kernels.ln_pool(x, ln.weight[:, None] * u, ln.bias @ u, ln.weight, ln.bias, ln.eps)
+    assert got.shape == (n, heads, C) and (got - want).abs().max() < 1e-12
+
+
 @pytest.mark.parametrize("ablation", list(ABLATIONS))
 @pytest.mark.parametrize("case", ["wide_and_tall", "padded_frames", "image", "T6_mixed"])
 def test_fused_equals_unfused_for_every_ablation(ablation, case):
@@ -182,7 +205,7 @@ def test_bfloat16_error_is_that_of_the_unfused_path(kernels_impl, gpu_rounding):
     errors = {}
     fused = make_stab(torch.bfloat16).fuse()
     if kernels_impl == "triton":
-        fused.dpe_impl = fused.lsd_impl = fused.unfold_impl = "triton"
+        fused.dpe_impl = fused.lsd_impl = fused.unfold_impl = fused.pool_impl = "triton"
     for name, stab in (("unfused", make_stab(torch.bfloat16)), ("fused", fused)):
         with torch.no_grad():
             errors[name] = (stab(px).tokens.double() - truth).abs().mean().item()
@@ -343,7 +366,7 @@ def test_graphed_encoder_checks_and_runs_the_encode_off_cuda():
     assert torch.equal(got, want)
 
 
-@pytest.mark.parametrize("attr", ["dpe_impl", "lsd_impl", "unfold_impl"])
+@pytest.mark.parametrize("attr", ["dpe_impl", "lsd_impl", "unfold_impl", "pool_impl"])
 def test_unknown_kernel_form_is_refused(attr):
     fused = make_stab().fuse()
     setattr(fused, attr, "cudnn-magic")

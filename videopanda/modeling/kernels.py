@@ -12,6 +12,9 @@ Only what no library does well (docs/speed.md has the measurements):
   in one pass, where inductor's permute and pad read the pixels at about half the memory's speed.
 - `lsd_attend`, LSD's attention inside each 2x2 window: scores, softmax and weighted sum in one pass over the keys
   and values (online softmax), where inductor made a score reduction and a weighted sum of them.
+- `ln_pool`, the attention of GSTRA's and FSRA's constant query over layer-normed keys, without writing the normed
+  keys: one pass takes each row's mean, 1/std and scores, a second the softmax-weighted sum of the centred rows
+  (the layer norm's scale and shift are applied once, to the pooled result, since the weights sum to one).
 
 All are `torch.library.triton_op`s: they run eagerly, and torch.compile / CUDA graphs see each as one kernel.
 Without Triton (CPU-only installs) `available()` is False and the STAB keeps its other forms. On CPU the kernels run
@@ -39,6 +42,9 @@ UNFOLD_BLOCK_K, UNFOLD_NUM_WARPS = 128, 4
 # LSD's window attention (`lsd_attend`): windows per program (one head each), warps
 LSD_BLOCK_N = 32
 LSD_NUM_WARPS = 4
+# GSTRA/FSRA pooling (`ln_pool`): rows per program of the score pass; rows and channels per step of the pooling pass
+POOL_SCORE_ROWS = 8
+POOL_BLOCK_L, POOL_BLOCK_C = 16, 64
 
 
 def available(x: torch.Tensor) -> bool:
@@ -203,6 +209,86 @@ if triton is not None:
             num_warps=LSD_NUM_WARPS, ACC=tl.float64 if q.dtype == torch.float64 else tl.float32)
         return out
 
+    @triton.jit
+    def _ln_scores_kernel(x_ptr, u_ptr, s0_ptr, scores_ptr, mu_ptr, rstd_ptr, R, eps, C: tl.constexpr,
+                          H: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr):
+        """For BLOCK_R rows of x [R, C] (whole rows in registers): mean, 1/std and the scores
+        rstd * sum_c (x_c - mean) * u[c, h] + s0[h] of each head h. The sum runs over the centred row, so a large
+        mean cancels before it meets the weights."""
+        rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+        cols = tl.arange(0, BLOCK_C)
+        rmask, cmask = rows < R, cols < C
+        m = rmask[:, None] & cmask[None, :]
+        x = tl.load(x_ptr + rows.to(tl.int64)[:, None] * C + cols[None, :], mask=m, other=0.0).to(ACC)
+        mean = tl.sum(x, 1) / C
+        d = tl.where(m, x - mean[:, None], 0.0)
+        rstd = 1.0 / tl.sqrt(tl.sum(d * d, 1) / C + eps)
+        tl.store(mu_ptr + rows, mean, mask=rmask)
+        tl.store(rstd_ptr + rows, rstd, mask=rmask)
+        for h in tl.static_range(H):
+            u = tl.load(u_ptr + cols * H + h, mask=cmask, other=0.0).to(ACC)
+            score = tl.sum(d * u[None, :], 1) * rstd + tl.load(s0_ptr + h).to(ACC)
+            tl.store(scores_ptr + rows.to(tl.int64) * H + h, score, mask=rmask)
+
+    @triton.jit
+    def _ln_pool_kernel(x_ptr, w_ptr, mu_ptr, out_ptr, L, SPLITS, PER_SPLIT: tl.constexpr, C: tl.constexpr,
+                        H: tl.constexpr,
+                        HP: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr):
+        """out[n, split, h, c] = sum_l w[n, l, h] * (x[n, l, c] - mu[n, l]) over this split's rows l of set n; a
+        program owns one set, one block of channels and one split of the rows."""
+        n, split = tl.program_id(0), tl.program_id(2)
+        cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+        heads = tl.arange(0, HP)
+        cmask, hmask = cols < C, heads < H
+        start = split * PER_SPLIT
+        stop = tl.minimum(start + PER_SPLIT, L)
+        acc = tl.zeros((HP, BLOCK_C), ACC)
+        for l0 in range(0, PER_SPLIT, BLOCK_L):
+            ls = start + l0 + tl.arange(0, BLOCK_L)
+            lmask = ls < stop
+            row = n.to(tl.int64) * L + ls
+            x = tl.load(x_ptr + row[:, None] * C + cols[None, :], mask=lmask[:, None] & cmask[None, :],
+                        other=0.0).to(ACC)
+            d = x - tl.load(mu_ptr + row, mask=lmask, other=0.0)[:, None]
+            w = tl.load(w_ptr + row[:, None] * H + heads[None, :], mask=lmask[:, None] & hmask[None, :], other=0.0)
+            acc += tl.sum(w[:, :, None] * d[:, None, :], 0)
+        dst = out_ptr + ((n * SPLITS + split) * H + heads).to(tl.int64)[:, None] * C + cols[None, :]
+        tl.store(dst, acc, mask=hmask[:, None] & cmask[None, :])
+
+    @torch.library.triton_op("videopanda::ln_scores", mutates_args=())
+    def ln_scores(x: torch.Tensor, u: torch.Tensor, s0: torch.Tensor,
+                  eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x [R, C] -> (scores [R, H], mean [R], 1/std [R]), float32 (float64 for float64 x): the scores of
+        `layer_norm(x) @ u_ln` where u = weight[:, None] * u_ln and s0 = bias @ u_ln (the layer norm's affine folded
+        into the query)."""
+        R, C = x.shape
+        H = u.shape[1]
+        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+        x, u = x.contiguous(), u.contiguous()
+        scores = torch.empty(R, H, dtype=acc, device=x.device)
+        mean, rstd = torch.empty(R, dtype=acc, device=x.device), torch.empty(R, dtype=acc, device=x.device)
+        torch.library.wrap_triton(_ln_scores_kernel)[(triton.cdiv(R, POOL_SCORE_ROWS),)](
+            x, u, s0.contiguous(), scores, mean, rstd, R, eps, C=C, H=H, BLOCK_R=POOL_SCORE_ROWS,
+            BLOCK_C=triton.next_power_of_2(C), ACC=tl.float64 if acc == torch.float64 else tl.float32,
+            num_warps=4 if C <= 1024 else 8)
+        return scores, mean, rstd
+
+    @torch.library.triton_op("videopanda::ln_pool_rows", mutates_args=())
+    def ln_pool_rows(x: torch.Tensor, w: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+        """x [n, L, C], w [n, L, H], mean [n, L] -> [n, H, C]: sum_l w[n, l, h] * (x[n, l] - mean[n, l]), float32
+        (float64 for float64 x). The rows are split over programs when n is too small to fill the GPU."""
+        n, L, C = x.shape
+        H = w.shape[2]
+        x, w, mean = x.contiguous(), w.contiguous(), mean.contiguous()
+        blocks_c = triton.cdiv(C, POOL_BLOCK_C)
+        splits = max(1, min(triton.cdiv(L, 4 * POOL_BLOCK_L), triton.cdiv(264, n * blocks_c)))
+        per_split = triton.cdiv(L, splits)
+        out = torch.empty(n, splits, H, C, dtype=w.dtype, device=x.device)
+        torch.library.wrap_triton(_ln_pool_kernel)[(n, blocks_c, splits)](
+            x, w, mean, out, L, splits, PER_SPLIT=per_split, C=C, H=H, HP=triton.next_power_of_2(H), BLOCK_L=POOL_BLOCK_L,
+            BLOCK_C=POOL_BLOCK_C, ACC=tl.float64 if w.dtype == torch.float64 else tl.float32, num_warps=4)
+        return out.sum(1)
+
     def _dpe3d(xp: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                residual: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         xp = xp.contiguous()
@@ -254,3 +340,22 @@ else:
     def dpe3d_residual(xp: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                        residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise RuntimeError(_NO_TRITON)
+
+    def ln_scores(x: torch.Tensor, u: torch.Tensor, s0: torch.Tensor,
+                  eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        raise RuntimeError(_NO_TRITON)
+
+    def ln_pool_rows(x: torch.Tensor, w: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError(_NO_TRITON)
+
+
+def ln_pool(x: torch.Tensor, u: torch.Tensor, s0: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+            eps: float) -> torch.Tensor:
+    """softmax_l(layer_norm(x) @ u_ln)^T @ layer_norm(x) per set, without writing layer_norm(x): x [n, L, C] ->
+    [n, H, C] in float32 (float64 for float64 x). u = weight[:, None] * u_ln, s0 = bias @ u_ln ([C, H] and [H], the
+    query folded with the norm's affine). GSTRA's and FSRA's constant-query attention (`STAB._fast_ln_pool`): since
+    the softmax weights a_l sum to one, sum_l a_l layer_norm(x_l) = weight * sum_l a_l rstd_l (x_l - mean_l) + bias."""
+    n, L, C = x.shape
+    scores, mean, rstd = ln_scores(x.reshape(n * L, C), u, s0, eps)
+    w = scores.view(n, L, -1).softmax(1) * rstd.view(n, L, 1)
+    return ln_pool_rows(x, w, mean.view(n, L)) * weight.to(w.dtype) + bias.to(w.dtype)

@@ -329,6 +329,9 @@ class STAB(nn.Module):
         self.lsd_impl: str | None = None
         # fused patch unfold: None = auto ("triton", one Triton kernel, on a GPU with Triton; else "torch")
         self.unfold_impl: str | None = None
+        # GSTRA's and FSRA's pooling: None = auto ("triton", two Triton passes that never write the layer-normed keys,
+        # on a GPU with Triton; else "plain": layer norm, then two matmuls)
+        self.pool_impl: str | None = None
         self.register_load_state_dict_post_hook(_refold_after_load)
         self.reset_parameters()
 
@@ -484,8 +487,15 @@ class STAB(nn.Module):
         C, heads = self.dim, self.num_heads
         hd = C // heads
 
-        def keep(name: str, value: torch.Tensor) -> None:
+        def keep(name: str, value: torch.Tensor, dtype: torch.dtype = dtype) -> None:
             self.register_buffer("_fold_" + name, value.to(dtype).contiguous(), persistent=False)
+
+        def keep_pool(name: str, ln: nn.LayerNorm, u: torch.Tensor) -> None:
+            """u [C, heads] in the model dtype for the plain pooling; for `kernels.ln_pool`, the norm's affine folded
+            in, in float32 at least (the kernel computes in float32)."""
+            keep(name + "_u", u)
+            keep(name + "_gu", ln.weight.to(wide)[:, None] * u, wide)
+            keep(name + "_s0", ln.bias.to(wide) @ u, wide)
 
         # the patch embedding as a [C, 3 * p * p] matrix, zero columns up to a multiple of 8 (aligned matmul rows
         # for the unfolded patches, which the Triton unfold and the compiled path write padded)
@@ -514,12 +524,14 @@ class STAB(nn.Module):
             bq = attn.in_proj_bias.to(wide).chunk(3)[0]
             q = F.linear(_layer_norm_up(self.dec.ln_1, self.temporal_cls_token.view(C)), wq, bq)  # [C]
             # q_h . (Wk_h k + bk_h) * hd^-0.5 == k . u_h + const_h, and the constant cancels in the softmax.
-            keep("gstra_u", torch.einsum("hd,hdc->ch", q.view(heads, hd), wk.view(heads, hd, C)) * hd**-0.5)
+            keep_pool("gstra", self.dec.ln_3, torch.einsum("hd,hdc->ch", q.view(heads, hd), wk.view(heads, hd, C)) *
+                      hd**-0.5)
         if self.global_attention is not None:
             ga = self.global_attention
             q = F.linear(_layer_norm_up(ga.q[0], self.class_embedding), ga.q[1].weight.to(wide))  # [C]
             wk = ga.kv[1].weight.to(wide)[:C]
-            keep("fsra_u", torch.einsum("hd,hdc->ch", q.view(heads, hd), wk.view(heads, hd, C)) * ga.scale)
+            keep_pool("fsra", ga.kv[0], torch.einsum("hd,hdc->ch", q.view(heads, hd), wk.view(heads, hd, C)) *
+                      ga.scale)
 
     def _fast_forward(self, pixel_values: torch.Tensor, crop_boxes: CropBoxes | None) -> STABOutput:
         """The fused form of `forward`. Host syncs: none when `crop_boxes` is given; otherwise one small copy of
@@ -633,10 +645,7 @@ class STAB(nn.Module):
     def _fast_gstra(self, x: torch.Tensor) -> torch.Tensor:
         """GSTRA with its constant query folded: x [n, L, C] (LSTE output) -> video cls [n, C]."""
         dec, C = self.dec, self.dim
-        keys = dec.ln_3(x)  # [n, L, C]
-        scores = keys @ self._fold_gstra_u  # [n, L, heads]
-        attn = _softmax_up(scores, 1)
-        pooled = attn.transpose(1, 2) @ keys  # [n, heads, C]: sum_l a_hl k_l
+        pooled = self._fast_ln_pool(x, dec.ln_3, "gstra")  # [n, heads, C]: sum_l a_hl k_l
         wv, bv = dec.attn.in_proj_weight[2 * C:], dec.attn.in_proj_bias[2 * C:]
         out = torch.einsum("nhc,hdc->nhd", pooled, wv.view(self.num_heads, -1, C)).flatten(1) + bv  # [n, C]
         q = self.temporal_cls_token.view(1, C) + dec.attn.out_proj(out)
@@ -715,12 +724,25 @@ class STAB(nn.Module):
     def _fast_fsra(self, tokens: torch.Tensor) -> torch.Tensor:
         """FSRA with its constant query folded. tokens [n, L, C] -> [n, C]."""
         ga, C = self.global_attention, self.dim
-        keys = ga.kv[0](tokens)  # LN, [n, L, C]
-        attn = _softmax_up(keys @ self._fold_fsra_u, 1)  # [n, L, heads]
-        pooled = attn.transpose(1, 2) @ keys  # [n, heads, C]
+        pooled = self._fast_ln_pool(tokens, ga.kv[0], "fsra")  # [n, heads, C]
         wv = ga.kv[1].weight[C:].view(self.num_heads, -1, C)
         out = torch.einsum("nhc,hdc->nhd", pooled, wv).flatten(1)
         return self.class_embedding + ga.proj(out)
+
+    def _fast_ln_pool(self, x: torch.Tensor, ln: nn.LayerNorm, name: str) -> torch.Tensor:
+        """The constant query's attention over keys ln(x) (the folded `u`), pooled: x [n, L, C] -> [n, heads, C],
+        sum_l softmax_l(ln(x) @ u)_h ln(x_l). "triton" never writes ln(x) (`kernels.ln_pool`)."""
+        impl = self.pool_impl
+        if impl is None:
+            impl = "triton" if x.is_cuda and kernels.available(x) else "plain"
+        if impl == "triton":
+            return kernels.ln_pool(x, getattr(self, f"_fold_{name}_gu"), getattr(self, f"_fold_{name}_s0"),
+                                   ln.weight, ln.bias, ln.eps).to(x.dtype)
+        if impl != "plain":
+            raise ValueError(f"pool_impl must be None, 'triton' or 'plain', got {impl!r}")
+        keys = ln(x)  # [n, L, C]
+        attn = _softmax_up(keys @ getattr(self, f"_fold_{name}_u"), 1)  # [n, L, heads]
+        return attn.transpose(1, 2) @ keys
 
     def crop_boxes_for(self, pixel_values: torch.Tensor) -> list[tuple[int, int, int, int]]:
         """Per-frame crop boxes (top, left, height, width in patches) of [B, T, 4, S, S] pixel values, for
