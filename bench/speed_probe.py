@@ -10,7 +10,7 @@
   and the row-sweep design of bench/dpe_rowsweep.py. `--skip-dpe --dpe-sweep` times only the kernel's rows, channels
   and warps per program; `--lsd-sweep` times LSD's window-attention kernel (kernels.lsd_attend) against inductor's
   form, by block size. Each sweep's best is used by the compiled forms that follow. `--stab-variants graphed-encoder`
-  times `modeling.graphs.GraphedEncoder` (`graphed-encoder-copy`: its graphs starting from a copy of the pixels).
+  times `modeling.graphs.GraphedEncoder`.
 - decode: the 7B-shaped model's 64-token answer with the compiled lean loop, with and without fused q/k/v and
   gate/up projections and compiled pointwise ops (`modeling/fused_llm.py`), and its time to first token.
 - eval: one batch of 32 7B answers (8 new tokens): the visual encode, the prefill and whole `generate` calls per
@@ -165,13 +165,11 @@ def section_stab(args) -> None:
             kernels.LSD_BLOCK_N, kernels.LSD_NUM_WARPS = lsd_rows(stab, rows)
             save(args.out)
         for variant in args.stab_variants.split(","):
-            if variant.startswith("graphed-encoder"):  # modeling.graphs.GraphedEncoder, as the package ships it
+            if variant == "graphed-encoder":  # modeling.graphs.GraphedEncoder, as the package ships it
                 from videopanda.modeling.graphs import GraphedEncoder
 
                 torch._dynamo.reset()
                 enc = GraphedEncoder(stab, projector)
-                if variant == "graphed-encoder-copy":  # its graphs start from a copy of the pixels (before session 10)
-                    enc._unfolds = lambda pixel_values: False
                 for b in (1, 8, 32):
                     t0 = time.perf_counter()
                     y = enc(inputs[b], [(0, 0, 32, 32)] * (8 * b)).clone()
@@ -195,7 +193,6 @@ def section_stab(args) -> None:
                 kernels.BLOCK_H, kernels.BLOCK_C, kernels.NUM_WARPS = (int(v) for v in blocks.split("x"))
             stab.dpe_impl = dpe
             stab.unfold_impl = "torch" if variant.startswith("torchunfold") else None
-            stab.pool_impl = "plain" if variant.startswith("plainpool") else None
             stab.lsd_impl = "triton" if lsd == "triton" else "plain"
             # "-cdt": inductor tunes each Triton kernel's block sizes by coordinate descent while compiling
             tuning = torch._inductor.config.patch(coordinate_descent_tuning=variant.endswith("-cdt"),
@@ -209,7 +206,7 @@ def section_stab(args) -> None:
                 save(args.out)
             kernels.dpe3d, STAB._fast_dpe = package_dpe, package_fast_dpe
             kernels.BLOCK_H, kernels.BLOCK_C, kernels.NUM_WARPS = package_blocks
-        stab.dpe_impl = stab.lsd_impl = stab.unfold_impl = stab.pool_impl = None
+        stab.dpe_impl = stab.lsd_impl = stab.unfold_impl = None
         save(args.out)
 
 
@@ -388,8 +385,6 @@ VARIANTS = {  # name -> (torch.compile mode, LSD form, manual CUDA graph replay,
     "taps-lsd-graph": (None, "triton", True, "taps"),  # the dpe kernel reading tap-major [27, C] weights
     # the package's default with inductor's permute + pad for the patch unfold (stab.unfold_impl="torch")
     "torchunfold-lsd-graph": (None, "triton", True, "triton"),
-    # GSTRA's and FSRA's pooling as layer norm + two matmuls (stab.pool_impl="plain"), before session 10
-    "plainpool-lsd-graph": (None, "triton", True, "triton"),
     "shift-ro": ("reduce-overhead", "plain", False, "shift"),
 }
 
@@ -510,8 +505,7 @@ def main() -> None:
     p.add_argument("--table", action="store_true", help="kernel tables of the compiled STAB")
     p.add_argument("--eager", action="store_true", help="also time the eager forms")
     p.add_argument("--stab-variants", default="triton,triton-graph,triton-ro,default-graph",
-                   help=f"compiled STAB forms, from {','.join(VARIANTS)},graphed-encoder,graphed-encoder-copy; a "
-                        "suffix -cdt compiles "
+                   help=f"compiled STAB forms, from {','.join(VARIANTS)},graphed-encoder; a suffix -cdt compiles "
                         "with inductor's coordinate-descent tuning, a suffix @HxCxW sets the dpe kernel's rows, "
                         "channels and warps per program")
     p.add_argument("--stab-batches", default="1,8,32", type=lambda v: [int(b) for b in v.split(",")],
@@ -532,8 +526,7 @@ def main() -> None:
     args = p.parse_args()
     unknown = [n for n in args.sections.split(",") if f"section_{n}" not in globals()]
     unknown += [v for v in args.stab_variants.split(",")
-                if v.partition("@")[0].removesuffix("-cdt") not in VARIANTS
-                and v not in ("graphed-encoder", "graphed-encoder-copy")]
+                if v.partition("@")[0].removesuffix("-cdt") not in VARIANTS and v != "graphed-encoder"]
     if unknown:
         p.error(f"unknown section or STAB variant: {', '.join(unknown)}")
     RESULT.update(device=torch.cuda.get_device_name(), torch=torch.__version__, out=args.out,

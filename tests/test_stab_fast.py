@@ -366,36 +366,6 @@ def test_graphed_encoder_checks_and_runs_the_encode_off_cuda():
     assert torch.equal(got, want)
 
 
-@pytest.mark.parametrize("unfold_impl", ["torch", "triton"])
-def test_forward_unfolded_equals_forward(unfold_impl):
-    """`unfold_patches` + `forward_unfolded` (what GraphedEncoder's graphs replay from) is the fused forward, and
-    GraphedEncoder stages the pixels as those rows when it unfolds with the kernel, into the given buffer."""
-    from videopanda.modeling.graphs import GraphedEncoder
-
-    if unfold_impl == "triton" and not kernels.available(torch.empty(0)):
-        pytest.skip("Triton is not installed")
-    fused = make_stab().fuse()
-    fused.unfold_impl = unfold_impl
-    px = make_input(*CASES["T6_mixed"])
-    B, T = px.shape[:2]
-    boxes = fused.crop_boxes_for(px)
-    with torch.no_grad():
-        want = fused(px, crop_boxes=boxes).tokens
-        rows = fused.unfold_patches(px)
-        assert rows.shape == (B * T * 8 * 8, fused._fold_patch_w.shape[1])
-        assert torch.equal(fused.forward_unfolded(rows, B, T, boxes).tokens, want)
-        buffer = torch.full_like(rows, 7.0)
-        assert fused.unfold_patches(px, out=buffer) is buffer and torch.equal(buffer, rows)
-        with pytest.raises(ValueError, match="crop boxes"):
-            fused.forward_unfolded(rows, B, T, None)
-        encoder = GraphedEncoder(fused, torch.nn.Identity(), compile=False)
-        staged = encoder._stage(px)
-        assert encoder._unfolds(px) == (unfold_impl == "triton")
-        assert torch.equal(staged, rows if unfold_impl == "triton" else px)
-        if unfold_impl == "triton":
-            assert torch.equal(encoder._encode_unfolded(staged, B, T, boxes), want)
-
-
 @pytest.mark.parametrize("attr", ["dpe_impl", "lsd_impl", "unfold_impl", "pool_impl"])
 def test_unknown_kernel_form_is_refused(attr):
     fused = make_stab().fuse()

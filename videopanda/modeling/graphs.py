@@ -7,11 +7,6 @@ which showed as 0.2-0.3 ms more on the lent machines. Here a call costs one inpu
 
 A graph is fixed to its input shape, dtype and the frames' crop boxes (static shapes inside the STAB), so the boxes
 must come from the host (`STAB.crop_boxes_for` on the processor's output); each new combination is captured once.
-
-The graph's input is the patch embedding's unfolded rows, not the pixels: a call runs the patch unfold (one Triton
-pass, `STAB.unfold_patches`) eagerly from the caller's pixels straight into that input, and then replays the rest.
-A graph whose input is the pixels would need one more copy of them into its input first (103 MB at 8 videos of the
-7B, about 0.07 ms on an H100); the unfold is a pass the encode makes anyway.
 """
 
 from __future__ import annotations
@@ -54,15 +49,10 @@ class GraphedEncoder:
             raise ValueError(f"max_graphs must be >= 1, got {max_graphs}")
         self.stab, self.projector, self.max_graphs = stab, projector, max_graphs
         self.fn = torch.compile(self._encode, dynamic=False) if compile else self._encode
-        self.fn_unfolded = torch.compile(self._encode_unfolded, dynamic=False) if compile else self._encode_unfolded
         self.graphs: OrderedDict[tuple, _Captured] = OrderedDict()
 
     def _encode(self, pixel_values: torch.Tensor, boxes: list[tuple[int, ...]]) -> torch.Tensor:
         return self.projector(self.stab(pixel_values, crop_boxes=boxes).tokens)
-
-    def _encode_unfolded(self, rows: torch.Tensor, B: int, T: int, boxes: list[tuple[int, ...]]) -> torch.Tensor:
-        """`_encode` from `STAB.unfold_patches`' rows: what the graph replays."""
-        return self.projector(self.stab.forward_unfolded(rows, B, T, boxes).tokens)
 
     @torch.inference_mode()
     def __call__(self, pixel_values: torch.Tensor, crop_boxes: Sequence[Sequence[int]]) -> torch.Tensor:
@@ -82,43 +72,24 @@ class GraphedEncoder:
                 self.graphs.popitem(last=False)
         else:
             self.graphs.move_to_end(key)
-        self._stage(pixel_values, captured.input)
+        captured.input.copy_(pixel_values)
         captured.graph.replay()
         return captured.output
 
-    def _unfolds(self, pixel_values: torch.Tensor) -> bool:
-        """Whether the graph starts from unfolded rows (the Triton unfold on this device, the STAB's default
-        unfold), or from a copy of the pixels."""
-        from . import kernels
-
-        impl = self.stab.unfold_impl
-        return impl == "triton" or impl is None and pixel_values.is_cuda and kernels.available(pixel_values)
-
-    def _stage(self, pixel_values: torch.Tensor, static: torch.Tensor | None = None) -> torch.Tensor:
-        """The graph's input for these pixels, written into `static` if given."""
-        if self._unfolds(pixel_values):
-            return self.stab.unfold_patches(pixel_values, out=static)
-        return pixel_values.clone() if static is None else static.copy_(pixel_values)
-
     def _capture(self, pixel_values: torch.Tensor, boxes: list[tuple[int, ...]]) -> _Captured:
         """Warm up on a side stream (compilation, Triton and cuBLAS set-up happen outside the capture), then
-        capture one call on a static input."""
-        B, T = pixel_values.shape[:2]
-        if self._unfolds(pixel_values):
-            fn = lambda rows: self.fn_unfolded(rows, B, T, boxes)  # noqa: E731
-        else:
-            fn = lambda pixels: self.fn(pixels, boxes)  # noqa: E731
+        capture one call on a static copy of the input."""
         with torch.cuda.device(pixel_values.device):
-            static = self._stage(pixel_values)
+            static = pixel_values.clone()
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
                 for _ in range(3):
-                    fn(static)
+                    self.fn(static, boxes)
             torch.cuda.current_stream().wait_stream(side)
             graph = torch.cuda.CUDAGraph()
             with _own_cublas_workspace(), torch.cuda.graph(graph):
-                output = fn(static)
+                output = self.fn(static, boxes)
         return _Captured(graph, static, output)
 
 

@@ -135,21 +135,12 @@ if triton is not None:
         zero-filled up to `width` (>= 3 * patch**2: aligned rows for the matmul), cast to `dtype`. One pass: what
         inductor made of the permute and pad read the pixels at about half the memory's speed."""
         BT, _, S, _ = frames.shape
-        out = torch.empty(BT * (S // patch) ** 2, width, dtype=dtype, device=frames.device)
-        patch_unfold_into(frames, patch, out)
-        return out
-
-    def patch_unfold_into(frames: torch.Tensor, patch: int, out: torch.Tensor) -> torch.Tensor:
-        """`patch_unfold` writing into `out` ([BT * G * G, width], contiguous): eagerly, outside compiled code.
-        `GraphedEncoder` unfolds the caller's frames straight into its graph's input this way."""
-        BT, _, S, _ = frames.shape
         if frames.stride(-1) != 1:
             frames = frames.contiguous()
         G, K = S // patch, 3 * patch * patch
-        if out.shape != (BT * G * G, out.shape[1]) or out.shape[1] < K or not out.is_contiguous():
-            raise ValueError(f"out must be a contiguous [{BT * G * G}, >= {K}] tensor, got {tuple(out.shape)}")
+        out = torch.empty(BT * G * G, width, dtype=dtype, device=frames.device)
         torch.library.wrap_triton(_unfold_kernel)[(BT * G,)](
-            frames, out, frames.stride(0), frames.stride(1), frames.stride(2), G, K=K, KP=out.shape[1], P=patch,
+            frames, out, frames.stride(0), frames.stride(1), frames.stride(2), G, K=K, KP=width, P=patch,
             BLOCK_G=triton.next_power_of_2(G), BLOCK_K=UNFOLD_BLOCK_K, num_warps=UNFOLD_NUM_WARPS)
         return out
 
@@ -294,9 +285,8 @@ if triton is not None:
         per_split = triton.cdiv(L, splits)
         out = torch.empty(n, splits, H, C, dtype=w.dtype, device=x.device)
         torch.library.wrap_triton(_ln_pool_kernel)[(n, blocks_c, splits)](
-            x, w, mean, out, L, splits, PER_SPLIT=per_split, C=C, H=H, HP=triton.next_power_of_2(H),
-            BLOCK_L=POOL_BLOCK_L, BLOCK_C=POOL_BLOCK_C, ACC=tl.float64 if w.dtype == torch.float64 else tl.float32,
-            num_warps=4)
+            x, w, mean, out, L, splits, PER_SPLIT=per_split, C=C, H=H, HP=triton.next_power_of_2(H), BLOCK_L=POOL_BLOCK_L,
+            BLOCK_C=POOL_BLOCK_C, ACC=tl.float64 if w.dtype == torch.float64 else tl.float32, num_warps=4)
         return out.sum(1)
 
     def _dpe3d(xp: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
@@ -345,9 +335,6 @@ else:
         raise RuntimeError(_NO_TRITON)
 
     def patch_unfold(frames: torch.Tensor, patch: int, width: int, dtype: torch.dtype) -> torch.Tensor:
-        raise RuntimeError(_NO_TRITON)
-
-    def patch_unfold_into(frames: torch.Tensor, patch: int, out: torch.Tensor) -> torch.Tensor:
         raise RuntimeError(_NO_TRITON)
 
     def dpe3d_residual(xp: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,

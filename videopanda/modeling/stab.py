@@ -37,7 +37,6 @@ Ablation switches (`use_lste`, `use_gstra`, `use_fsra`, `downsample`) remove one
 
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -538,49 +537,11 @@ class STAB(nn.Module):
         """The fused form of `forward`. Host syncs: none when `crop_boxes` is given; otherwise one small copy of
         the boxes, issued before the heavy work so the host has them while the device still computes."""
         B, T, _, S, _ = pixel_values.shape
+        G = S // self.patch_size
         frames = pixel_values.flatten(0, 1)  # [BT, 4, S, S]
         pending = _boxes_to_host(frames[:, 3:], self.patch_size, self.empty_frame_patches) \
             if crop_boxes is None else None
-        feats = self._fast_patch_embed(frames, S // self.patch_size)  # [BT, G, G, C]
-        return self._fast_embedded(feats, B, T, crop_boxes, pending)
-
-    def unfold_patches(self, pixel_values: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        """[B, T, 4, S, S] pixel values -> the patch embedding's input rows [B*T*G*G, K] (RGB patches flattened as
-        its weight, zero-filled to the aligned width K of the folded weight, in the model dtype), for
-        `forward_unfolded`. On a GPU with Triton one pass (`kernels.patch_unfold_into`; `unfold_impl` picks the
-        form as in `forward`), written into `out` if given: `GraphedEncoder` unfolds the caller's pixels straight into its graph's input, so a call copies
-        nothing more (pixels are 4/3 the rows' size)."""
-        frames = pixel_values.flatten(0, 1)
-        G, p, width = frames.shape[-1] // self.patch_size, self.patch_size, self._fold_patch_w.shape[1]
-        if out is None:
-            out = torch.empty(frames.shape[0] * G * G, width, dtype=self._fold_patch_w.dtype, device=frames.device)
-        impl = self.unfold_impl
-        if impl is None:
-            impl = "triton" if frames.is_cuda and kernels.available(frames) else "torch"
-        if impl == "triton":
-            return kernels.patch_unfold_into(frames, p, out)
-        if impl != "torch":
-            raise ValueError(f"unfold_impl must be None, 'triton' or 'torch', got {impl!r}")
-        rgb = frames[:, :3, : G * p, : G * p].unflatten(3, (G, p)).unflatten(2, (G, p))  # [BT, 3, G, p, G, p]
-        out[:, 3 * p * p:] = 0
-        out.view(-1, G, G, width)[..., : 3 * p * p].unflatten(-1, (3, p, p)).copy_(rgb.permute(0, 2, 4, 1, 3, 5))
-        return out
-
-    def forward_unfolded(self, rows: torch.Tensor, B: int, T: int, crop_boxes: CropBoxes) -> STABOutput:
-        """The fused STAB from `unfold_patches`' rows of B videos of T frames, with the crop boxes given (the rows
-        carry no mask channel)."""
-        if not self._fused:
-            raise RuntimeError("forward_unfolded runs the fused STAB: call fuse() first")
-        if crop_boxes is None:
-            raise ValueError("forward_unfolded needs the crop boxes ('full' or per-frame boxes)")
-        G = math.isqrt(rows.shape[0] // (B * T))
-        feats = F.linear(rows, self._fold_patch_w).view(B * T, G, G, -1)
-        return self._fast_embedded(feats, B, T, crop_boxes)
-
-    def _fast_embedded(self, feats: torch.Tensor, B: int, T: int, crop_boxes: CropBoxes | None,
-                       pending: Callable[[], list] | None = None) -> STABOutput:
-        """The fused STAB after the patch embedding: feats [B*T, G, G, C]."""
-        G = feats.shape[1]
+        feats = self._fast_patch_embed(frames, G)  # [BT, G, G, C]
         video_cls = None
         if T > 1:
             feats, video_cls = self._fast_temporal(feats.unflatten(0, (B, T)))
