@@ -1,0 +1,149 @@
+"""The fused GEMM + epilogue kernel of bench/gemm_probe.py computes what torch computes, masks included, and leaves the
+padded buffer's border exactly zero. Without a GPU it runs under Triton's interpreter (set before Triton is imported,
+as tests/conftest.py does), on float32 inputs: the interpreter's bfloat16 tl.dot is not faithful on CPU."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+pytest.importorskip("triton")
+
+
+def _load_probe():
+    """bench/ is no package: load the script by path, once."""
+    if "gemm_probe" not in sys.modules:
+        path = Path(__file__).resolve().parents[1] / "bench" / "gemm_probe.py"
+        spec = importlib.util.spec_from_file_location("gemm_probe", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["gemm_probe"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["gemm_probe"]
+
+
+probe = _load_probe()
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+# Small tiles so that the tiny shapes span several tiles, a short last group, and tails in M, N and K.
+VARIANTS = ["ptr", "tma", "ptr-persist", "tma-persist"]
+if probe.TensorDescriptor is None:
+    VARIANTS = [v for v in VARIANTS if not v.startswith("tma")]
+
+
+@pytest.fixture(autouse=True)
+def scalar_index(monkeypatch):
+    """The interpreter holds kernel scalars (K, program ids) as 1-element arrays and turns them into Python ints with
+    int(array), which NumPy >= 2.4 refuses for arrays of 1 dimension; the kernel's loops over run-time bounds
+    (`tl.range(0, K, BK)`, the persistent grid's stride) need it. Index through .item() instead."""
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        return
+    from triton.runtime import interpreter
+
+    patch = interpreter._patch_lang_tensor
+
+    def patched(tensor):
+        patch(tensor)
+        tensor.__index__ = lambda self: int(self.handle.data.reshape(-1)[0]) if self.handle.data.size == 1 \
+            else int(self.handle.data)
+
+    monkeypatch.setattr(interpreter, "_patch_lang_tensor", patched)
+
+
+def _inputs(m: int, k: int, n: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(seed)
+    x, w, b = torch.randn(m, k, generator=g), torch.randn(n, k, generator=g), torch.randn(n, generator=g)
+    return tuple(t.to(DEV) for t in (x, w, b))
+
+
+def _close(got: torch.Tensor, want: torch.Tensor) -> None:
+    """float32 accumulation of K <= 48 products of O(1) numbers against float64."""
+    assert got.dtype == torch.float32
+    assert (got.double() - want).abs().max().item() < 1e-4
+
+
+# (37, 48, 40): tails in M, N and K (BK=32); (64, 32, 64): every tile full; (37, 40, 24): K=40 for the pointer loads
+# only, as the interpreter wants TMA strides of 16 *elements* (the GPU wants 16 bytes).
+SHAPES = [(v, 37, 48, 40) for v in VARIANTS] + [(v, 64, 32, 64) for v in VARIANTS] + \
+    [(v, 37, 40, 24) for v in VARIANTS if v.startswith("ptr")]
+
+
+@pytest.mark.parametrize(("variant", "m", "k", "n"), SHAPES)
+def test_gelu_epilogue(variant, m, k, n):
+    x, w, b = _inputs(m, k, n)
+    cfg = probe.Config.parse("16x32x32w4s2g2", variant)
+    got = probe.fused_linear(x, w, b, cfg, "gelu", programs=3)
+    want = F.gelu(F.linear(x.double(), w.double(), b.double()))
+    assert got.shape == (m, n)
+    _close(got, want)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_residual_pad_epilogue(variant):
+    """F=2 frames of a 4x4 grid, K=48 and N=48 (tails in K and N): interior = product + bias + residual, border
+    exactly 0 even where the buffer held NaN."""
+    frames, grid, k, n = 2, 4, 48, 48
+    m = frames * grid * grid
+    x, w, b = _inputs(m, k, n, seed=1)
+    r = torch.randn(m, n, generator=torch.Generator().manual_seed(2)).to(DEV)
+    cfg = probe.Config.parse("16x32x32w4s2g2", variant)
+    out = torch.full((frames, grid + 2, grid + 2, n), float("nan"), device=DEV)
+    got = probe.fused_linear(x, w, b, cfg, "residual_pad", residual=r, grid=grid, out=out, programs=3)
+    assert got is out
+    want = F.pad((r.double() + F.linear(x.double(), w.double(), b.double())).view(frames, grid, grid, n),
+                 (0, 0, 1, 1, 1, 1))
+    _close(got, want)
+    border = torch.ones(grid + 2, grid + 2, dtype=torch.bool)
+    border[1:-1, 1:-1] = False
+    assert (got[:, border] == 0).all()  # == 0 is False for NaN: every border cell was written
+
+
+def test_residual_pad_keep_border_writes_the_interior_only():
+    """zero_border=False (a reused buffer): the border is left as it was, the interior is still right."""
+    frames, grid, k, n = 3, 4, 24, 32
+    m = frames * grid * grid
+    x, w, b = _inputs(m, k, n, seed=3)
+    r = torch.randn(m, n, generator=torch.Generator().manual_seed(4)).to(DEV)
+    out = torch.full((frames, grid + 2, grid + 2, n), 7.0, device=DEV)
+    probe.fused_linear(x, w, b, probe.Config.parse("32x32x8w4s2"), "residual_pad", residual=r, grid=grid, out=out,
+                       zero_border=False)
+    want = (r.double() + F.linear(x.double(), w.double(), b.double())).view(frames, grid, grid, n)
+    _close(out[:, 1:-1, 1:-1], want)
+    assert (out[:, 0] == 7).all() and (out[:, :, -1] == 7).all()
+
+
+def test_border_rows_cover_the_border_once():
+    """The border-row enumeration of the kernel, replayed in torch: each border cell once, no interior cell."""
+    frames, grid = 3, 5
+    b = torch.arange(probe.border_rows(frames, grid))
+    w = grid + 2
+    f, j = b // (4 * grid + 4), b % (4 * grid + 4)
+    side = (j - 2 * w).clamp(min=0)
+    py = torch.where(j < w, 0, torch.where(j < 2 * w, grid + 1, side // 2 + 1))
+    px = torch.where(j < w, j, torch.where(j < 2 * w, j - w, (side % 2) * (grid + 1)))
+    hit = torch.zeros(frames, w, w, dtype=torch.long)
+    hit.index_put_((f, py, px), torch.ones_like(b), accumulate=True)
+    border = torch.ones(w, w, dtype=torch.long)
+    border[1:-1, 1:-1] = 0
+    assert torch.equal(hit, border.expand(frames, w, w))
+
+
+def test_config_parse_and_cli():
+    cfg = probe.Config.parse("128x256x64w8s3", "tma-persist")
+    assert (cfg.bm, cfg.bn, cfg.bk, cfg.warps, cfg.stages, cfg.group_m, cfg.tma, cfg.persistent) == \
+        (128, 256, 64, 8, 3, 8, True, True)
+    assert cfg.name == "128x256x64w8s3g8:tma-persist"
+    assert probe.Config.parse("256x128x64w8s4g16").group_m == 16
+    with pytest.raises(ValueError, match="variant"):
+        probe.Config.parse("128x128x64w8s4", "wgmma")
+    args = probe.parse_args(["--out", "x.json", "--configs", "64x64x32w4s2", "--no-graph"])
+    assert args.configs == "64x64x32w4s2" and not args.graph and args.epilogues == "gelu,residual_pad"
+    with pytest.raises(ValueError, match="epilogue"):
+        probe.fused_linear(*_inputs(4, 8, 8), probe.Config(), "relu")
