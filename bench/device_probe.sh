@@ -11,7 +11,7 @@ if compgen -G ".xfer/wheels/*.whl" > /dev/null; then
 fi
 export PYTHONPATH=$SITE:$PWD HF_HUB_OFFLINE=1 VIDEOPANDA_CACHE=/tmp/vpcache PYTHONUNBUFFERED=1
 export TORCHINDUCTOR_CACHE_DIR=/tmp/inductor
-STAB_VARIANTS=${STAB_VARIANTS:-triton-lsd-graph,plainpool-lsd-graph,graphed-encoder,graphed-encoder-copy}
+STAB_VARIANTS=${STAB_VARIANTS:-triton-lsd-graph,plainpool-lsd-graph,graphed-encoder}
 for probe in ${PROBES:-stab gemm}; do
   case $probe in
     stab) timeout 400 python3 bench/speed_probe.py --sections stab --table --skip-dpe --stab-batches 1,8 \

@@ -193,6 +193,7 @@ def section_stab(args) -> None:
                 kernels.BLOCK_H, kernels.BLOCK_C, kernels.NUM_WARPS = (int(v) for v in blocks.split("x"))
             stab.dpe_impl = dpe
             stab.unfold_impl = "torch" if variant.startswith("torchunfold") else None
+            stab.pool_impl = "plain" if variant.startswith("plainpool") else None
             stab.lsd_impl = "triton" if lsd == "triton" else "plain"
             # "-cdt": inductor tunes each Triton kernel's block sizes by coordinate descent while compiling
             tuning = torch._inductor.config.patch(coordinate_descent_tuning=variant.endswith("-cdt"),
@@ -206,7 +207,7 @@ def section_stab(args) -> None:
                 save(args.out)
             kernels.dpe3d, STAB._fast_dpe = package_dpe, package_fast_dpe
             kernels.BLOCK_H, kernels.BLOCK_C, kernels.NUM_WARPS = package_blocks
-        stab.dpe_impl = stab.lsd_impl = stab.unfold_impl = None
+        stab.dpe_impl = stab.lsd_impl = stab.unfold_impl = stab.pool_impl = None
         save(args.out)
 
 
@@ -385,6 +386,8 @@ VARIANTS = {  # name -> (torch.compile mode, LSD form, manual CUDA graph replay,
     "taps-lsd-graph": (None, "triton", True, "taps"),  # the dpe kernel reading tap-major [27, C] weights
     # the package's default with inductor's permute + pad for the patch unfold (stab.unfold_impl="torch")
     "torchunfold-lsd-graph": (None, "triton", True, "triton"),
+    # GSTRA's and FSRA's pooling as layer norm + two matmuls (stab.pool_impl="plain"), before session 10
+    "plainpool-lsd-graph": (None, "triton", True, "triton"),
     "shift-ro": ("reduce-overhead", "plain", False, "shift"),
 }
 

@@ -144,13 +144,16 @@ def api(server, monkeypatch):
 
 @pytest.fixture
 def gpu_rounding(monkeypatch):
-    """Triton's interpreter casts float32 to bfloat16 by truncation, where the GPU rounds to nearest even (what
-    `.to(tl.bfloat16)` compiles to); a precision test of the kernels on CPU needs the GPU's rounding."""
+    """The GPU's bfloat16 arithmetic in Triton's interpreter, for precision tests of the kernels on CPU:
+    - the interpreter casts float32 to bfloat16 by truncation, where the GPU rounds to nearest even (what
+      `.to(tl.bfloat16)` compiles to);
+    - its `tl.dot` multiplies bfloat16 tiles as their raw 16-bit patterns (numpy has no bfloat16), where the GPU's
+      tensor cores multiply the values exactly and sum in float32."""
     if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") == "1":
         import triton.language as tl
         from triton.runtime import interpreter
 
-        cast = interpreter.InterpreterBuilder.cast_impl
+        cast, dot = interpreter.InterpreterBuilder.cast_impl, interpreter.InterpreterBuilder.create_dot
 
         def rounded(self, src, dst_type):
             if src.dtype.scalar == tl.float32 and dst_type.scalar == tl.bfloat16:
@@ -158,4 +161,14 @@ def gpu_rounding(monkeypatch):
                 return interpreter.TensorHandle(data, dst_type.scalar)
             return cast(self, src, dst_type)
 
+        def widened(handle):
+            if handle.dtype.scalar != tl.bfloat16:
+                return handle
+            values = torch.from_numpy(handle.data.view("uint16")).view(torch.bfloat16).float().numpy()
+            return interpreter.TensorHandle(values, tl.float32)
+
+        def exact_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
+            return dot(self, widened(a), widened(b), d, input_precision, max_num_imprecise_acc)
+
         monkeypatch.setattr(interpreter.InterpreterBuilder, "cast_impl", rounded)
+        monkeypatch.setattr(interpreter.InterpreterBuilder, "create_dot", exact_dot)

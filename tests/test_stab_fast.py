@@ -165,7 +165,10 @@ def test_ln_pool_kernels_equal_layer_norm_attention(monkeypatch, n, L, C, heads)
     split over programs (L = 600), and rows with a mean far from zero (the kernel centres before it sums)."""
     if not kernels.available(torch.empty(0)):
         pytest.skip("Triton is not installed")
-    monkeypatch.setattr(kernels, "POOL_SCORE_ROWS", 4)
+    monkeypatch.setattr(kernels, "POOL_SCORE_ROWS", 16)
+    monkeypatch.setattr(kernels, "POOL_BLOCK_K", 16)
+    monkeypatch.setattr(kernels, "POOL_BLOCK_L", 16)
+    monkeypatch.setattr(kernels, "POOL_BLOCK_C", 16)
     g = torch.Generator().manual_seed(n * L)
     x = torch.randn(n, L, C, generator=g, dtype=torch.float64) + 30 * torch.randn(n, L, 1, generator=g,
                                                                                  dtype=torch.float64)
@@ -176,7 +179,8 @@ def test_ln_pool_kernels_equal_layer_norm_attention(monkeypatch, n, L, C, heads)
         u = torch.randn(C, heads, generator=g, dtype=torch.float64) / C**0.5
         keys = ln(x)
         want = (keys @ u).softmax(1).transpose(1, 2) @ keys
-        got = kernels.ln_pool(x, ln.weight[:, None] * u, ln.bias @ u, ln.weight, ln.bias, ln.eps)
+        gu = ln.weight[:, None] * u
+        got = kernels.ln_pool(x, gu, gu.sum(0), ln.bias @ u, ln.weight, ln.bias, ln.eps)
     assert got.shape == (n, heads, C) and (got - want).abs().max() < 1e-12
 
 

@@ -42,9 +42,10 @@ UNFOLD_BLOCK_K, UNFOLD_NUM_WARPS = 128, 4
 # LSD's window attention (`lsd_attend`): windows per program (one head each), warps
 LSD_BLOCK_N = 32
 LSD_NUM_WARPS = 4
-# GSTRA/FSRA pooling (`ln_pool`): rows per program of the score pass; rows and channels per step of the pooling pass
-POOL_SCORE_ROWS = 8
-POOL_BLOCK_L, POOL_BLOCK_C = 16, 64
+# GSTRA/FSRA pooling (`ln_pool`): rows per program and channels per step of the score pass; rows per step and
+# channels per program of the pooling pass
+POOL_SCORE_ROWS, POOL_BLOCK_K = 32, 128
+POOL_BLOCK_L, POOL_BLOCK_C = 64, 128
 
 
 def available(x: torch.Tensor) -> bool:
@@ -210,32 +211,50 @@ if triton is not None:
         return out
 
     @triton.jit
-    def _ln_scores_kernel(x_ptr, u_ptr, s0_ptr, scores_ptr, mu_ptr, rstd_ptr, R, eps, C: tl.constexpr,
-                          H: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr):
-        """For BLOCK_R rows of x [R, C] (whole rows in registers): mean, 1/std and the scores
-        rstd * sum_c (x_c - mean) * u[c, h] + s0[h] of each head h. The sum runs over the centred row, so a large
-        mean cancels before it meets the weights."""
+    def _ln_scores_kernel(x_ptr, u_ptr, s1_ptr, s0_ptr, scores_ptr, mu_ptr, rstd_ptr, R, eps, C: tl.constexpr,
+                          H: tl.constexpr, HP: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
+                          PREC: tl.constexpr, ACC: tl.constexpr):
+        """For BLOCK_R rows of x [R, C]: mean, 1/std and the scores rstd * (x . u[:, h] - mean * s1[h]) + s0[h] of
+        each head h, with s1 = the column sums of u. x . u is a tensor-core dot of the rows as they are (exact
+        products, float32 sums), so the mean is taken out after it without a rounded intermediate; the statistics
+        combine each block's mean and squared deviations (Chan's formula), so a large mean does not cancel."""
         rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-        cols = tl.arange(0, BLOCK_C)
-        rmask, cmask = rows < R, cols < C
-        m = rmask[:, None] & cmask[None, :]
-        x = tl.load(x_ptr + rows.to(tl.int64)[:, None] * C + cols[None, :], mask=m, other=0.0).to(ACC)
-        mean = tl.sum(x, 1) / C
-        d = tl.where(m, x - mean[:, None], 0.0)
-        rstd = 1.0 / tl.sqrt(tl.sum(d * d, 1) / C + eps)
+        heads = tl.arange(0, HP)
+        rmask, hmask = rows < R, heads < H
+        x_rows = x_ptr + rows.to(tl.int64)[:, None] * C
+        acc = tl.zeros((BLOCK_R, HP), ACC)
+        mean = tl.zeros((BLOCK_R,), ACC)
+        m2 = tl.zeros((BLOCK_R,), ACC)
+        for k0 in tl.static_range(0, C, BLOCK_K):
+            cols = k0 + tl.arange(0, BLOCK_K)
+            cmask = cols < C
+            x = tl.load(x_rows + cols[None, :], mask=rmask[:, None] & cmask[None, :], other=0.0)
+            u = tl.load(u_ptr + cols[:, None] * H + heads[None, :], mask=cmask[:, None] & hmask[None, :], other=0.0)
+            acc = tl.dot(x, u, acc, input_precision=PREC, out_dtype=ACC)
+            count: tl.constexpr = min(BLOCK_K, C - k0)
+            xf = x.to(ACC)
+            block_mean = tl.sum(xf, 1) / count
+            dev = tl.where(cmask[None, :], xf - block_mean[:, None], 0.0)
+            delta = block_mean - mean
+            mean += delta * (count / (k0 + count))
+            m2 += tl.sum(dev * dev, 1) + delta * delta * (k0 * count / (k0 + count))
+        rstd = 1.0 / tl.sqrt(m2 / C + eps)
+        s1 = tl.load(s1_ptr + heads, mask=hmask, other=0.0).to(ACC)
+        s0 = tl.load(s0_ptr + heads, mask=hmask, other=0.0).to(ACC)
+        scores = (acc - mean[:, None] * s1[None, :]) * rstd[:, None] + s0[None, :]
         tl.store(mu_ptr + rows, mean, mask=rmask)
         tl.store(rstd_ptr + rows, rstd, mask=rmask)
-        for h in tl.static_range(H):
-            u = tl.load(u_ptr + cols * H + h, mask=cmask, other=0.0).to(ACC)
-            score = tl.sum(d * u[None, :], 1) * rstd + tl.load(s0_ptr + h).to(ACC)
-            tl.store(scores_ptr + rows.to(tl.int64) * H + h, score, mask=rmask)
+        tl.store(scores_ptr + rows.to(tl.int64)[:, None] * H + heads[None, :], scores,
+                 mask=rmask[:, None] & hmask[None, :])
 
     @triton.jit
     def _ln_pool_kernel(x_ptr, w_ptr, mu_ptr, out_ptr, L, SPLITS, PER_SPLIT: tl.constexpr, C: tl.constexpr,
-                        H: tl.constexpr,
-                        HP: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr):
+                        H: tl.constexpr, HP: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr,
+                        PREC: tl.constexpr, ACC: tl.constexpr):
         """out[n, split, h, c] = sum_l w[n, l, h] * (x[n, l, c] - mu[n, l]) over this split's rows l of set n; a
-        program owns one set, one block of channels and one split of the rows."""
+        program owns one set, one block of channels and one split of the rows. The weights are rounded to x's dtype
+        for a tensor-core dot with the rows as they are; sum_l w mu uses the same rounded weights, so taking it out
+        afterwards is exact up to float32 sums."""
         n, split = tl.program_id(0), tl.program_id(2)
         cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
         heads = tl.arange(0, HP)
@@ -243,24 +262,31 @@ if triton is not None:
         start = split * PER_SPLIT
         stop = tl.minimum(start + PER_SPLIT, L)
         acc = tl.zeros((HP, BLOCK_C), ACC)
+        wmu = tl.zeros((HP,), ACC)
         for l0 in range(0, PER_SPLIT, BLOCK_L):
             ls = start + l0 + tl.arange(0, BLOCK_L)
             lmask = ls < stop
             row = n.to(tl.int64) * L + ls
-            x = tl.load(x_ptr + row[:, None] * C + cols[None, :], mask=lmask[:, None] & cmask[None, :],
-                        other=0.0).to(ACC)
-            d = x - tl.load(mu_ptr + row, mask=lmask, other=0.0)[:, None]
-            w = tl.load(w_ptr + row[:, None] * H + heads[None, :], mask=lmask[:, None] & hmask[None, :], other=0.0)
-            acc += tl.sum(w[:, :, None] * d[:, None, :], 0)
+            x = tl.load(x_ptr + row[:, None] * C + cols[None, :], mask=lmask[:, None] & cmask[None, :], other=0.0)
+            w = tl.load(w_ptr + row[None, :] * H + heads[:, None], mask=hmask[:, None] & lmask[None, :],
+                        other=0.0).to(x.dtype)  # [HP, BLOCK_L]
+            acc = tl.dot(w, x, acc, input_precision=PREC, out_dtype=ACC)
+            wmu += tl.sum(w.to(ACC) * tl.load(mu_ptr + row, mask=lmask, other=0.0).to(ACC)[None, :], 1)
         dst = out_ptr + ((n * SPLITS + split) * H + heads).to(tl.int64)[:, None] * C + cols[None, :]
-        tl.store(dst, acc, mask=hmask[:, None] & cmask[None, :])
+        tl.store(dst, acc - wmu[:, None], mask=hmask[:, None] & cmask[None, :])
+
+    def _dot_args(dtype: torch.dtype) -> dict:
+        """Accumulator and dot precision for inputs of this dtype: float32 sums (float64 for float64), and exact
+        float32 products for float32 inputs (no TF32)."""
+        return dict(ACC=tl.float64 if dtype == torch.float64 else tl.float32,
+                    PREC="ieee" if dtype in (torch.float32, torch.float64) else "tf32")
 
     @torch.library.triton_op("videopanda::ln_scores", mutates_args=())
-    def ln_scores(x: torch.Tensor, u: torch.Tensor, s0: torch.Tensor,
+    def ln_scores(x: torch.Tensor, u: torch.Tensor, s1: torch.Tensor, s0: torch.Tensor,
                   eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x [R, C] -> (scores [R, H], mean [R], 1/std [R]), float32 (float64 for float64 x): the scores of
-        `layer_norm(x) @ u_ln` where u = weight[:, None] * u_ln and s0 = bias @ u_ln (the layer norm's affine folded
-        into the query)."""
+        """x [R, C], u [C, H] (x's dtype), s1, s0 [H] -> (scores [R, H], mean [R], 1/std [R]), float32 (float64 for
+        float64 x): the scores `layer_norm(x) @ u_ln` for u = weight[:, None] * u_ln, s1 = u.sum(0) and s0 = bias @
+        u_ln (the layer norm's affine folded into the query)."""
         R, C = x.shape
         H = u.shape[1]
         acc = torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -268,9 +294,9 @@ if triton is not None:
         scores = torch.empty(R, H, dtype=acc, device=x.device)
         mean, rstd = torch.empty(R, dtype=acc, device=x.device), torch.empty(R, dtype=acc, device=x.device)
         torch.library.wrap_triton(_ln_scores_kernel)[(triton.cdiv(R, POOL_SCORE_ROWS),)](
-            x, u, s0.contiguous(), scores, mean, rstd, R, eps, C=C, H=H, BLOCK_R=POOL_SCORE_ROWS,
-            BLOCK_C=triton.next_power_of_2(C), ACC=tl.float64 if acc == torch.float64 else tl.float32,
-            num_warps=4 if C <= 1024 else 8)
+            x, u, s1.contiguous(), s0.contiguous(), scores, mean, rstd, R, eps, C=C, H=H,
+            HP=max(16, triton.next_power_of_2(H)), BLOCK_R=POOL_SCORE_ROWS, BLOCK_K=POOL_BLOCK_K, num_warps=4,
+            **_dot_args(x.dtype))
         return scores, mean, rstd
 
     @torch.library.triton_op("videopanda::ln_pool_rows", mutates_args=())
@@ -285,8 +311,8 @@ if triton is not None:
         per_split = triton.cdiv(L, splits)
         out = torch.empty(n, splits, H, C, dtype=w.dtype, device=x.device)
         torch.library.wrap_triton(_ln_pool_kernel)[(n, blocks_c, splits)](
-            x, w, mean, out, L, splits, PER_SPLIT=per_split, C=C, H=H, HP=triton.next_power_of_2(H), BLOCK_L=POOL_BLOCK_L,
-            BLOCK_C=POOL_BLOCK_C, ACC=tl.float64 if w.dtype == torch.float64 else tl.float32, num_warps=4)
+            x, w, mean, out, L, splits, PER_SPLIT=per_split, C=C, H=H, HP=max(16, triton.next_power_of_2(H)),
+            BLOCK_L=POOL_BLOCK_L, BLOCK_C=POOL_BLOCK_C, num_warps=4, **_dot_args(x.dtype))
         return out.sum(1)
 
     def _dpe3d(xp: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
@@ -341,7 +367,7 @@ else:
                        residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise RuntimeError(_NO_TRITON)
 
-    def ln_scores(x: torch.Tensor, u: torch.Tensor, s0: torch.Tensor,
+    def ln_scores(x: torch.Tensor, u: torch.Tensor, s1: torch.Tensor, s0: torch.Tensor,
                   eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         raise RuntimeError(_NO_TRITON)
 
@@ -349,13 +375,14 @@ else:
         raise RuntimeError(_NO_TRITON)
 
 
-def ln_pool(x: torch.Tensor, u: torch.Tensor, s0: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-            eps: float) -> torch.Tensor:
+def ln_pool(x: torch.Tensor, u: torch.Tensor, s1: torch.Tensor, s0: torch.Tensor, weight: torch.Tensor,
+            bias: torch.Tensor, eps: float) -> torch.Tensor:
     """softmax_l(layer_norm(x) @ u_ln)^T @ layer_norm(x) per set, without writing layer_norm(x): x [n, L, C] ->
-    [n, H, C] in float32 (float64 for float64 x). u = weight[:, None] * u_ln, s0 = bias @ u_ln ([C, H] and [H], the
-    query folded with the norm's affine). GSTRA's and FSRA's constant-query attention (`STAB._fast_ln_pool`): since
-    the softmax weights a_l sum to one, sum_l a_l layer_norm(x_l) = weight * sum_l a_l rstd_l (x_l - mean_l) + bias."""
+    [n, H, C] in float32 (float64 for float64 x). u = weight[:, None] * u_ln in x's dtype, s1 = u.sum(0) and
+    s0 = bias @ u_ln (the query folded with the norm's affine). GSTRA's and FSRA's constant-query attention
+    (`STAB._fast_ln_pool`): since the softmax weights a_l sum to one,
+    sum_l a_l layer_norm(x_l) = weight * sum_l a_l rstd_l (x_l - mean_l) + bias."""
     n, L, C = x.shape
-    scores, mean, rstd = ln_scores(x.reshape(n * L, C), u, s0, eps)
+    scores, mean, rstd = ln_scores(x.reshape(n * L, C), u, s1, s0, eps)
     w = scores.view(n, L, -1).softmax(1) * rstd.view(n, L, 1)
     return ln_pool_rows(x, w, mean.view(n, L)) * weight.to(w.dtype) + bias.to(w.dtype)

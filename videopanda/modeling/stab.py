@@ -491,10 +491,12 @@ class STAB(nn.Module):
             self.register_buffer("_fold_" + name, value.to(dtype).contiguous(), persistent=False)
 
         def keep_pool(name: str, ln: nn.LayerNorm, u: torch.Tensor) -> None:
-            """u [C, heads] in the model dtype for the plain pooling; for `kernels.ln_pool`, the norm's affine folded
-            in, in float32 at least (the kernel computes in float32)."""
+            """u [C, heads] for the plain pooling; for `kernels.ln_pool`, the norm's affine folded in (in the model
+            dtype, for its tensor-core dot) and the sums it needs in float32 at least."""
             keep(name + "_u", u)
-            keep(name + "_gu", ln.weight.to(wide)[:, None] * u, wide)
+            gu = (ln.weight.to(wide)[:, None] * u).to(dtype)  # rounded as the kernel reads it
+            keep(name + "_gu", gu)
+            keep(name + "_s1", gu.to(wide).sum(0), wide)
             keep(name + "_s0", ln.bias.to(wide) @ u, wide)
 
         # the patch embedding as a [C, 3 * p * p] matrix, zero columns up to a multiple of 8 (aligned matmul rows
@@ -736,8 +738,8 @@ class STAB(nn.Module):
         if impl is None:
             impl = "triton" if x.is_cuda and kernels.available(x) else "plain"
         if impl == "triton":
-            return kernels.ln_pool(x, getattr(self, f"_fold_{name}_gu"), getattr(self, f"_fold_{name}_s0"),
-                                   ln.weight, ln.bias, ln.eps).to(x.dtype)
+            folds = (getattr(self, f"_fold_{name}_{part}") for part in ("gu", "s1", "s0"))
+            return kernels.ln_pool(x, *folds, ln.weight, ln.bias, ln.eps).to(x.dtype)
         if impl != "plain":
             raise ValueError(f"pool_impl must be None, 'triton' or 'plain', got {impl!r}")
         keys = ln(x)  # [n, L, C]
