@@ -231,13 +231,13 @@ if triton is not None:
             x = tl.load(x_rows + cols[None, :], mask=rmask[:, None] & cmask[None, :], other=0.0)
             u = tl.load(u_ptr + cols[:, None] * H + heads[None, :], mask=cmask[:, None] & hmask[None, :], other=0.0)
             acc = tl.dot(x, u, acc, input_precision=PREC, out_dtype=ACC)
-            count: tl.constexpr = min(BLOCK_K, C - k0)
+            count = tl.sum(cmask.to(ACC), 0)  # channels in this block
             xf = x.to(ACC)
             block_mean = tl.sum(xf, 1) / count
             dev = tl.where(cmask[None, :], xf - block_mean[:, None], 0.0)
             delta = block_mean - mean
-            mean += delta * (count / (k0 + count))
-            m2 += tl.sum(dev * dev, 1) + delta * delta * (k0 * count / (k0 + count))
+            mean += delta * (count / (count + k0))
+            m2 += tl.sum(dev * dev, 1) + delta * delta * (count * k0 / (count + k0))
         rstd = 1.0 / tl.sqrt(m2 / C + eps)
         s1 = tl.load(s1_ptr + heads, mask=hmask, other=0.0).to(ACC)
         s0 = tl.load(s0_ptr + heads, mask=hmask, other=0.0).to(ACC)
