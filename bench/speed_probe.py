@@ -164,6 +164,9 @@ def section_stab(args) -> None:
         if args.lsd_sweep:
             kernels.LSD_BLOCK_N, kernels.LSD_NUM_WARPS = lsd_rows(stab, rows)
             save(args.out)
+        if args.pool_sweep:
+            pool_sweep(stab, rows)
+            save(args.out)
         for variant in args.stab_variants.split(","):
             if variant == "graphed-encoder":  # modeling.graphs.GraphedEncoder, as the package ships it
                 from videopanda.modeling.graphs import GraphedEncoder
@@ -359,6 +362,36 @@ def kernel_sweep(rows: list[dict], impl: str, knobs: dict[str, str], configs: li
     return min(found)[1] if found else default
 
 
+def pool_sweep(stab: STAB, rows: list[dict]) -> None:
+    """kernels.ln_pool's two passes by block size on GSTRA's shape at 8 videos (16 chunks of 4096 keys); the best
+    of each are then used."""
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(16, 4096, stab.dim, device="cuda", generator=g).to(torch.bfloat16)
+    ln, u, s1, s0 = stab.dec.ln_3, stab._fold_gstra_gu, stab._fold_gstra_s1, stab._fold_gstra_s0
+    want = kernels.ln_pool(x, u, s1, s0, ln.weight, ln.bias, ln.eps).float()
+    scores = lambda: kernels.ln_scores(x.view(-1, stab.dim), u, s1, s0, ln.eps)[0]  # noqa: E731
+    best = kernel_sweep(rows, "ln_scores", {"rows": "POOL_SCORE_ROWS", "block_k": "POOL_BLOCK_K",
+                                            "warps": "POOL_SCORE_WARPS"}, POOL_SCORE_SWEEP, scores, scores().float())
+    kernels.POOL_SCORE_ROWS, kernels.POOL_BLOCK_K, kernels.POOL_SCORE_WARPS = best
+    _, mean, rstd = kernels.ln_scores(x.view(-1, stab.dim), u, s1, s0, ln.eps)
+    w = torch.rand(16, 4096, stab.num_heads, device="cuda", generator=g) / 4096
+    pool = lambda: kernels.ln_pool_rows(x, w, mean.view(16, 4096))  # noqa: E731
+    best = kernel_sweep(rows, "ln_pool_rows", {"block_l": "POOL_BLOCK_L", "block_c": "POOL_BLOCK_C",
+                                               "warps": "POOL_WARPS"}, POOL_SWEEP, pool, pool().float())
+    kernels.POOL_BLOCK_L, kernels.POOL_BLOCK_C, kernels.POOL_WARPS = best
+    got = kernels.ln_pool(x, u, s1, s0, ln.weight, ln.bias, ln.eps).float()
+    config = [getattr(kernels, name) for name in ("POOL_SCORE_ROWS", "POOL_BLOCK_K", "POOL_SCORE_WARPS",
+                                                  "POOL_BLOCK_L", "POOL_BLOCK_C", "POOL_WARPS")]
+    rows.append({"impl": "ln_pool best", "config": config,
+                 "max_diff_vs_first": (got - want).abs().max().item(),
+                 "ms": cuda_ms(lambda: kernels.ln_pool(x, u, s1, s0, ln.weight, ln.bias, ln.eps))})
+
+
+POOL_SCORE_SWEEP = [(32, 128, 4), (64, 128, 4), (64, 128, 8), (16, 256, 4), (32, 256, 4), (64, 64, 4), (128, 64, 8),
+                    (32, 64, 2)]
+POOL_SWEEP = [(64, 128, 4), (128, 128, 4), (64, 64, 4), (32, 128, 4), (128, 64, 4), (64, 256, 8), (128, 128, 8)]
+
+
 DPE_SWEEP = [(1, 128, 4), (1, 64, 4), (1, 128, 8), (2, 64, 4), (2, 128, 4), (1, 64, 2), (1, 32, 2), (2, 32, 4),
              (4, 32, 4)]
 
@@ -520,6 +553,8 @@ def main() -> None:
                    "block size (the best is used by the framesweep-lsd-graph variant)")
     p.add_argument("--gelu-epilogue", action="store_true", help="time the projector's first layer with cuBLASLt's "
                    "GELU epilogue against cuBLAS + inductor's exact GELU")
+    p.add_argument("--pool-sweep", action="store_true", help="time kernels.ln_pool's two passes by block size "
+                   "(the best are used)")
     p.add_argument("--lsd-sweep", action="store_true", help="time kernels.lsd_attend's block sizes (the best are used)")
     p.add_argument("--decode-variants", default="fused-projections,fused-pointwise",
                    help="plain, fused-projections, fused-pointwise (in this order; fusing is not undone)")

@@ -44,8 +44,8 @@ LSD_BLOCK_N = 32
 LSD_NUM_WARPS = 4
 # GSTRA/FSRA pooling (`ln_pool`): rows per program and channels per step of the score pass; rows per step and
 # channels per program of the pooling pass
-POOL_SCORE_ROWS, POOL_BLOCK_K = 32, 128
-POOL_BLOCK_L, POOL_BLOCK_C = 64, 128
+POOL_SCORE_ROWS, POOL_BLOCK_K, POOL_SCORE_WARPS = 32, 128, 4
+POOL_BLOCK_L, POOL_BLOCK_C, POOL_WARPS = 64, 128, 4
 
 
 def available(x: torch.Tensor) -> bool:
@@ -295,7 +295,8 @@ if triton is not None:
         mean, rstd = torch.empty(R, dtype=acc, device=x.device), torch.empty(R, dtype=acc, device=x.device)
         torch.library.wrap_triton(_ln_scores_kernel)[(triton.cdiv(R, POOL_SCORE_ROWS),)](
             x, u, s1.contiguous(), s0.contiguous(), scores, mean, rstd, R, eps, C=C, H=H,
-            HP=max(16, triton.next_power_of_2(H)), BLOCK_R=POOL_SCORE_ROWS, BLOCK_K=POOL_BLOCK_K, num_warps=4,
+            HP=max(16, triton.next_power_of_2(H)), BLOCK_R=POOL_SCORE_ROWS, BLOCK_K=POOL_BLOCK_K,
+            num_warps=POOL_SCORE_WARPS,
             **_dot_args(x.dtype))
         return scores, mean, rstd
 
@@ -312,7 +313,7 @@ if triton is not None:
         out = torch.empty(n, splits, H, C, dtype=w.dtype, device=x.device)
         torch.library.wrap_triton(_ln_pool_kernel)[(n, blocks_c, splits)](
             x, w, mean, out, L, splits, PER_SPLIT=per_split, C=C, H=H, HP=max(16, triton.next_power_of_2(H)),
-            BLOCK_L=POOL_BLOCK_L, BLOCK_C=POOL_BLOCK_C, num_warps=4, **_dot_args(x.dtype))
+            BLOCK_L=POOL_BLOCK_L, BLOCK_C=POOL_BLOCK_C, num_warps=POOL_WARPS, **_dot_args(x.dtype))
         return out.sum(1)
 
     def _dpe3d(xp: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
