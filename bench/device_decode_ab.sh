@@ -4,13 +4,7 @@
 # 1. bench/decode_probe.py (the kernels alone, 32 layers as CUDA graphs; SKIP_PROBE=1 skips it); 2. the 7B-shaped compiled 64-token answer
 # (`videopanda bench --sections generate`) with the kernels, then with decode_kernels.IMPL = "torch".
 set -euo pipefail
-SITE=/tmp/site
-mkdir -p $SITE
-if compgen -G ".xfer/wheels/*.whl" > /dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target $SITE .xfer/wheels/*.whl
-fi
-export PYTHONPATH=$SITE:$PWD HF_HUB_OFFLINE=1 VIDEOPANDA_CACHE=/tmp/vpcache PYTHONUNBUFFERED=1
-export TORCHINDUCTOR_CACHE_DIR=/tmp/inductor
+source bench/device_wheels.sh
 if [ -z "${SKIP_PROBE:-}" ]; then
   python3 bench/decode_probe.py --out $OUT/decode_probe.json 2>&1 | grep -v "'all'" | tail -30
 fi

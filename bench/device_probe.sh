@@ -4,13 +4,7 @@
 # stab: bench/speed_probe.py's STAB section with STAB_VARIANTS and extra STAB_ARGS (kernel table at 8 videos);
 # gemm: bench/gemm_probe.py (Triton GEMMs with fused epilogues against cuBLAS + inductor), GEMM_BUDGET seconds.
 set -uo pipefail
-SITE=/tmp/site
-mkdir -p $SITE
-if compgen -G ".xfer/wheels/*.whl" > /dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target $SITE .xfer/wheels/*.whl
-fi
-export PYTHONPATH=$SITE:$PWD HF_HUB_OFFLINE=1 VIDEOPANDA_CACHE=/tmp/vpcache PYTHONUNBUFFERED=1
-export TORCHINDUCTOR_CACHE_DIR=/tmp/inductor
+source bench/device_wheels.sh
 STAB_VARIANTS=${STAB_VARIANTS:-triton-lsd-graph,plainpool-lsd-graph,graphed-encoder}
 for probe in ${PROBES:-stab gemm}; do
   case $probe in
