@@ -158,6 +158,30 @@ def test_lsd_attend_kernel_equals_softmax_attention(monkeypatch, s, n, h, w, hea
     assert got.shape == want.shape and (got - want).abs().max() < 1e-12
 
 
+@pytest.mark.parametrize("s,n,h,w,C,block_j", [(2, 3, 2, 5, 48, 4), (3, 2, 2, 3, 20, 2), (2, 1, 3, 4, 64, 4)])
+def test_window_ln_kernel_equals_layer_norms_and_mean(monkeypatch, s, n, h, w, C, block_j):
+    """LSD's input pass on its own, on a strided crop with a large common offset (two-pass statistics): the keys'
+    layer norm of every position, the window means, and the queries' layer norm of those; first ragged (channels not
+    a power of two, windows not a multiple of the block), then exact."""
+    if not kernels.available(torch.empty(0)):
+        pytest.skip("Triton is not installed")
+    monkeypatch.setattr(kernels, "WLN_BLOCK_J", block_j)
+    g = torch.Generator().manual_seed(0)
+    full = torch.randn(n, h * s + 2, w * s + 1, C, generator=g, dtype=torch.float64) + 40.0
+    crop = full[:, 1:-1, 1:]  # a view, as `_fast_frame_tokens` passes it
+    k_ln, q_ln = torch.nn.LayerNorm(C, eps=1e-5).double(), torch.nn.LayerNorm(C, eps=1e-6).double()
+    with torch.no_grad():
+        for p in (*k_ln.parameters(), *q_ln.parameters()):
+            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64))
+        normed, pooled, q_in = kernels.window_ln(crop, s, k_ln.weight, k_ln.bias, k_ln.eps, q_ln.weight, q_ln.bias,
+                                                 q_ln.eps)
+        windows = crop.reshape(n, h, s, w, s, C)
+        want_pooled = windows.mean((2, 4))
+        assert normed.shape == windows.shape and (normed - k_ln(windows)).abs().max() < 1e-10
+        assert (pooled - want_pooled).abs().max() < 1e-12
+        assert (q_in - q_ln(want_pooled)).abs().max() < 1e-10
+
+
 @pytest.mark.parametrize("n,L,C,heads", [(3, 37, 48, 3), (2, 600, 32, 4), (1, 5, 20, 8)])
 def test_ln_pool_kernels_equal_layer_norm_attention(monkeypatch, n, L, C, heads):
     """`kernels.ln_pool` (GSTRA's and FSRA's pooling without the normed keys) against layer norm, softmax and
@@ -214,6 +238,36 @@ def test_bfloat16_error_is_that_of_the_unfused_path(kernels_impl, gpu_rounding):
         with torch.no_grad():
             errors[name] = (stab(px).tokens.double() - truth).abs().mean().item()
     assert errors["fused"] < 1.25 * errors["unfused"] + 1e-6, errors
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_pixels_read_at_an_address_equal_pixels_passed(dtype):
+    """`pixel_address` (how GraphedEncoder's graphs read the caller's pixels without copying them): the unfold
+    reads the pixels at the address a device tensor holds, and a stand-in tensor only gives their shape and dtype;
+    the tokens are those of passing the pixels. Without the fused form and given boxes it is refused."""
+    if not kernels.available(torch.empty(0)):
+        pytest.skip("Triton is not installed")
+    stab = make_stab().to(dtype)
+    fused = copy.deepcopy(stab).fuse()
+    px = make_input(*CASES["padded_frames"], dtype=dtype)
+    boxes = fused.crop_boxes_for(px)
+    address = torch.tensor([px.data_ptr()], dtype=torch.int64)
+    stand_in = px.new_zeros(()).expand(px.shape)
+    with torch.no_grad():
+        want = fused(px, crop_boxes=boxes).tokens
+        assert torch.equal(fused(stand_in, crop_boxes=boxes, pixel_address=address).tokens, want)
+        other = px.clone()
+        other[:, :, :3] = other[:, :, :3].flip(-1) * 0.5  # other pixels, the same valid region (boxes)
+        address.fill_(other.data_ptr())  # a new address, the same stand-in: the new pixels are read
+        assert torch.equal(fused(stand_in, crop_boxes=boxes, pixel_address=address).tokens,
+                           fused(other, crop_boxes=boxes).tokens)
+        with pytest.raises(ValueError, match="pixel_address"):
+            fused(stand_in, pixel_address=address)
+        with pytest.raises(ValueError, match="pixel_address"):
+            stab(stand_in, crop_boxes=boxes, pixel_address=address)
+        fused.unfold_impl = "torch"
+        with pytest.raises(ValueError, match="Triton unfold"):
+            fused(stand_in, crop_boxes=boxes, pixel_address=address)
 
 
 def test_crop_box_hints():
@@ -273,7 +327,7 @@ def test_loading_weights_refolds_and_to_dtype_carries_the_folds():
     want, got = other(px), fused(px)
     assert (got.tokens - want.tokens).abs().max() < 1e-12
     fused.float()
-    assert fused._fold_lste_w1.dtype == torch.float32
+    assert fused._fold_patch_lste_w.dtype == torch.float32
     assert (fused(px.float()).tokens.double() - want.tokens).abs().max() < 1e-4
 
 

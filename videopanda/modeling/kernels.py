@@ -12,6 +12,8 @@ Only what no library does well (docs/speed.md has the measurements):
   in one pass, where inductor's permute and pad read the pixels at about half the memory's speed.
 - `lsd_attend`, LSD's attention inside each 2x2 window: scores, softmax and weighted sum in one pass over the keys
   and values (online softmax), where inductor made a score reduction and a weighted sum of them.
+- `window_ln`, LSD's inputs: each window position's row layer-normed for the key/value matmul, the window means and
+  their layer norm for the query, in one pass over the crop (inductor read it twice and wrote nothing it could reuse).
 - `ln_pool`, the attention of GSTRA's and FSRA's constant query over layer-normed keys, without writing the normed
   keys: one pass takes each row's mean, 1/std and scores, a second the softmax-weighted sum of the centred rows
   (the layer norm's scale and shift are applied once, to the pooled result, since the weights sum to one).
@@ -42,6 +44,8 @@ UNFOLD_BLOCK_K, UNFOLD_NUM_WARPS = 128, 4
 # LSD's window attention (`lsd_attend`): windows per program (one head each), warps
 LSD_BLOCK_N = 32
 LSD_NUM_WARPS = 4
+# LSD's layer norms and window means (`window_ln`): windows per program, warps
+WLN_BLOCK_J, WLN_NUM_WARPS = 4, 8
 # GSTRA/FSRA pooling (`ln_pool`): rows per program and channels per step of the score pass; rows per step and
 # channels per program of the pooling pass
 POOL_SCORE_ROWS, POOL_BLOCK_K, POOL_SCORE_WARPS = 32, 128, 4
@@ -113,10 +117,13 @@ if triton is not None:
 
     @triton.jit
     def _unfold_kernel(x_ptr, out_ptr, s_f, s_c, s_y, G, K: tl.constexpr, KP: tl.constexpr, P: tl.constexpr,
-                       BLOCK_G: tl.constexpr, BLOCK_K: tl.constexpr):
+                       BLOCK_G: tl.constexpr, BLOCK_K: tl.constexpr, PIX: tl.constexpr):
         """Patch row gh of one frame: out[(frame * G + gh) * G + gw, k] = x[frame, c, gh * P + i, gw * P + j] with
         k = (c * P + i) * P + j < K, and zeros for K <= k < KP. The lanes run along k, so reads come in runs of P
-        pixels and the [G, KP] block written is contiguous."""
+        pixels and the [G, KP] block written is contiguous. PIX: None, x_ptr points at the pixels; a dtype, x_ptr
+        points at one int64 holding the address of the pixels, of that dtype (`patch_unfold_at`)."""
+        if PIX is not None:
+            x_ptr = tl.load(x_ptr).to(tl.pointer_type(PIX))
         frame = tl.program_id(0) // G
         gh = tl.program_id(0) % G
         gw = tl.arange(0, BLOCK_G)
@@ -129,21 +136,43 @@ if triton is not None:
                         mask=(gw < G)[:, None] & (k < K)[None, :], other=0.0)
             tl.store(dst + k[None, :], v.to(out_ptr.dtype.element_ty), mask=(gw < G)[:, None] & (k < KP)[None, :])
 
+    # pixel dtypes `patch_unfold_at` reads
+    _TL_DTYPES = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32,
+                  torch.float64: tl.float64}
+
+    def _unfold(x: torch.Tensor, shape: tuple[int, ...], strides: tuple[int, ...], pix, patch: int, width: int,
+                dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        BT, _, S, _ = shape
+        G, K = S // patch, 3 * patch * patch
+        out = torch.empty(BT * G * G, width, dtype=dtype, device=device)
+        torch.library.wrap_triton(_unfold_kernel)[(BT * G,)](
+            x, out, strides[0], strides[1], strides[2], G, K=K, KP=width, P=patch,
+            BLOCK_G=triton.next_power_of_2(G), BLOCK_K=UNFOLD_BLOCK_K, PIX=pix, num_warps=UNFOLD_NUM_WARPS)
+        return out
+
     @torch.library.triton_op("videopanda::patch_unfold", mutates_args=())
     def patch_unfold(frames: torch.Tensor, patch: int, width: int, dtype: torch.dtype) -> torch.Tensor:
         """[BT, >=3, S, S] frames (any strides with unit pixel stride) -> [BT * G * G, width] patches of the first
         three channels, G = S // patch, each row (channel, row, column) flattened as the patch embedding's weight,
         zero-filled up to `width` (>= 3 * patch**2: aligned rows for the matmul), cast to `dtype`. One pass: what
         inductor made of the permute and pad read the pixels at about half the memory's speed."""
-        BT, _, S, _ = frames.shape
         if frames.stride(-1) != 1:
             frames = frames.contiguous()
-        G, K = S // patch, 3 * patch * patch
-        out = torch.empty(BT * G * G, width, dtype=dtype, device=frames.device)
-        torch.library.wrap_triton(_unfold_kernel)[(BT * G,)](
-            frames, out, frames.stride(0), frames.stride(1), frames.stride(2), G, K=K, KP=width, P=patch,
-            BLOCK_G=triton.next_power_of_2(G), BLOCK_K=UNFOLD_BLOCK_K, num_warps=UNFOLD_NUM_WARPS)
-        return out
+        return _unfold(frames, frames.shape, frames.stride(), None, patch, width, dtype, frames.device)
+
+    @torch.library.triton_op("videopanda::patch_unfold_at", mutates_args=())
+    def patch_unfold_at(address: torch.Tensor, shape: list[int], src_dtype: torch.dtype, patch: int, width: int,
+                        dtype: torch.dtype) -> torch.Tensor:
+        """`patch_unfold` of contiguous frames of `shape` and `src_dtype` that lie at the device address held in
+        `address` (one int64 on the same device), read when the kernel runs. A CUDA graph that starts with it reads
+        whatever pixels the address names at each replay, so `GraphedEncoder` sets the address instead of copying
+        the caller's pixels into the graph (103 MB at 8 videos of the 7B STAB). The caller keeps the frames alive
+        and unchanged until the kernel has run."""
+        strides = [1] * len(shape)
+        for d in range(len(shape) - 2, -1, -1):
+            strides[d] = strides[d + 1] * shape[d + 1]
+        return _unfold(address, tuple(shape), tuple(strides), _TL_DTYPES[src_dtype], patch, width, dtype,
+                       address.device)
 
     @triton.jit
     def _lsd_attend_kernel(q_ptr, kv_ptr, out_ptr, NW, HW, Wn, s_n, s_i, s_a, s_j, s_b, C, HD, scale,
@@ -209,6 +238,66 @@ if triton is not None:
             BLOCK_D=triton.next_power_of_2(HD), EVEN=NW % LSD_BLOCK_N == 0 and HD == triton.next_power_of_2(HD),
             num_warps=LSD_NUM_WARPS, ACC=tl.float64 if q.dtype == torch.float64 else tl.float32)
         return out
+
+    @triton.jit
+    def _window_ln_kernel(x_ptr, normed_ptr, pooled_ptr, qin_ptr, kw_ptr, kb_ptr, qw_ptr, qb_ptr, Hn, Wn, s_n, s_y,
+                          s_x, k_eps, q_eps, C: tl.constexpr, S: tl.constexpr, BLOCK_J: tl.constexpr,
+                          BLOCK_C: tl.constexpr, ACC: tl.constexpr):
+        """BLOCK_J windows of S x S positions in window row i of frame n: every position's row layer-normed with
+        (kw, kb) into normed [n, Hn*S, Wn*S, C]; the window means (rounded to the output dtype, as a plain mean
+        returns them) into pooled [n, Hn, Wn, C]; and those layer-normed with (qw, qb) into qin. One read of the
+        window rows; each row is whole in registers, so the statistics are two-pass."""
+        n, i = tl.program_id(0) // Hn, tl.program_id(0) % Hn
+        j = tl.program_id(1) * BLOCK_J + tl.arange(0, BLOCK_J)
+        c = tl.arange(0, BLOCK_C)
+        cm = c < C
+        m = (j < Wn)[:, None] & cm[None, :]
+        kw = tl.load(kw_ptr + c, mask=cm, other=0.0).to(ACC)[None, :]
+        kb = tl.load(kb_ptr + c, mask=cm, other=0.0).to(ACC)[None, :]
+        total = tl.zeros((BLOCK_J, BLOCK_C), ACC)
+        for a in tl.static_range(S):
+            for b in tl.static_range(S):
+                col = j * S + b
+                v = tl.load(x_ptr + n.to(tl.int64) * s_n + (i * S + a) * s_y + col[:, None] * s_x + c[None, :],
+                            mask=m, other=0.0).to(ACC)
+                total += v
+                d = tl.where(m, v - (tl.sum(v, 1) / C)[:, None], 0.0)
+                rstd = 1.0 / tl.sqrt(tl.sum(d * d, 1) / C + k_eps)
+                dst = ((n.to(tl.int64) * Hn + i) * S + a) * (Wn * S) + col
+                tl.store(normed_ptr + dst[:, None] * C + c[None, :],
+                         (d * rstd[:, None] * kw + kb).to(normed_ptr.dtype.element_ty), mask=m)
+        pooled = (total / (S * S)).to(pooled_ptr.dtype.element_ty)
+        dst = ((n.to(tl.int64) * Hn + i) * Wn + j)[:, None] * C + c[None, :]
+        tl.store(pooled_ptr + dst, pooled, mask=m)
+        p = pooled.to(ACC)
+        d = tl.where(m, p - (tl.sum(p, 1) / C)[:, None], 0.0)
+        rstd = 1.0 / tl.sqrt(tl.sum(d * d, 1) / C + q_eps)
+        qw = tl.load(qw_ptr + c, mask=cm, other=0.0).to(ACC)[None, :]
+        qb = tl.load(qb_ptr + c, mask=cm, other=0.0).to(ACC)[None, :]
+        tl.store(qin_ptr + dst, (d * rstd[:, None] * qw + qb).to(qin_ptr.dtype.element_ty), mask=m)
+
+    @torch.library.triton_op("videopanda::window_ln", mutates_args=())
+    def window_ln(crop: torch.Tensor, s: int, k_weight: torch.Tensor, k_bias: torch.Tensor, k_eps: float,
+                  q_weight: torch.Tensor, q_bias: torch.Tensor, q_eps: float
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """LSD's inputs in one pass over the crop (`STAB._fast_lsd`, "triton"): crop [n, h*s, w*s, C] (any strides
+        with a unit channel stride) -> (layer_norm_k(crop) as [n, h, s, w, s, C], for the key/value matmul; the
+        window means [n, h, w, C]; layer_norm_q(those means), for the query matmul). Inductor made three passes of
+        it, two of them over the whole crop (the mean and the query's norm in one, the mean again for the residual
+        add). Statistics in float32 (float64 for float64 input)."""
+        n, Hs, Ws, C = crop.shape
+        h, w = Hs // s, Ws // s
+        crop = crop[:, : h * s, : w * s]
+        if crop.stride(-1) != 1:
+            crop = crop.contiguous()
+        normed = crop.new_empty(n, h, s, w, s, C)
+        pooled, qin = crop.new_empty(n, h, w, C), crop.new_empty(n, h, w, C)
+        grid = (n * h, triton.cdiv(w, WLN_BLOCK_J))
+        torch.library.wrap_triton(_window_ln_kernel)[grid](
+            crop, normed, pooled, qin, k_weight, k_bias, q_weight, q_bias, h, w, crop.stride(0), crop.stride(1),
+            crop.stride(2), k_eps, q_eps, C=C, S=s, BLOCK_J=WLN_BLOCK_J, BLOCK_C=triton.next_power_of_2(C),
+            num_warps=WLN_NUM_WARPS, ACC=tl.float64 if crop.dtype == torch.float64 else tl.float32)
+        return normed, pooled, qin
 
     @triton.jit
     def _ln_scores_kernel(x_ptr, u_ptr, s1_ptr, s0_ptr, scores_ptr, mu_ptr, rstd_ptr, R, eps, C: tl.constexpr,
@@ -364,12 +453,21 @@ else:
     def patch_unfold(frames: torch.Tensor, patch: int, width: int, dtype: torch.dtype) -> torch.Tensor:
         raise RuntimeError(_NO_TRITON)
 
+    def patch_unfold_at(address: torch.Tensor, shape: list[int], src_dtype: torch.dtype, patch: int, width: int,
+                        dtype: torch.dtype) -> torch.Tensor:
+        raise RuntimeError(_NO_TRITON)
+
     def dpe3d_residual(xp: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                        residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise RuntimeError(_NO_TRITON)
 
     def ln_scores(x: torch.Tensor, u: torch.Tensor, s1: torch.Tensor, s0: torch.Tensor,
                   eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        raise RuntimeError(_NO_TRITON)
+
+    def window_ln(crop: torch.Tensor, s: int, k_weight: torch.Tensor, k_bias: torch.Tensor, k_eps: float,
+                  q_weight: torch.Tensor, q_bias: torch.Tensor, q_eps: float
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         raise RuntimeError(_NO_TRITON)
 
     def ln_pool_rows(x: torch.Tensor, w: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:

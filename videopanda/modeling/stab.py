@@ -355,7 +355,8 @@ class STAB(nn.Module):
             if self.balance is not None:
                 self.balance.zero_()
 
-    def forward(self, pixel_values: torch.Tensor, crop_boxes: CropBoxes | None = None) -> STABOutput:
+    def forward(self, pixel_values: torch.Tensor, crop_boxes: CropBoxes | None = None, *,
+                pixel_address: torch.Tensor | None = None) -> STABOutput:
         """pixel_values: [B, T, 4, S, S] (RGB normalised + valid-pixel mask) -> STABOutput (tokens before projector).
 
         crop_boxes: a hint for the fused form (`fuse`); the straightforward form always reads the mask.
@@ -364,9 +365,15 @@ class STAB(nn.Module):
             videos of `num_frames` frames). Or per-frame (top, left, height, width) in patches, e.g. from
             `crop_boxes_for` on the host copy of the pixels. Given boxes make the call free of host syncs, and (as
             Python ints) let torch.compile trace it as one graph, specialised on them.
+        pixel_address: fused form with the Triton unfold and given boxes only: one int64 on the device holding the
+            address of contiguous pixels shaped and typed as `pixel_values`, which the unfold reads there when it
+            runs; `pixel_values` then only stands for their shape and dtype (`kernels.patch_unfold_at`; how
+            `GraphedEncoder` feeds its CUDA graphs without copying the caller's pixels).
         """
+        if pixel_address is not None and not (self._fused and crop_boxes is not None):
+            raise ValueError("pixel_address needs the fused STAB (fuse()) and given crop_boxes")
         if self._fused:
-            return self._fast_forward(pixel_values, crop_boxes)
+            return self._fast_forward(pixel_values, crop_boxes, pixel_address)
         B, T = pixel_values.shape[:2]
         frames = pixel_values.flatten(0, 1).to(self.patch_embedding.weight.dtype)  # [BT, 4, S, S]
         patches = self.patch_embedding(frames[:, :3])  # [BT, C, G, G]
@@ -502,7 +509,8 @@ class STAB(nn.Module):
         # the patch embedding as a [C, 3 * p * p] matrix, zero columns up to a multiple of 8 (aligned matmul rows
         # for the unfolded patches, which the Triton unfold and the compiled path write padded)
         patch_w = self.patch_embedding.weight.flatten(1)
-        keep("patch_w", F.pad(patch_w, (0, -patch_w.shape[1] % 8)))
+        patch_w = F.pad(patch_w, (0, -patch_w.shape[1] % 8))
+        keep("patch_w", patch_w)
 
         if self.lmhra1 is not None:
             bn, down, tconv, up = self.lmhra1.pos_embed
@@ -512,7 +520,10 @@ class STAB(nn.Module):
             # the inner width I (682 for C = 1024) padded with zero channels to a multiple of 8: aligned matmuls,
             # which inductor would otherwise pad with extra copies; the zero channels add nothing
             pad = -w1.shape[0] % 8
-            keep("lste_w1", F.pad(w1 * scale, (0, 0, 0, pad)))
+            # the first LSTE matmul taken straight from the unfolded patches: the patch embedding has no bias, so
+            # x @ W1^T == patches @ (W1 Wp)^T, with K = 3 * 14 * 14 (592 padded) instead of C = 1024 (40% fewer
+            # FLOPs, and x is not rounded to the model dtype on the way)
+            keep("patch_lste_w", F.pad(w1 * scale, (0, 0, 0, pad)) @ patch_w.to(wide))
             keep("lste_b1", F.pad(down.bias.to(wide) + w1 @ shift, (0, pad)))
             keep("lste_taps", F.pad(tconv.weight.to(wide).flatten(1).t(), (0, pad)))  # [k, I]
             keep("lste_w2", F.pad(up.weight.to(wide).flatten(1), (0, pad)))  # [C, I]
@@ -535,7 +546,8 @@ class STAB(nn.Module):
             keep_pool("fsra", ga.kv[0], torch.einsum("hd,hdc->ch", q.view(heads, hd), wk.view(heads, hd, C)) *
                       ga.scale)
 
-    def _fast_forward(self, pixel_values: torch.Tensor, crop_boxes: CropBoxes | None) -> STABOutput:
+    def _fast_forward(self, pixel_values: torch.Tensor, crop_boxes: CropBoxes | None,
+                      pixel_address: torch.Tensor | None = None) -> STABOutput:
         """The fused form of `forward`. Host syncs: none when `crop_boxes` is given; otherwise one small copy of
         the boxes, issued before the heavy work so the host has them while the device still computes."""
         B, T, _, S, _ = pixel_values.shape
@@ -543,10 +555,12 @@ class STAB(nn.Module):
         frames = pixel_values.flatten(0, 1)  # [BT, 4, S, S]
         pending = _boxes_to_host(frames[:, 3:], self.patch_size, self.empty_frame_patches) \
             if crop_boxes is None else None
-        feats = self._fast_patch_embed(frames, G)  # [BT, G, G, C]
+        lste = T > 1 and self.lmhra1 is not None
+        feats, y = self._fast_patch_embed(frames, G, lste, pixel_address)  # [BT, G, G, C], [BT, G, G, I] or None
         video_cls = None
         if T > 1:
-            feats, video_cls = self._fast_temporal(feats.unflatten(0, (B, T)))
+            feats, video_cls = self._fast_temporal(feats.unflatten(0, (B, T)), y if y is None else
+                                                   y.unflatten(0, (B, T)))
         if crop_boxes is None:
             boxes = _boxes_wait(pending)
         elif isinstance(crop_boxes, str):
@@ -560,38 +574,53 @@ class STAB(nn.Module):
                 raise ValueError(f"crop_boxes has {len(boxes)} boxes for {B * T} frames")
         return self._fast_frame_tokens(feats, video_cls, boxes)
 
-    def _fast_patch_embed(self, frames: torch.Tensor, G: int) -> torch.Tensor:
-        """[BT, 4, S, S] -> [BT, G, G, C]: one unfold copy (cast included) and one matmul."""
+    def _fast_patch_embed(self, frames: torch.Tensor, G: int, lste: bool, address: torch.Tensor | None = None
+                          ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """[BT, 4, S, S] -> ([BT, G, G, C], and with `lste` the LSTE's first matmul [BT, G, G, I] or None): one
+        unfold copy (cast included) and a matmul per output, both from the unfolded patches. `address`: the frames
+        are read at the address it holds (`forward`'s pixel_address)."""
         p, w = self.patch_size, self.patch_embedding.weight
         BT, K = frames.shape[0], 3 * p * p
         impl = self.unfold_impl
-        if impl is None:
+        if impl is None and address is None:
             impl = "triton" if frames.is_cuda and kernels.available(frames) else "torch"
         padded = self._fold_patch_w  # [C, K rounded up to a multiple of 8]
-        if impl == "triton":  # rows padded (aligned for the matmul), written in one pass
+        weights = (padded, self._fold_patch_lste_w) if lste else (padded,)
+        if address is not None:
+            if impl not in (None, "triton") or not kernels.available(address):
+                raise ValueError("pixel_address needs the Triton unfold (unfold_impl None or 'triton', on a device "
+                                 "with Triton)")
+            patches = kernels.patch_unfold_at(address, list(frames.shape), frames.dtype, p, padded.shape[1], w.dtype)
+        elif impl == "triton":  # rows padded (aligned for the matmul), written in one pass
             patches = kernels.patch_unfold(frames, p, padded.shape[1], w.dtype)
-            return F.linear(patches, padded).view(BT, G, G, -1)
-        if impl != "torch":
+        elif impl != "torch":
             raise ValueError(f"unfold_impl must be None, 'triton' or 'torch', got {impl!r}")
-        rgb = frames[:, :3, : G * p, : G * p].unflatten(3, (G, p)).unflatten(2, (G, p))  # [BT, 3, G, p, G, p]
-        if torch.compiler.is_compiling():
-            # K padded here, so that inductor's matmul takes the unfold as it is: otherwise it copies the unfolded
-            # patches once more to align them (two passes over the frames instead of one)
-            patches = F.pad(rgb.permute(0, 2, 4, 1, 3, 5).reshape(BT * G * G, K).to(w.dtype),
-                            (0, padded.shape[1] - K))
-            return F.linear(patches, padded).view(BT, G, G, -1)
-        patches = torch.empty(BT, G, G, 3, p, p, dtype=w.dtype, device=frames.device)
-        patches.copy_(rgb.permute(0, 2, 4, 1, 3, 5))
-        return F.linear(patches.view(BT * G * G, K), w.flatten(1)).view(BT, G, G, -1)
+        else:
+            rgb = frames[:, :3, : G * p, : G * p].unflatten(3, (G, p)).unflatten(2, (G, p))  # [BT, 3, G, p, G, p]
+            if torch.compiler.is_compiling():
+                # K padded here, so that inductor's matmul takes the unfold as it is: otherwise it copies the
+                # unfolded patches once more to align them (two passes over the frames instead of one)
+                patches = F.pad(rgb.permute(0, 2, 4, 1, 3, 5).reshape(BT * G * G, K).to(w.dtype),
+                                (0, padded.shape[1] - K))
+            else:
+                patches = torch.empty(BT, G, G, 3, p, p, dtype=w.dtype, device=frames.device)
+                patches.copy_(rgb.permute(0, 2, 4, 1, 3, 5))
+                patches = patches.view(BT * G * G, K)
+                weights = tuple(m[:, :K] for m in weights)  # the padding columns are zero
+        feats, *rest = (F.linear(patches, m).view(BT, G, G, -1) for m in weights)
+        return feats, (rest[0] if rest else None)
 
-    def _fast_temporal(self, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """`_temporal`, channels-last. patches: [B, T, G, G, C] -> ([B*T, G, G, C], [B*T, C] or None)."""
+    def _fast_temporal(self, patches: torch.Tensor, y: torch.Tensor | None
+                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`_temporal`, channels-last. patches: [B, T, G, G, C], y: the LSTE's first matmul [B, T, G, G, I] (None
+        without LSTE) -> ([B*T, G, G, C], [B*T, C] or None)."""
         B, T, G, _, C = patches.shape
         feats, cls = [], []
-        for chunk in _chunks(patches, self.chunk_size):  # [n, t, G, G, C]
+        ys = _chunks(y, self.chunk_size) if y is not None else [None] * len(_chunks(patches, self.chunk_size))
+        for chunk, y_chunk in zip(_chunks(patches, self.chunk_size), ys):  # [n, t, G, G, C], [n, t, G, G, I]
             n, t = chunk.shape[:2]
             # x and the dense connection x + chunk
-            x, dense = self._fast_lste(chunk) if self.lmhra1 is not None else (chunk, chunk + chunk)
+            x, dense = self._fast_lste(chunk, y_chunk) if y_chunk is not None else (chunk, chunk + chunk)
             feats.append(dense.reshape(B, -1, G, G, C))
             if self.dec is not None:
                 c = self._fast_gstra(x.reshape(n, t * G * G, C))  # [n, C]
@@ -600,20 +629,15 @@ class STAB(nn.Module):
         feats = feats[0] if len(feats) == 1 else torch.cat(feats, 1)
         return feats.flatten(0, 1), video_cls
 
-    def _fast_lste(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _fast_lste(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x + lmhra1(x), then + dpe(.), with BN folded; also that plus x (the dense connection).
-        x: [n, t, G, G, C] -> (same, same)."""
-        taps, b1, inp = self._fold_lste_taps, self._fold_lste_b1, x
-        if torch.compiler.is_compiling():
-            # the bias goes in after the taps, as a [t, I] term (zero padding drops end taps): y is then the matmul's
-            # own output and inductor fuses the taps into one pass (with the bias inside y it took two)
-            y = F.linear(x, self._fold_lste_w1)
-            z = _shifted_sum(y, taps, dim=1) + _shifted_sum(b1.expand(1, x.shape[1], 1, 1, -1), taps, dim=1)
-        else:
-            y = F.linear(x, self._fold_lste_w1, b1)  # [n, t, G, G, I]
-            z = _shifted_sum(y, taps, dim=1)  # depthwise (3,1,1) conv, zero padding
-        x = x + F.linear(z, self._fold_lste_w2, self._fold_lste_b2)
-        return self._fast_dpe(x, inp)
+        x: [n, t, G, G, C]; y: x's first LSTE matmul without its bias [n, t, G, G, I] (`_fast_patch_embed`) ->
+        (same as x, same as x)."""
+        taps, b1 = self._fold_lste_taps, self._fold_lste_b1
+        # the bias goes in after the taps, as a [t, I] term (zero padding drops end taps): y stays the matmul's own
+        # output, and inductor fuses the taps into one pass (with the bias inside y it took two)
+        z = _shifted_sum(y, taps, dim=1) + _shifted_sum(b1.expand(1, x.shape[1], 1, 1, -1), taps, dim=1)
+        return self._fast_dpe(x + F.linear(z, self._fold_lste_w2, self._fold_lste_b2), x)
 
     def _fast_dpe(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """y = x + dpe(x), as one depthwise 3x3x3 conv with the identity folded in, and y + residual.
@@ -684,9 +708,10 @@ class STAB(nn.Module):
         n, Hs, Ws, C = crop.shape
         s = self.conv_stride
         h, w = Hs // s, Ws // s
-        windows = crop.reshape(n, h, s, w, s, C)
-        pooled = windows.mean((2, 4))  # [n, h, w, C]
-        tokens = pooled if self.local_attention is None else self._fast_lsd(windows, pooled)
+        if self.local_attention is None:
+            tokens = crop.reshape(n, h, s, w, s, C).mean((2, 4))  # [n, h, w, C]
+        else:
+            tokens = self._fast_lsd(crop)
         tokens = tokens.reshape(n, h * w, C)
         frame_cls = self._fast_fsra(tokens) if self.global_attention is not None else None
         cls = self._cls(frame_cls, video_cls, tokens)
@@ -697,23 +722,32 @@ class STAB(nn.Module):
         rows[:, :, w] = self.split_embedding
         return out
 
-    def _fast_lsd(self, windows: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
-        """LSD without gathering windows: K/V for every token in place. windows [n, h, s, w, s, C] -> [n, h, w, C].
+    def _fast_lsd(self, crop: torch.Tensor) -> torch.Tensor:
+        """LSD without gathering windows: K/V for every token in place. crop [n, h*s, w*s, C] -> [n, h, w, C].
 
-        `lsd_impl` "triton" (the default on a GPU): the scores, softmax and weighted sum as one Triton kernel
-        (kernels.lsd_attend) that reads the keys and values once; "plain": as torch ops (inductor makes a score
-        reduction and a weighted sum of them).
+        `lsd_impl` "triton" (the default on a GPU): the layer norms and window means as one Triton pass over the
+        crop (kernels.window_ln), then the scores, softmax and weighted sum as one Triton kernel (kernels.lsd_attend)
+        that reads the keys and values once; "plain": as torch ops (inductor makes a score reduction and a weighted
+        sum of them).
         """
         la, heads = self.local_attention, self.num_heads
-        n, h, s, w, _, C = windows.shape
-        kv = la.kv(windows)  # [n, h, s, w, s, 2C]
+        n, Hs, Ws, C = crop.shape
+        s = self.conv_stride
+        h, w = Hs // s, Ws // s
         impl = self.lsd_impl
         if impl is None:
-            impl = "triton" if kv.is_cuda and kernels.available(kv) else "plain"
+            impl = "triton" if crop.is_cuda and kernels.available(crop) else "plain"
         if impl == "triton":
-            return pooled + la.proj(kernels.lsd_attend(la.q(pooled), kv, heads, la.scale))
+            k_ln, q_ln = la.kv[0], la.q[0]
+            normed, pooled, q_in = kernels.window_ln(crop, s, k_ln.weight, k_ln.bias, k_ln.eps, q_ln.weight,
+                                                     q_ln.bias, q_ln.eps)
+            kv = la.kv[1](normed)  # [n, h, s, w, s, 2C]
+            return pooled + la.proj(kernels.lsd_attend(la.q[1](q_in), kv, heads, la.scale))
         if impl != "plain":
             raise ValueError(f"lsd_impl must be None, 'triton' or 'plain', got {impl!r}")
+        windows = crop.reshape(n, h, s, w, s, C)
+        pooled = windows.mean((2, 4))  # [n, h, w, C]
+        kv = la.kv(windows)  # [n, h, s, w, s, 2C]
         q = (la.q(pooled) * la.scale).view(n, h, 1, w, 1, heads, -1)
         k, v = kv.view(n, h, s, w, s, 2, heads, -1).unbind(5)  # [n, h, s, w, s, heads, hd]
         scores = (q * k).sum(-1)  # [n, h, s, w, s, heads]
