@@ -61,11 +61,13 @@ def kernel_table(fn, rows: int = 30) -> list[dict]:
         [{"kernel": "TOTAL", "ms": round(total / 1000, 4)}]
 
 
-def folded_lsd(self: STAB, windows: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+def folded_lsd(self: STAB, crop: torch.Tensor) -> torch.Tensor:
     """LSD with the key projection folded into the query and the value projection applied after pooling:
     scores_p = q_h . Wk_h n_p = (Wk_h^T q_h) . n_p, and sum_p a_p Wv_h n_p = Wv_h (sum_p a_p n_p), n = LN(x)."""
-    la, heads = self.local_attention, self.num_heads
-    n, h, s, w, _, C = windows.shape
+    la, heads, s = self.local_attention, self.num_heads, self.conv_stride
+    n, h, w, C = crop.shape[0], crop.shape[1] // s, crop.shape[2] // s, crop.shape[3]
+    windows = crop.reshape(n, h, s, w, s, C)
+    pooled = windows.mean((2, 4))
     hd = C // heads
     ln, wkv = la.kv[0], la.kv[1].weight  # [2C, C]
     q = (la.q(pooled) * la.scale).reshape(-1, heads, hd)  # [N, heads, hd]
@@ -77,6 +79,78 @@ def folded_lsd(self: STAB, windows: torch.Tensor, pooled: torch.Tensor) -> torch
     m = torch.bmm(attn, x)  # [N, heads, C]
     out = torch.einsum("nhc,hdc->nhd", m, wkv[C:].view(heads, hd, C)).reshape(n, h, w, C)
     return pooled + la.proj(out)
+
+
+def torch_window_ln(crop, s, k_weight, k_bias, k_eps, q_weight, q_bias, q_eps):
+    """kernels.window_ln as torch ops (what inductor made of LSD's norms and window means before session 11)."""
+    n, Hs, Ws, C = crop.shape
+    windows = crop.reshape(n, Hs // s, s, Ws // s, s, C)
+    pooled = windows.mean((2, 4))
+    F = torch.nn.functional
+    return (F.layer_norm(windows, (C,), k_weight, k_bias, k_eps), pooled,
+            F.layer_norm(pooled, (C,), q_weight, q_bias, q_eps))
+
+
+def loop_ms(fn, calls: int = 20, repeats: int = 5) -> float:
+    """Median over `repeats` of the CUDA-event time of `calls` back-to-back calls, per call: for kernels long
+    enough that queued launches keep the GPU busy, the host's launch cost drops out."""
+    times = []
+    for _ in range(repeats + 1):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(calls):
+            fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / calls)
+    return round(sorted(times[1:])[repeats // 2], 4)
+
+
+def wln_sweep(stab: STAB, rows: list[dict]) -> None:
+    """kernels.window_ln by (windows per program, warps) at the batch-8 crop, against the same math compiled by
+    inductor; the best is then used."""
+    g = torch.Generator(device="cuda").manual_seed(0)
+    crop = torch.randn(64, 32, 32, stab.dim, device="cuda", generator=g).to(torch.bfloat16)
+    la = stab.local_attention
+    args = (crop, 2, la.kv[0].weight, la.kv[0].bias, la.kv[0].eps, la.q[0].weight, la.q[0].bias, la.q[0].eps)
+    want = [t.float() for t in torch_window_ln(crop.float(), *[a.float() if torch.is_tensor(a) else a
+                                                               for a in args[1:]])]
+    fn = torch.compile(torch_window_ln, dynamic=False)
+    rows.append({"impl": "window_ln inductor", "ms": loop_ms(lambda: fn(*args))})
+    print(rows[-1], flush=True)
+    found = []
+    for config in ((1, 4), (2, 4), (4, 4), (4, 8), (8, 8), (2, 8), (8, 16), (16, 16)):
+        kernels.WLN_BLOCK_J, kernels.WLN_NUM_WARPS = config
+        row = {"impl": "window_ln triton", "block_j": config[0], "warps": config[1]}
+        try:
+            got = kernels.window_ln(*args)
+            row["max_diff"] = max((a.float() - b).abs().max().item() for a, b in zip(got, want))
+            row["ms"] = loop_ms(lambda: kernels.window_ln(*args))
+            found.append((row["ms"], config))
+        except Exception as err:
+            row["error"] = f"{type(err).__name__}: {err}"[:300]
+        rows.append(row)
+        print(row, flush=True)
+    kernels.WLN_BLOCK_J, kernels.WLN_NUM_WARPS = min(found)[1]
+    save(RESULT["out"])
+
+
+def address_rows(rows: list[dict]) -> None:
+    """Host time per call of what GraphedEncoder does before a replay: copying 1 / 8 videos of pixels into the
+    graph's input, or setting the address tensor."""
+    for b in (1, 8):
+        px = torch.randn(b, 8, 4, 448, 448, device="cuda", dtype=torch.bfloat16)
+        static, address = px.clone(), torch.zeros(1, dtype=torch.int64, device="cuda")
+        for name, fn in (("copy", lambda: static.copy_(px)), ("fill address", lambda: address.fill_(px.data_ptr()))):
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for _ in range(200):
+                fn()
+            host = (time.perf_counter() - t0) / 200
+            torch.cuda.synchronize()
+            rows.append({"impl": f"graph input: {name}", "batch": b, "host_us": round(host * 1e6, 1),
+                         "ms": cuda_ms(fn)})
+            print(rows[-1], flush=True)
 
 
 def section_stab(args) -> None:
@@ -167,12 +241,18 @@ def section_stab(args) -> None:
         if args.pool_sweep:
             pool_sweep(stab, rows)
             save(args.out)
+        if args.wln_sweep:
+            wln_sweep(stab, rows)
+        if args.address:
+            address_rows(rows)
+            save(args.out)
         for variant in args.stab_variants.split(","):
-            if variant == "graphed-encoder":  # modeling.graphs.GraphedEncoder, as the package ships it
+            if variant.startswith("graphed-encoder"):  # modeling.graphs.GraphedEncoder, as the package ships it
                 from videopanda.modeling.graphs import GraphedEncoder
 
                 torch._dynamo.reset()
-                enc = GraphedEncoder(stab, projector)
+                # "-copy": the pixels copied into the graph's input (before session 11)
+                enc = GraphedEncoder(stab, projector, by_address=not variant.endswith("-copy"))
                 for b in (1, 8, 32):
                     t0 = time.perf_counter()
                     y = enc(inputs[b], [(0, 0, 32, 32)] * (8 * b)).clone()
@@ -197,6 +277,9 @@ def section_stab(args) -> None:
             stab.dpe_impl = dpe
             stab.unfold_impl = "torch" if variant.startswith("torchunfold") else None
             stab.pool_impl = "plain" if variant.startswith("plainpool") else None
+            package_wln = kernels.window_ln
+            if variant.startswith("torchwln"):
+                kernels.window_ln = torch_window_ln
             stab.lsd_impl = "triton" if lsd == "triton" else "plain"
             # "-cdt": inductor tunes each Triton kernel's block sizes by coordinate descent while compiling
             tuning = torch._inductor.config.patch(coordinate_descent_tuning=variant.endswith("-cdt"),
@@ -208,7 +291,7 @@ def section_stab(args) -> None:
             except Exception as err:  # keep the other variants
                 rows.append({"impl": variant, "error": f"{type(err).__name__}: {err}"[:400]})
                 save(args.out)
-            kernels.dpe3d, STAB._fast_dpe = package_dpe, package_fast_dpe
+            kernels.dpe3d, STAB._fast_dpe, kernels.window_ln = package_dpe, package_fast_dpe, package_wln
             kernels.BLOCK_H, kernels.BLOCK_C, kernels.NUM_WARPS = package_blocks
         stab.dpe_impl = stab.lsd_impl = stab.unfold_impl = stab.pool_impl = None
         save(args.out)
@@ -421,6 +504,8 @@ VARIANTS = {  # name -> (torch.compile mode, LSD form, manual CUDA graph replay,
     "torchunfold-lsd-graph": (None, "triton", True, "triton"),
     # GSTRA's and FSRA's pooling as layer norm + two matmuls (stab.pool_impl="plain"), before session 10
     "plainpool-lsd-graph": (None, "triton", True, "triton"),
+    # LSD's layer norms and window means as inductor's passes (torch ops), before session 11's kernels.window_ln
+    "torchwln-lsd-graph": (None, "triton", True, "triton"),
     "shift-ro": ("reduce-overhead", "plain", False, "shift"),
 }
 
@@ -555,6 +640,9 @@ def main() -> None:
                    "GELU epilogue against cuBLAS + inductor's exact GELU")
     p.add_argument("--pool-sweep", action="store_true", help="time kernels.ln_pool's two passes by block size "
                    "(the best are used)")
+    p.add_argument("--wln-sweep", action="store_true", help="time kernels.window_ln's block sizes (the best is used)")
+    p.add_argument("--address", action="store_true", help="host time of GraphedEncoder's input copy against setting "
+                   "the pixels' address")
     p.add_argument("--lsd-sweep", action="store_true", help="time kernels.lsd_attend's block sizes (the best are used)")
     p.add_argument("--decode-variants", default="fused-projections,fused-pointwise",
                    help="plain, fused-projections, fused-pointwise (in this order; fusing is not undone)")
@@ -564,7 +652,8 @@ def main() -> None:
     args = p.parse_args()
     unknown = [n for n in args.sections.split(",") if f"section_{n}" not in globals()]
     unknown += [v for v in args.stab_variants.split(",")
-                if v.partition("@")[0].removesuffix("-cdt") not in VARIANTS and v != "graphed-encoder"]
+                if v.partition("@")[0].removesuffix("-cdt") not in VARIANTS and
+                not v.startswith("graphed-encoder")]
     if unknown:
         p.error(f"unknown section or STAB variant: {', '.join(unknown)}")
     RESULT.update(device=torch.cuda.get_device_name(), torch=torch.__version__, out=args.out,

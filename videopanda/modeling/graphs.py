@@ -45,17 +45,20 @@ class GraphedEncoder:
         projector: the projector (`model.video_projector`).
         compile: run inductor on the encode before capturing (fewer, fused kernels in the graph).
         max_graphs: graphs kept (least recently used dropped); each holds its shape's activations.
+        by_address: let the graphs read the caller's pixels where they are (where the STAB's unfold is the Triton
+            kernel); False copies them into each graph's own input, as before session 11.
 
     The returned tensor is the graph's output buffer: the next call with the same shape and boxes overwrites it, so
     clone it to keep it. Off CUDA the encode simply runs (no graphs).
     """
 
-    def __init__(self, stab: nn.Module, projector: nn.Module, *, compile: bool = True, max_graphs: int = 4) -> None:
+    def __init__(self, stab: nn.Module, projector: nn.Module, *, compile: bool = True, max_graphs: int = 4,
+                 by_address: bool = True) -> None:
         if not getattr(stab, "fused", False):
             raise ValueError("GraphedEncoder needs the fused STAB (stab.fuse() or model.optimize_for_inference())")
         if max_graphs < 1:
             raise ValueError(f"max_graphs must be >= 1, got {max_graphs}")
-        self.stab, self.projector, self.max_graphs = stab, projector, max_graphs
+        self.stab, self.projector, self.max_graphs, self.by_address = stab, projector, max_graphs, by_address
         self.fn = torch.compile(self._encode, dynamic=False) if compile else self._encode
         self.graphs: OrderedDict[tuple, _Captured] = OrderedDict()
 
@@ -95,7 +98,8 @@ class GraphedEncoder:
         """Warm up on a side stream (compilation, Triton and cuBLAS set-up happen outside the capture), then
         capture one call that reads the pixels at an address tensor, or else from a static copy."""
         with torch.cuda.device(pixel_values.device):
-            by_address = self.stab.unfold_impl in (None, "triton") and kernels.available(pixel_values)
+            by_address = self.by_address and self.stab.unfold_impl in (None, "triton") and \
+                kernels.available(pixel_values)
             if by_address:
                 static = pixel_values.contiguous()
                 address = torch.tensor([static.data_ptr()], dtype=torch.int64, device=static.device)
