@@ -158,30 +158,6 @@ def test_lsd_attend_kernel_equals_softmax_attention(monkeypatch, s, n, h, w, hea
     assert got.shape == want.shape and (got - want).abs().max() < 1e-12
 
 
-@pytest.mark.parametrize("s,n,h,w,C,block_j", [(2, 3, 2, 5, 48, 4), (3, 2, 2, 3, 20, 2), (2, 1, 3, 4, 64, 4)])
-def test_window_ln_kernel_equals_layer_norms_and_mean(monkeypatch, s, n, h, w, C, block_j):
-    """LSD's input pass on its own, on a strided crop with a large common offset (two-pass statistics): the keys'
-    layer norm of every position, the window means, and the queries' layer norm of those; first ragged (channels not
-    a power of two, windows not a multiple of the block), then exact."""
-    if not kernels.available(torch.empty(0)):
-        pytest.skip("Triton is not installed")
-    monkeypatch.setattr(kernels, "WLN_BLOCK_J", block_j)
-    g = torch.Generator().manual_seed(0)
-    full = torch.randn(n, h * s + 2, w * s + 1, C, generator=g, dtype=torch.float64) + 40.0
-    crop = full[:, 1:-1, 1:]  # a view, as `_fast_frame_tokens` passes it
-    k_ln, q_ln = torch.nn.LayerNorm(C, eps=1e-5).double(), torch.nn.LayerNorm(C, eps=1e-6).double()
-    with torch.no_grad():
-        for p in (*k_ln.parameters(), *q_ln.parameters()):
-            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64))
-        normed, pooled, q_in = kernels.window_ln(crop, s, k_ln.weight, k_ln.bias, k_ln.eps, q_ln.weight, q_ln.bias,
-                                                 q_ln.eps)
-        windows = crop.reshape(n, h, s, w, s, C)
-        want_pooled = windows.mean((2, 4))
-        assert normed.shape == windows.shape and (normed - k_ln(windows)).abs().max() < 1e-10
-        assert (pooled - want_pooled).abs().max() < 1e-12
-        assert (q_in - q_ln(want_pooled)).abs().max() < 1e-10
-
-
 @pytest.mark.parametrize("n,L,C,heads", [(3, 37, 48, 3), (2, 600, 32, 4), (1, 5, 20, 8)])
 def test_ln_pool_kernels_equal_layer_norm_attention(monkeypatch, n, L, C, heads):
     """`kernels.ln_pool` (GSTRA's and FSRA's pooling without the normed keys) against layer norm, softmax and

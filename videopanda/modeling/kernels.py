@@ -12,8 +12,6 @@ Only what no library does well (docs/speed.md has the measurements):
   in one pass, where inductor's permute and pad read the pixels at about half the memory's speed.
 - `lsd_attend`, LSD's attention inside each 2x2 window: scores, softmax and weighted sum in one pass over the keys
   and values (online softmax), where inductor made a score reduction and a weighted sum of them.
-- `window_ln`, LSD's inputs: each window position's row layer-normed for the key/value matmul, the window means and
-  their layer norm for the query, in one pass over the crop (inductor read it twice and wrote nothing it could reuse).
 - `ln_pool`, the attention of GSTRA's and FSRA's constant query over layer-normed keys, without writing the normed
   keys: one pass takes each row's mean, 1/std and scores, a second the softmax-weighted sum of the centred rows
   (the layer norm's scale and shift are applied once, to the pooled result, since the weights sum to one).
@@ -44,8 +42,6 @@ UNFOLD_BLOCK_K, UNFOLD_NUM_WARPS = 128, 4
 # LSD's window attention (`lsd_attend`): windows per program (one head each), warps
 LSD_BLOCK_N = 32
 LSD_NUM_WARPS = 4
-# LSD's layer norms and window means (`window_ln`): windows per program, warps
-WLN_BLOCK_J, WLN_NUM_WARPS = 4, 8
 # GSTRA/FSRA pooling (`ln_pool`): rows per program and channels per step of the score pass; rows per step and
 # channels per program of the pooling pass
 POOL_SCORE_ROWS, POOL_BLOCK_K, POOL_SCORE_WARPS = 32, 128, 4
@@ -240,66 +236,6 @@ if triton is not None:
         return out
 
     @triton.jit
-    def _window_ln_kernel(x_ptr, normed_ptr, pooled_ptr, qin_ptr, kw_ptr, kb_ptr, qw_ptr, qb_ptr, Hn, Wn, s_n, s_y,
-                          s_x, k_eps, q_eps, C: tl.constexpr, S: tl.constexpr, BLOCK_J: tl.constexpr,
-                          BLOCK_C: tl.constexpr, ACC: tl.constexpr):
-        """BLOCK_J windows of S x S positions in window row i of frame n: every position's row layer-normed with
-        (kw, kb) into normed [n, Hn*S, Wn*S, C]; the window means (rounded to the output dtype, as a plain mean
-        returns them) into pooled [n, Hn, Wn, C]; and those layer-normed with (qw, qb) into qin. One read of the
-        window rows; each row is whole in registers, so the statistics are two-pass."""
-        n, i = tl.program_id(0) // Hn, tl.program_id(0) % Hn
-        j = tl.program_id(1) * BLOCK_J + tl.arange(0, BLOCK_J)
-        c = tl.arange(0, BLOCK_C)
-        cm = c < C
-        m = (j < Wn)[:, None] & cm[None, :]
-        kw = tl.load(kw_ptr + c, mask=cm, other=0.0).to(ACC)[None, :]
-        kb = tl.load(kb_ptr + c, mask=cm, other=0.0).to(ACC)[None, :]
-        total = tl.zeros((BLOCK_J, BLOCK_C), ACC)
-        for a in tl.static_range(S):
-            for b in tl.static_range(S):
-                col = j * S + b
-                v = tl.load(x_ptr + n.to(tl.int64) * s_n + (i * S + a) * s_y + col[:, None] * s_x + c[None, :],
-                            mask=m, other=0.0).to(ACC)
-                total += v
-                d = tl.where(m, v - (tl.sum(v, 1) / C)[:, None], 0.0)
-                rstd = 1.0 / tl.sqrt(tl.sum(d * d, 1) / C + k_eps)
-                dst = ((n.to(tl.int64) * Hn + i) * S + a) * (Wn * S) + col
-                tl.store(normed_ptr + dst[:, None] * C + c[None, :],
-                         (d * rstd[:, None] * kw + kb).to(normed_ptr.dtype.element_ty), mask=m)
-        pooled = (total / (S * S)).to(pooled_ptr.dtype.element_ty)
-        dst = ((n.to(tl.int64) * Hn + i) * Wn + j)[:, None] * C + c[None, :]
-        tl.store(pooled_ptr + dst, pooled, mask=m)
-        p = pooled.to(ACC)
-        d = tl.where(m, p - (tl.sum(p, 1) / C)[:, None], 0.0)
-        rstd = 1.0 / tl.sqrt(tl.sum(d * d, 1) / C + q_eps)
-        qw = tl.load(qw_ptr + c, mask=cm, other=0.0).to(ACC)[None, :]
-        qb = tl.load(qb_ptr + c, mask=cm, other=0.0).to(ACC)[None, :]
-        tl.store(qin_ptr + dst, (d * rstd[:, None] * qw + qb).to(qin_ptr.dtype.element_ty), mask=m)
-
-    @torch.library.triton_op("videopanda::window_ln", mutates_args=())
-    def window_ln(crop: torch.Tensor, s: int, k_weight: torch.Tensor, k_bias: torch.Tensor, k_eps: float,
-                  q_weight: torch.Tensor, q_bias: torch.Tensor, q_eps: float
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """LSD's inputs in one pass over the crop (`STAB._fast_lsd`, "triton"): crop [n, h*s, w*s, C] (any strides
-        with a unit channel stride) -> (layer_norm_k(crop) as [n, h, s, w, s, C], for the key/value matmul; the
-        window means [n, h, w, C]; layer_norm_q(those means), for the query matmul). Inductor made three passes of
-        it, two of them over the whole crop (the mean and the query's norm in one, the mean again for the residual
-        add). Statistics in float32 (float64 for float64 input)."""
-        n, Hs, Ws, C = crop.shape
-        h, w = Hs // s, Ws // s
-        crop = crop[:, : h * s, : w * s]
-        if crop.stride(-1) != 1:
-            crop = crop.contiguous()
-        normed = crop.new_empty(n, h, s, w, s, C)
-        pooled, qin = crop.new_empty(n, h, w, C), crop.new_empty(n, h, w, C)
-        grid = (n * h, triton.cdiv(w, WLN_BLOCK_J))
-        torch.library.wrap_triton(_window_ln_kernel)[grid](
-            crop, normed, pooled, qin, k_weight, k_bias, q_weight, q_bias, h, w, crop.stride(0), crop.stride(1),
-            crop.stride(2), k_eps, q_eps, C=C, S=s, BLOCK_J=WLN_BLOCK_J, BLOCK_C=triton.next_power_of_2(C),
-            num_warps=WLN_NUM_WARPS, ACC=tl.float64 if crop.dtype == torch.float64 else tl.float32)
-        return normed, pooled, qin
-
-    @triton.jit
     def _ln_scores_kernel(x_ptr, u_ptr, s1_ptr, s0_ptr, scores_ptr, mu_ptr, rstd_ptr, R, eps, C: tl.constexpr,
                           H: tl.constexpr, HP: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
                           PREC: tl.constexpr, ACC: tl.constexpr):
@@ -463,11 +399,6 @@ else:
 
     def ln_scores(x: torch.Tensor, u: torch.Tensor, s1: torch.Tensor, s0: torch.Tensor,
                   eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        raise RuntimeError(_NO_TRITON)
-
-    def window_ln(crop: torch.Tensor, s: int, k_weight: torch.Tensor, k_bias: torch.Tensor, k_eps: float,
-                  q_weight: torch.Tensor, q_bias: torch.Tensor, q_eps: float
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         raise RuntimeError(_NO_TRITON)
 
     def ln_pool_rows(x: torch.Tensor, w: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:

@@ -725,29 +725,24 @@ class STAB(nn.Module):
     def _fast_lsd(self, crop: torch.Tensor) -> torch.Tensor:
         """LSD without gathering windows: K/V for every token in place. crop [n, h*s, w*s, C] -> [n, h, w, C].
 
-        `lsd_impl` "triton" (the default on a GPU): the layer norms and window means as one Triton pass over the
-        crop (kernels.window_ln), then the scores, softmax and weighted sum as one Triton kernel (kernels.lsd_attend)
-        that reads the keys and values once; "plain": as torch ops (inductor makes a score reduction and a weighted
-        sum of them).
+        `lsd_impl` "triton" (the default on a GPU): the scores, softmax and weighted sum as one Triton kernel
+        (kernels.lsd_attend) that reads the keys and values once; "plain": as torch ops (inductor makes a score
+        reduction and a weighted sum of them).
         """
         la, heads = self.local_attention, self.num_heads
         n, Hs, Ws, C = crop.shape
         s = self.conv_stride
         h, w = Hs // s, Ws // s
-        impl = self.lsd_impl
-        if impl is None:
-            impl = "triton" if crop.is_cuda and kernels.available(crop) else "plain"
-        if impl == "triton":
-            k_ln, q_ln = la.kv[0], la.q[0]
-            normed, pooled, q_in = kernels.window_ln(crop, s, k_ln.weight, k_ln.bias, k_ln.eps, q_ln.weight,
-                                                     q_ln.bias, q_ln.eps)
-            kv = la.kv[1](normed)  # [n, h, s, w, s, 2C]
-            return pooled + la.proj(kernels.lsd_attend(la.q[1](q_in), kv, heads, la.scale))
-        if impl != "plain":
-            raise ValueError(f"lsd_impl must be None, 'triton' or 'plain', got {impl!r}")
         windows = crop.reshape(n, h, s, w, s, C)
         pooled = windows.mean((2, 4))  # [n, h, w, C]
         kv = la.kv(windows)  # [n, h, s, w, s, 2C]
+        impl = self.lsd_impl
+        if impl is None:
+            impl = "triton" if kv.is_cuda and kernels.available(kv) else "plain"
+        if impl == "triton":
+            return pooled + la.proj(kernels.lsd_attend(la.q(pooled), kv, heads, la.scale))
+        if impl != "plain":
+            raise ValueError(f"lsd_impl must be None, 'triton' or 'plain', got {impl!r}")
         q = (la.q(pooled) * la.scale).view(n, h, 1, w, 1, heads, -1)
         k, v = kv.view(n, h, s, w, s, 2, heads, -1).unbind(5)  # [n, h, s, w, s, heads, hd]
         scores = (q * k).sum(-1)  # [n, h, s, w, s, heads]
