@@ -56,13 +56,13 @@ def available(x: torch.Tensor) -> bool:
 if triton is not None:
 
     @triton.jit
-    def _dpe_kernel(x_ptr, w_ptr, b_ptr, out_ptr, r_ptr, sum_ptr, T, s_wc, s_wt, s_r, H: tl.constexpr,
+    def _dpe_kernel(x_ptr, w_ptr, b_ptr, out_ptr, r_ptr, sum_ptr, T, s_wc, s_wt, H: tl.constexpr,
                     W: tl.constexpr, C: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
                     BLOCK_C: tl.constexpr, EVEN: tl.constexpr, RESIDUAL: tl.constexpr, ACC: tl.constexpr):
         """out[n, t, h, w, c] = b[c] + sum_{a,b,d} wt[c, 9a+3b+d] * xp[n, t+a-1, h+b, w+d, c], frames outside the
         chunk counted as zero. xp: [N, T, H+2, W+2, C], zero-padded by one row and column on each side of a frame;
-        out: [N, T, H, W, C]; weight (c, tap) at c * s_wc + tap * s_wt. RESIDUAL: also sum = out + r (sum shaped as
-        out; r too, its positions s_r elements apart), from the float32 accumulator.
+        out: [N, T, H, W, C]; weight (c, tap) at c * s_wc + tap * s_wt. RESIDUAL: also sum = out + r (r and sum
+        shaped as out), from the float32 accumulator.
 
         A program owns BLOCK_H rows of W positions of one frame and a block of channels, and loads each of the 27
         shifted input blocks once: the blocks overlap, so most rows come from the SM's L1. The padding and the
@@ -101,17 +101,14 @@ if triton is not None:
                         acc += v.to(ACC) * wt.to(ACC)[None, None, :]
         offs = (frame.to(tl.int64) * H * W + offs_h[:, None, None] * W + offs_w[None, :, None]) * C + \
             offs_c[None, None, :]
-        offs_r = (frame.to(tl.int64) * H * W + offs_h[:, None, None] * W + offs_w[None, :, None]) * s_r + \
-            offs_c[None, None, :]
         if EVEN:
             tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty))
             if RESIDUAL:
-                r = tl.load(r_ptr + offs_r).to(ACC)
-                tl.store(sum_ptr + offs, (acc + r).to(sum_ptr.dtype.element_ty))
+                tl.store(sum_ptr + offs, (acc + tl.load(r_ptr + offs).to(ACC)).to(sum_ptr.dtype.element_ty))
         else:
             tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=m)
             if RESIDUAL:
-                r = tl.load(r_ptr + offs_r, mask=m, other=0.0).to(ACC)
+                r = tl.load(r_ptr + offs, mask=m, other=0.0).to(ACC)
                 tl.store(sum_ptr + offs, (acc + r).to(sum_ptr.dtype.element_ty), mask=m)
 
     @triton.jit
@@ -353,16 +350,12 @@ if triton is not None:
         out = xp.new_empty(N, T, H, W, C)
         # without a residual, `out` stands in for its two pointers (never read or written then)
         total = out if residual is None else torch.empty_like(out)
-        if residual is None:
-            residual = out
-        elif residual.stride(-1) != 1 or any(residual.stride(d) != residual.stride(d + 1) * residual.shape[d + 1]
-                                             for d in range(residual.dim() - 2)):
-            residual = residual.contiguous()  # else positions at one stride apart (e.g. columns of a wider matmul)
+        residual = out if residual is None else residual.contiguous()
         block_w = triton.next_power_of_2(W)
         grid = (N * T * triton.cdiv(H, BLOCK_H), triton.cdiv(C, BLOCK_C))
         torch.library.wrap_triton(_dpe_kernel)[grid](
-            xp, w, bias.contiguous(), out, residual, total, T, w.stride(0), w.stride(1), residual.stride(-2), H=H,
-            W=W, C=C, BLOCK_H=BLOCK_H, BLOCK_W=block_w, BLOCK_C=BLOCK_C,
+            xp, w, bias.contiguous(), out, residual, total, T, w.stride(0), w.stride(1), H=H, W=W, C=C,
+            BLOCK_H=BLOCK_H, BLOCK_W=block_w, BLOCK_C=BLOCK_C,
             EVEN=H % BLOCK_H == 0 and W == block_w and C % BLOCK_C == 0, RESIDUAL=total is not out,
             num_warps=NUM_WARPS, ACC=tl.float64 if xp.dtype == torch.float64 else tl.float32)
         return out, total
@@ -378,9 +371,8 @@ if triton is not None:
     @torch.library.triton_op("videopanda::dpe3d_residual", mutates_args=())
     def dpe3d_residual(xp: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                        residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """`dpe3d` that also returns its output plus `residual` (shaped as the output; any strides with a unit
-        channel stride and one stride between positions, such as the first columns of a wider matmul's output),
-        summed in the accumulator's precision: the STAB's dense connection written by the kernel, so that later passes read one tensor, not
+        """`dpe3d` that also returns its output plus `residual` (shaped as the output), summed in the accumulator's
+        precision: the STAB's dense connection written by the kernel, so that later passes read one tensor, not
         two."""
         return _dpe3d(xp, weight, bias, residual)
 

@@ -523,9 +523,7 @@ class STAB(nn.Module):
             # the first LSTE matmul taken straight from the unfolded patches: the patch embedding has no bias, so
             # x @ W1^T == patches @ (W1 Wp)^T, with K = 3 * 14 * 14 (592 padded) instead of C = 1024 (40% fewer
             # FLOPs, and x is not rounded to the model dtype on the way)
-            # ... stacked under the patch embedding's: one matmul gives x and y side by side (the dpe kernel and
-            # inductor read the two column blocks where they are)
-            keep("patch_lste_w", torch.cat([patch_w.to(wide), F.pad(w1 * scale, (0, 0, 0, pad)) @ patch_w.to(wide)]))
+            keep("patch_lste_w", F.pad(w1 * scale, (0, 0, 0, pad)) @ patch_w.to(wide))
             keep("lste_b1", F.pad(down.bias.to(wide) + w1 @ shift, (0, pad)))
             keep("lste_taps", F.pad(tconv.weight.to(wide).flatten(1).t(), (0, pad)))  # [k, I]
             keep("lste_w2", F.pad(up.weight.to(wide).flatten(1), (0, pad)))  # [C, I]
@@ -579,15 +577,15 @@ class STAB(nn.Module):
     def _fast_patch_embed(self, frames: torch.Tensor, G: int, lste: bool, address: torch.Tensor | None = None
                           ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """[BT, 4, S, S] -> ([BT, G, G, C], and with `lste` the LSTE's first matmul [BT, G, G, I] or None): one
-        unfold copy (cast included) and one matmul from the unfolded patches. `address`: the frames are read at the
-        address it holds (`forward`'s pixel_address)."""
+        unfold copy (cast included) and a matmul per output, both from the unfolded patches. `address`: the frames
+        are read at the address it holds (`forward`'s pixel_address)."""
         p, w = self.patch_size, self.patch_embedding.weight
         BT, K = frames.shape[0], 3 * p * p
         impl = self.unfold_impl
         if impl is None and address is None:
             impl = "triton" if frames.is_cuda and kernels.available(frames) else "torch"
         padded = self._fold_patch_w  # [C, K rounded up to a multiple of 8]
-        weight = self._fold_patch_lste_w if lste else padded  # [C (+ I), K padded]
+        weights = (padded, self._fold_patch_lste_w) if lste else (padded,)
         if address is not None:
             if impl not in (None, "triton") or not kernels.available(address):
                 raise ValueError("pixel_address needs the Triton unfold (unfold_impl None or 'triton', on a device "
@@ -608,10 +606,9 @@ class STAB(nn.Module):
                 patches = torch.empty(BT, G, G, 3, p, p, dtype=w.dtype, device=frames.device)
                 patches.copy_(rgb.permute(0, 2, 4, 1, 3, 5))
                 patches = patches.view(BT * G * G, K)
-                weight = weight[:, :K]  # the padding columns are zero
-        xy = F.linear(patches, weight).view(BT, G, G, -1)
-        C = padded.shape[0]
-        return xy[..., :C], (xy[..., C:] if lste else None)
+                weights = tuple(m[:, :K] for m in weights)  # the padding columns are zero
+        feats, *rest = (F.linear(patches, m).view(BT, G, G, -1) for m in weights)
+        return feats, (rest[0] if rest else None)
 
     def _fast_temporal(self, patches: torch.Tensor, y: torch.Tensor | None
                        ) -> tuple[torch.Tensor, torch.Tensor | None]:
