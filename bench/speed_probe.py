@@ -238,8 +238,12 @@ def section_stab(args) -> None:
             stab.pool_impl = "plain" if variant.startswith("plainpool") else None
             stab.lsd_impl = "triton" if lsd == "triton" else "plain"
             # "-cdt": inductor tunes each Triton kernel's block sizes by coordinate descent while compiling
+            # "realizemean": small reductions (LSD's 2x2 window mean) kept as reductions, so that the mean is
+            # written once instead of recomputed from the crop by each pass that reads it
             tuning = torch._inductor.config.patch(coordinate_descent_tuning=variant.endswith("-cdt"),
-                                                  **{"triton.enable_persistent_tma_matmul": mode is not None})
+                                                  **{"triton.enable_persistent_tma_matmul": mode is not None},
+                                                  **({"unroll_reductions_threshold": 1}
+                                                     if variant.startswith("realizemean") else {}))
             try:
                 with tuning:
                     compiled(mode, folded_lsd if lsd == "folded" else orig_lsd, graphs,
@@ -462,6 +466,8 @@ VARIANTS = {  # name -> (torch.compile mode, LSD form, manual CUDA graph replay,
     "torchunfold-lsd-graph": (None, "triton", True, "triton"),
     # GSTRA's and FSRA's pooling as layer norm + two matmuls (stab.pool_impl="plain"), before session 10
     "plainpool-lsd-graph": (None, "triton", True, "triton"),
+    # the package's default compiled with inductor's unroll_reductions_threshold = 1
+    "realizemean-lsd-graph": (None, "triton", True, "triton"),
     "shift-ro": ("reduce-overhead", "plain", False, "shift"),
 }
 
