@@ -114,6 +114,32 @@ def address_rows(rows: list[dict]) -> None:
             print(rows[-1], flush=True)
 
 
+def graph_overhead_rows(stab: STAB, projector, inputs: dict, rows: list[dict]) -> None:
+    """Where GraphedEncoder's time goes beyond its graph: per batch, CUDA-event medians of a whole call and of its
+    graph's replay alone (address set beforehand), and host microseconds per call of the call, the replay and
+    the address fill, each over 200 calls queued without waiting."""
+    from videopanda.modeling.graphs import GraphedEncoder
+
+    torch._dynamo.reset()
+    enc = GraphedEncoder(stab, projector)
+    for b in (1, 8):
+        px, boxes = inputs[b], [(0, 0, 32, 32)] * (8 * b)
+        enc(px, boxes)
+        captured = list(enc.graphs.values())[-1]  # the one just used
+        row = {"impl": "graphed-encoder overhead", "batch": b, "call_ms": cuda_ms(lambda: enc(px, boxes)),
+               "replay_ms": cuda_ms(captured.graph.replay)}
+        for name, fn in (("call", lambda: enc(px, boxes)), ("replay", captured.graph.replay),
+                         ("fill", lambda: captured.input.fill_(px.data_ptr()))):
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for _ in range(200):
+                fn()
+            row[f"{name}_host_us"] = round((time.perf_counter() - t0) / 200 * 1e6, 1)
+            torch.cuda.synchronize()
+        rows.append(row)
+        print(row, flush=True)
+
+
 def section_stab(args) -> None:
     dtype, device = torch.bfloat16, torch.device("cuda")
     rows: list[dict] = []
@@ -204,6 +230,7 @@ def section_stab(args) -> None:
             save(args.out)
         if args.address:
             address_rows(rows)
+            graph_overhead_rows(stab, projector, inputs, rows)
             save(args.out)
         for variant in args.stab_variants.split(","):
             if variant.startswith("graphed-encoder"):  # modeling.graphs.GraphedEncoder, as the package ships it
