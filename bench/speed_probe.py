@@ -136,6 +136,8 @@ def graph_overhead_rows(stab: STAB, projector, inputs: dict, rows: list[dict]) -
                 fn()
             row[f"{name}_host_us"] = round((time.perf_counter() - t0) / 200 * 1e6, 1)
             torch.cuda.synchronize()
+        if b == 8:
+            RESULT["stab"].setdefault("tables", {})["graphed-encoder replay"] = kernel_table(captured.graph.replay)
         rows.append(row)
         print(row, flush=True)
 
