@@ -1,14 +1,14 @@
 """The visual encode (STAB + projector) captured as CUDA graphs and replayed.
 
 Why: for one 7B video the compiled STAB + projector is a few dozen short kernels, so its time is mostly launches. A
-CUDA graph replays them in one launch (0.60-0.62 ms on an H100, against 1.7-3.1 ms compiled). torch.compile's
+CUDA graph replays them in one launch (0.55 ms on an H100, against 1.7-3.1 ms compiled). torch.compile's
 own graphs (mode "reduce-overhead") do the same but add guard checks and input bookkeeping on the host for every call,
-which showed as 0.2-0.3 ms more on the lent machines. Here a call costs one input copy and one replay.
+which showed as 0.2-0.3 ms more on the lent machines. Here a call costs one small fill and one replay.
 
 A graph is fixed to its input shape, dtype and the frames' crop boxes (static shapes inside the STAB), so the boxes
 must come from the host (`STAB.crop_boxes_for` on the processor's output); each new combination is captured once.
 
-The graph does not copy the caller's pixels (103 MB at 8 videos of the 7B STAB, about 0.07 ms): its first kernel, the
+The graph does not copy the caller's pixels (103 MB at 8 videos of the 7B STAB, 0.08 ms): its first kernel, the
 patch unfold, reads them at an address held in a one-element device tensor (`kernels.patch_unfold_at`), which a call
 sets with one small fill. Where the STAB's unfold is not the Triton kernel, a call copies the pixels into the graph's
 input instead.

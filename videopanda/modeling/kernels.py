@@ -9,7 +9,8 @@ Only what no library does well (docs/speed.md has the measurements):
   tap, not by memory. 0.23 ms at 8 videos of the 7B STAB (0.42 ms with bounds masks, inductor 1.75 ms, cuDNN 7.6 ms;
   H100). `dpe3d_residual` also writes dpe(x) + x from the same accumulator, the LSTE's output, sparing a pass.
 - `patch_unfold`, the patch embedding's im2col: frames to rows of 3*14*14 pixels (zero-filled to an aligned width)
-  in one pass, where inductor's permute and pad read the pixels at about half the memory's speed.
+  in one pass, where inductor's permute and pad read the pixels at about half the memory's speed. `patch_unfold_at`
+  reads the pixels at an address held in a device tensor, so a CUDA graph can take each call's pixels where they are.
 - `lsd_attend`, LSD's attention inside each 2x2 window: scores, softmax and weighted sum in one pass over the keys
   and values (online softmax), where inductor made a score reduction and a weighted sum of them.
 - `ln_pool`, the attention of GSTRA's and FSRA's constant query over layer-normed keys, without writing the normed

@@ -460,11 +460,12 @@ class STAB(nn.Module):
     def fuse(self) -> STAB:
         """Prepare the inference-only fast form in place; returns self. Same function, other arithmetic order.
 
-        What changes (docs/model.md, "Fast inference"): BatchNorm is folded into the next 1x1x1 conv, the temporal conv
-        bias into the last one, dpe's residual into its centre tap; the constant GSTRA and FSRA queries are folded
-        into their key weights (scores = LN(keys) @ u, values projected after pooling); the patch embedding is one
-        matmul over unfolded 14x14 patches; everything runs channels-last. The folded tensors are non-persistent
-        buffers: `state_dict()` is unchanged, loading weights re-folds, `.to()` carries them.
+        What changes (docs/model.md, "Fast inference"): BatchNorm is folded into the next 1x1x1 conv (which then reads
+        the unfolded patches directly), the temporal conv bias into the last one, dpe's residual into its centre tap;
+        the constant GSTRA and FSRA queries are folded into their key weights (scores = LN(keys) @ u, values projected
+        after pooling); the patch embedding is one matmul over unfolded 14x14 patches; everything runs channels-last.
+        The folded tensors are non-persistent buffers: `state_dict()` is unchanged, loading weights re-folds, `.to()`
+        carries them.
         `train()` raises until `unfuse()`. Call it after loading weights and picking the dtype.
         """
         self.eval()
