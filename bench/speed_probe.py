@@ -175,7 +175,16 @@ def section_stab(args) -> None:
         def compiled(mode, lsd, graphs, name):
             STAB._fast_lsd = lsd
             torch._dynamo.reset()
-            fn = torch.compile(lambda px: projector(stab(px, crop_boxes="full").tokens), mode=mode, dynamic=False)
+            # "chunkproj<k>": the projector over k row blocks (its GELU intermediate per block ~L2-sized), the
+            # blocks' outputs concatenated (inductor can let each matmul write its slice of the result)
+            k = int(name.partition("chunkproj")[2].partition("-")[0] or 1)
+
+            def project(tokens):
+                if k == 1:
+                    return projector(tokens)
+                return torch.cat([projector(part) for part in tokens.chunk(k)])
+
+            fn = torch.compile(lambda px: project(stab(px, crop_boxes="full").tokens), mode=mode, dynamic=False)
             for b in args.stab_batches:
                 t0 = time.perf_counter()
                 y = fn(inputs[b])
@@ -495,6 +504,8 @@ VARIANTS = {  # name -> (torch.compile mode, LSD form, manual CUDA graph replay,
     "torchunfold-lsd-graph": (None, "triton", True, "triton"),
     # GSTRA's and FSRA's pooling as layer norm + two matmuls (stab.pool_impl="plain"), before session 10
     "plainpool-lsd-graph": (None, "triton", True, "triton"),
+    # the projector over 2 / 3 / 4 row blocks (see `compiled`)
+    **{f"chunkproj{k}-lsd-graph": (None, "triton", True, "triton") for k in (2, 3, 4)},
     # the package's default compiled with inductor's unroll_reductions_threshold = 1
     "realizemean-lsd-graph": (None, "triton", True, "triton"),
     "shift-ro": ("reduce-overhead", "plain", False, "shift"),
