@@ -1,0 +1,120 @@
+"""Can a host-TMA Triton GEMM live inside the compiled STAB's CUDA graph, and what does it save there?
+
+bench/gemm_probe.py timed its fused GEMMs alone (session 10): the projector's first layer with the exact GELU in the
+epilogue took 0.312 ms against 0.346 ms for cuBLAS + inductor's GELU pass, but only with host-side TMA descriptors
+(`triton.tools.tensor_descriptor.TensorDescriptor`). This probe wraps that kernel as a `torch.library.triton_op`
+(descriptors made inside the op), and times, each as a hand-captured CUDA graph:
+- the projector alone at the 8-video token count (17472 rows): cuBLAS + GELU pass against the fused first layer;
+- the whole STAB + projector at 1 and 8 videos, both ways.
+A failure (tracing, compiling or capturing the op) is recorded in the JSON with its message.
+
+    python bench/tma_graph_probe.py --out tma_graph.json     # on the GPU machine (bench/device_probe.sh's set-up)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import gemm_probe as gp  # noqa: E402
+import speed_probe as sp  # noqa: E402
+
+from videopanda import bench as B  # noqa: E402
+from videopanda.modeling.graphs import _own_cublas_workspace  # noqa: E402
+
+RESULT: dict = {"rows": []}
+CFG = gp.Config.parse("128x256x64w8s3", "tma-persist")
+
+
+@torch.library.triton_op("vpprobe::linear_gelu", mutates_args=())
+def linear_gelu(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """gelu(x @ w.T + bias), exact erf, in one persistent TMA GEMM (bench/gemm_probe.py's kernel)."""
+    M, K = x.shape
+    N = w.shape[0]
+    out = torch.empty(M, N, device=x.device, dtype=x.dtype)
+    x_desc = gp.TensorDescriptor.from_tensor(x, [CFG.bm, CFG.bk])
+    w_desc = gp.TensorDescriptor.from_tensor(w, [CFG.bn, CFG.bk])
+    n_work = ((M + CFG.bm - 1) // CFG.bm) * ((N + CFG.bn - 1) // CFG.bn)
+    launch = min(n_work, torch.cuda.get_device_properties(x.device).multi_processor_count)
+    torch.library.wrap_triton(gp.fused_linear_kernel)[(launch,)](
+        x, w, x_desc, w_desc, bias, x, out, M, N, K, x.stride(0), w.stride(0), 0, out.stride(0), 0, n_work,
+        BM=CFG.bm, BN=CFG.bn, BK=CFG.bk, GROUP_M=CFG.group_m, EVEN_K=K % CFG.bk == 0, USE_TMA=True, PERSISTENT=True,
+        PREC="tf32", EPILOGUE="gelu", G=1, num_warps=CFG.warps, num_stages=CFG.stages)
+    return out
+
+
+def graphed(fn, example: torch.Tensor):
+    """fn compiled (static shapes) and captured as a CUDA graph on a static copy of `example`: (replay, output)."""
+    compiled = torch.compile(fn, dynamic=False)
+    static = example.clone()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            compiled(static)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with _own_cublas_workspace(), torch.cuda.graph(graph):
+        out = compiled(static)
+    graph.replay()
+    torch.cuda.synchronize()
+    return graph.replay, out
+
+
+def row(name: str, fn, example: torch.Tensor, want: torch.Tensor | None, **extra) -> torch.Tensor | None:
+    entry = {"impl": name, **extra}
+    t0 = time.perf_counter()
+    try:
+        replay, out = graphed(fn, example)
+        entry["first_s"] = round(time.perf_counter() - t0, 1)
+        entry["ms"] = sp.cuda_ms(replay)
+        if want is not None:
+            entry["max_diff"] = (out.float() - want.float()).abs().max().item()
+        entry["table"] = sp.kernel_table(replay, rows=8)
+    except Exception as err:  # the answer to "can it run in the graph" may be no
+        entry["error"] = f"{type(err).__name__}: {err}"[:600]
+        entry["traceback"] = traceback.format_exc()[-2000:]
+        out = None
+    RESULT["rows"].append(entry)
+    print({k: v for k, v in entry.items() if k not in ("table", "traceback")}, flush=True)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+    device, dtype = torch.device("cuda"), torch.bfloat16
+    stab, projector = B._visual_encoder("videopanda-7b", 4096, device, dtype)
+    stab.fuse()
+    first, act, second = projector[0], projector[1], projector[2]
+    assert isinstance(act, torch.nn.GELU) and act.approximate == "none"
+
+    def fused_projector(tokens: torch.Tensor) -> torch.Tensor:
+        return second(linear_gelu(tokens, first.weight, first.bias))
+
+    with torch.inference_mode():
+        tokens = torch.randn(17472, first.in_features, device=device, dtype=dtype)
+        want = row("projector cublas+gelu", projector, tokens, None, rows_in=17472)
+        row("projector fused-gelu tma", fused_projector, tokens, want, rows_in=17472)
+        for b in (1, 8):
+            px = B.pixel_values(B.synthetic_videos(b, 8, 448, seed=b), "videopanda-7b").to(device, dtype)
+            want = row("stab+projector cublas+gelu", lambda p: projector(stab(p, crop_boxes="full").tokens), px,
+                       None, batch=b)
+            row("stab+projector fused-gelu tma", lambda p: fused_projector(stab(p, crop_boxes="full").tokens), px,
+                want, batch=b)
+            torch._dynamo.reset()
+    RESULT.update(device=torch.cuda.get_device_name(), torch=torch.__version__, triton=gp.triton.__version__,
+                  command="python bench/tma_graph_probe.py --out " + args.out)
+    Path(args.out).write_text(json.dumps(RESULT, indent=1))
+
+
+if __name__ == "__main__":
+    main()
