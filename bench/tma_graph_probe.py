@@ -33,9 +33,9 @@ RESULT: dict = {"rows": []}
 CFG = gp.Config.parse("128x256x64w8s3", "tma-persist")
 
 
-@torch.library.triton_op("vpprobe::linear_gelu", mutates_args=())
-def linear_gelu(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """gelu(x @ w.T + bias), exact erf, in one persistent TMA GEMM (bench/gemm_probe.py's kernel)."""
+def launch_linear_gelu(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, wrap: bool) -> torch.Tensor:
+    """gelu(x @ w.T + bias), exact erf, in one persistent TMA GEMM (bench/gemm_probe.py's kernel). wrap: launch
+    through `wrap_triton` (inside a triton_op) or directly (traced by dynamo as a user-defined Triton kernel)."""
     M, K = x.shape
     N = w.shape[0]
     out = torch.empty(M, N, device=x.device, dtype=x.dtype)
@@ -43,11 +43,21 @@ def linear_gelu(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor) -> torch.T
     w_desc = gp.TensorDescriptor.from_tensor(w, [CFG.bn, CFG.bk])
     n_work = ((M + CFG.bm - 1) // CFG.bm) * ((N + CFG.bn - 1) // CFG.bn)
     launch = min(n_work, torch.cuda.get_device_properties(x.device).multi_processor_count)
-    torch.library.wrap_triton(gp.fused_linear_kernel)[(launch,)](
+    kernel = torch.library.wrap_triton(gp.fused_linear_kernel) if wrap else gp.fused_linear_kernel
+    kernel[(launch,)](
         x, w, x_desc, w_desc, bias, x, out, M, N, K, x.stride(0), w.stride(0), 0, out.stride(0), 0, n_work,
         BM=CFG.bm, BN=CFG.bn, BK=CFG.bk, GROUP_M=CFG.group_m, EVEN_K=K % CFG.bk == 0, USE_TMA=True, PERSISTENT=True,
         PREC="tf32", EPILOGUE="gelu", G=1, num_warps=CFG.warps, num_stages=CFG.stages)
     return out
+
+
+@torch.library.triton_op("vpprobe::linear_gelu", mutates_args=())
+def linear_gelu_op(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    return launch_linear_gelu(x, w, bias, wrap=True)
+
+
+def linear_gelu_direct(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    return launch_linear_gelu(x, w, bias, wrap=False)
 
 
 def graphed(fn, example: torch.Tensor):
@@ -97,19 +107,21 @@ def main() -> None:
     first, act, second = projector[0], projector[1], projector[2]
     assert isinstance(act, torch.nn.GELU) and act.approximate == "none"
 
-    def fused_projector(tokens: torch.Tensor) -> torch.Tensor:
-        return second(linear_gelu(tokens, first.weight, first.bias))
-
+    forms = {"op": linear_gelu_op, "direct": linear_gelu_direct}
     with torch.inference_mode():
         tokens = torch.randn(17472, first.in_features, device=device, dtype=dtype)
         want = row("projector cublas+gelu", projector, tokens, None, rows_in=17472)
-        row("projector fused-gelu tma", fused_projector, tokens, want, rows_in=17472)
+        for name, fused in forms.items():
+            row(f"projector fused-gelu tma {name}", lambda t, f=fused: second(f(t, first.weight, first.bias)),
+                tokens, want, rows_in=17472)
         for b in (1, 8):
             px = B.pixel_values(B.synthetic_videos(b, 8, 448, seed=b), "videopanda-7b").to(device, dtype)
             want = row("stab+projector cublas+gelu", lambda p: projector(stab(p, crop_boxes="full").tokens), px,
                        None, batch=b)
-            row("stab+projector fused-gelu tma", lambda p: fused_projector(stab(p, crop_boxes="full").tokens), px,
-                want, batch=b)
+            for name, fused in forms.items():
+                row(f"stab+projector fused-gelu tma {name}",
+                    lambda p, f=fused: second(f(stab(p, crop_boxes="full").tokens, first.weight, first.bias)), px,
+                    want, batch=b)
             torch._dynamo.reset()
     RESULT.update(device=torch.cuda.get_device_name(), torch=torch.__version__, triton=gp.triton.__version__,
                   command="python bench/tma_graph_probe.py --out " + args.out)
