@@ -5,7 +5,8 @@ epilogue took 0.312 ms against 0.346 ms for cuBLAS + inductor's GELU pass, but o
 (`triton.tools.tensor_descriptor.TensorDescriptor`). This probe wraps that kernel as a `torch.library.triton_op`
 (descriptors made inside the op), and times, each as a hand-captured CUDA graph:
 - the projector alone at the 8-video token count (17472 rows): cuBLAS + GELU pass against the fused first layer;
-- the whole STAB + projector at 1 and 8 videos, both ways.
+- the whole STAB + projector at 1 and 8 videos, both ways, and with the LSTE's second conv, residual add and the
+  dpe's zero border as one TMA GEMM (the residual_pad epilogue), alone and with the fused GELU.
 A failure (tracing, compiling or capturing the op) is recorded in the JSON with its message.
 
     python bench/tma_graph_probe.py --out tma_graph.json     # on the GPU machine (bench/device_probe.sh's set-up)
@@ -28,6 +29,7 @@ import speed_probe as sp  # noqa: E402
 
 from videopanda import bench as B  # noqa: E402
 from videopanda.modeling.graphs import _own_cublas_workspace  # noqa: E402
+from videopanda.modeling.stab import STAB  # noqa: E402
 
 RESULT: dict = {"rows": []}
 CFG = gp.Config.parse("128x256x64w8s3", "tma-persist")
@@ -97,6 +99,43 @@ def row(name: str, fn, example: torch.Tensor, want: torch.Tensor | None, **extra
     return out
 
 
+PAD_CFG = gp.Config.parse("128x256x64w8s3", "tma")
+
+
+def residual_pad_direct(z: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor,
+                        grid: int) -> torch.Tensor:
+    """residual + z @ w.T + bias, written into a [frames, grid + 2, grid + 2, N] buffer with a zero border (the
+    dpe's input) by one TMA GEMM launched directly (bench/gemm_probe.py's kernel, residual_pad epilogue)."""
+    M, K = z.shape
+    N = w.shape[0]
+    frames = M // (grid * grid)
+    out = torch.empty(frames, grid + 2, grid + 2, N, device=z.device, dtype=z.dtype)
+    n_border = gp.border_rows(frames, grid)
+    n_work = ((M + PAD_CFG.bm - 1) // PAD_CFG.bm) * ((N + PAD_CFG.bn - 1) // PAD_CFG.bn) + \
+        ((n_border + PAD_CFG.bm - 1) // PAD_CFG.bm) * ((N + PAD_CFG.bn - 1) // PAD_CFG.bn)
+    z_desc = gp.TensorDescriptor.from_tensor(z, [PAD_CFG.bm, PAD_CFG.bk])
+    w_desc = gp.TensorDescriptor.from_tensor(w, [PAD_CFG.bn, PAD_CFG.bk])
+    gp.fused_linear_kernel[(n_work,)](
+        z, w, z_desc, w_desc, bias, residual, out, M, N, K, z.stride(0), w.stride(0), residual.stride(0),
+        out.stride(-2), n_border, n_work, BM=PAD_CFG.bm, BN=PAD_CFG.bn, BK=PAD_CFG.bk, GROUP_M=PAD_CFG.group_m,
+        EVEN_K=K % PAD_CFG.bk == 0, USE_TMA=True, PERSISTENT=False, PREC="tf32", EPILOGUE="residual_pad", G=grid,
+        num_warps=PAD_CFG.warps, num_stages=PAD_CFG.stages)
+    return out
+
+
+def fused_lste(self, x: torch.Tensor, y: torch.Tensor):
+    """STAB._fast_lste with the second 1x1x1 conv, the residual add and the dpe's zero border in one GEMM."""
+    from videopanda.modeling import kernels
+    from videopanda.modeling.stab import _shifted_sum
+
+    taps, b1 = self._fold_lste_taps, self._fold_lste_b1
+    z = _shifted_sum(y, taps, dim=1) + _shifted_sum(b1.expand(1, x.shape[1], 1, 1, -1), taps, dim=1)
+    n, t, G, _, C = x.shape
+    xp = residual_pad_direct(z.reshape(-1, z.shape[-1]), self._fold_lste_w2, self._fold_lste_b2,
+                             x.reshape(-1, C), G).view(n, t, G + 2, G + 2, C)
+    return kernels.dpe3d_residual(xp, self._fold_dpe_w, self.dpe.bias, x)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
@@ -122,6 +161,18 @@ def main() -> None:
                 row(f"stab+projector fused-gelu tma {name}",
                     lambda p, f=fused: second(f(stab(p, crop_boxes="full").tokens, first.weight, first.bias)), px,
                     want, batch=b)
+            package_lste = STAB._fast_lste
+            STAB._fast_lste = fused_lste
+            try:
+                row("stab+projector fused-residual-pad tma", lambda p: projector(stab(p, crop_boxes="full").tokens),
+                    px, want, batch=b)
+                row("stab+projector fused-residual-pad + fused-gelu tma",
+                    lambda p: second(linear_gelu_direct(stab(p, crop_boxes="full").tokens, first.weight, first.bias)),
+                    px, want, batch=b)
+            finally:
+                STAB._fast_lste = package_lste
+            row("stab+projector cublas+gelu (again)", lambda p: projector(stab(p, crop_boxes="full").tokens), px,
+                want, batch=b)
             torch._dynamo.reset()
     RESULT.update(device=torch.cuda.get_device_name(), torch=torch.__version__, triton=gp.triton.__version__,
                   command="python bench/tma_graph_probe.py --out " + args.out)
