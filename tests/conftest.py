@@ -172,3 +172,22 @@ def gpu_rounding(monkeypatch):
 
         monkeypatch.setattr(interpreter.InterpreterBuilder, "cast_impl", rounded)
         monkeypatch.setattr(interpreter.InterpreterBuilder, "create_dot", exact_dot)
+
+
+@pytest.fixture
+def scalar_index(monkeypatch):
+    """The interpreter holds kernel scalars (K, program ids) as 1-element arrays and turns them into Python ints with
+    int(array), which NumPy >= 2.4 refuses for arrays of 1 dimension; the kernel's loops over run-time bounds
+    (`tl.range(0, K, BK)`, the persistent grid's stride) need it. Index through .item() instead."""
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        return
+    from triton.runtime import interpreter
+
+    patch = interpreter._patch_lang_tensor
+
+    def patched(tensor):
+        patch(tensor)
+        tensor.__index__ = lambda self: int(self.handle.data.reshape(-1)[0]) if self.handle.data.size == 1 \
+            else int(self.handle.data)
+
+    monkeypatch.setattr(interpreter, "_patch_lang_tensor", patched)

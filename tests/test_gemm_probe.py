@@ -38,23 +38,8 @@ if probe.TensorDescriptor is None:
     VARIANTS = [v for v in VARIANTS if not v.startswith("tma")]
 
 
-@pytest.fixture(autouse=True)
-def scalar_index(monkeypatch):
-    """The interpreter holds kernel scalars (K, program ids) as 1-element arrays and turns them into Python ints with
-    int(array), which NumPy >= 2.4 refuses for arrays of 1 dimension; the kernel's loops over run-time bounds
-    (`tl.range(0, K, BK)`, the persistent grid's stride) need it. Index through .item() instead."""
-    if os.environ.get("TRITON_INTERPRET") != "1":
-        return
-    from triton.runtime import interpreter
-
-    patch = interpreter._patch_lang_tensor
-
-    def patched(tensor):
-        patch(tensor)
-        tensor.__index__ = lambda self: int(self.handle.data.reshape(-1)[0]) if self.handle.data.size == 1 \
-            else int(self.handle.data)
-
-    monkeypatch.setattr(interpreter, "_patch_lang_tensor", patched)
+# the interpreter's scalar indexing, patched for NumPy >= 2.4 (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("scalar_index")
 
 
 def _inputs(m: int, k: int, n: int, seed: int = 0) -> tuple[torch.Tensor, ...]:

@@ -400,7 +400,35 @@ def test_graphed_encoder_checks_and_runs_the_encode_off_cuda():
     assert torch.equal(got, want)
 
 
-@pytest.mark.parametrize("attr", ["dpe_impl", "lsd_impl", "unfold_impl", "pool_impl"])
+@pytest.mark.parametrize("case", ["square", "padded_frames"])
+def test_fused_epilogue_gemms_equal_matmul_then_pass(case, scalar_index):
+    """gemm_impl="triton": the LSTE's second conv with the residual add and the dpe's zero border as one TMA GEMM
+    (gemm_kernels.linear_residual_pad), and in GraphedEncoder the projector's first layer with its exact GELU
+    (gemm_kernels.linear_gelu), run by Triton's interpreter in float32; the tokens are those of cuBLAS + the separate
+    passes, and of the straightforward STAB."""
+    from videopanda.modeling import gemm_kernels
+    from videopanda.modeling.graphs import GraphedEncoder
+
+    if not kernels.available(torch.empty(0)) or not gemm_kernels.tma_available(torch.empty(0)):
+        pytest.skip("needs Triton with tensor descriptors (its interpreter on CPU)")
+    stab = make_stab(torch.float32)
+    fused = copy.deepcopy(stab).fuse()
+    fused.dpe_impl = fused.lsd_impl = fused.unfold_impl = fused.pool_impl = "triton"
+    projector = torch.nn.Sequential(torch.nn.Linear(32, 48), torch.nn.GELU(), torch.nn.Linear(48, 48))
+    px = make_input(*CASES[case], dtype=torch.float32)
+    boxes = fused.crop_boxes_for(px)
+    with torch.no_grad():
+        want = stab(px).tokens
+        fused.gemm_impl = "torch"
+        plain = GraphedEncoder(fused, projector, compile=False)(px, boxes)
+        fused.gemm_impl = "triton"
+        got_tokens = fused(px, crop_boxes=boxes).tokens
+        got = GraphedEncoder(fused, projector, compile=False)(px, boxes)
+    assert (got_tokens - want).abs().max() < 1e-4
+    assert (got - plain).abs().max() < 1e-4 and (got - projector(want)).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("attr", ["dpe_impl", "lsd_impl", "unfold_impl", "pool_impl", "gemm_impl"])
 def test_unknown_kernel_form_is_refused(attr):
     fused = make_stab().fuse()
     setattr(fused, attr, "cudnn-magic")

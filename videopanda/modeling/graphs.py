@@ -64,7 +64,19 @@ class GraphedEncoder:
 
     def _encode(self, pixel_values: torch.Tensor, boxes: list[tuple[int, ...]],
                 address: torch.Tensor | None = None) -> torch.Tensor:
-        return self.projector(self.stab(pixel_values, crop_boxes=boxes, pixel_address=address).tokens)
+        return self._project(self.stab(pixel_values, crop_boxes=boxes, pixel_address=address).tokens)
+
+    def _project(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The projector; for many tokens (several videos) on a GPU with TMA, its first layer and exact GELU as one
+        GEMM (`gemm_kernels.linear_gelu`; the STAB's `gemm_impl` switches it too)."""
+        p = self.projector
+        if isinstance(p, nn.Sequential) and len(p) == 3 and isinstance(p[0], nn.Linear) and \
+                isinstance(p[1], nn.GELU) and p[1].approximate == "none" and self.stab._gemm_form(tokens) == "triton":
+            from . import gemm_kernels
+
+            if tokens.shape[0] >= gemm_kernels.GELU_MIN_ROWS or not tokens.is_cuda:
+                return p[2](gemm_kernels.linear_gelu(tokens, p[0].weight, p[0].bias))
+        return p(tokens)
 
     @torch.inference_mode()
     def __call__(self, pixel_values: torch.Tensor, crop_boxes: Sequence[Sequence[int]]) -> torch.Tensor:

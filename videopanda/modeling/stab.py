@@ -332,6 +332,10 @@ class STAB(nn.Module):
         # GSTRA's and FSRA's pooling: None = auto ("triton", two Triton passes that never write the layer-normed keys,
         # on a GPU with Triton; else "plain": layer norm, then two matmuls)
         self.pool_impl: str | None = None
+        # the LSTE's second 1x1x1 conv with the residual add and the dpe's zero border in its epilogue: None = auto
+        # ("triton", one TMA GEMM (`gemm_kernels.linear_residual_pad`), on a GPU with TMA in bfloat16/float16 when
+        # the dpe is the Triton kernel; else "torch": cuBLAS, then inductor's add-and-pad pass)
+        self.gemm_impl: str | None = None
         self.register_load_state_dict_post_hook(_refold_after_load)
         self.reset_parameters()
 
@@ -518,9 +522,10 @@ class STAB(nn.Module):
             scale = bn.weight.to(wide) * torch.rsqrt(bn.running_var.to(wide) + bn.eps)  # BN(x) = x * scale + shift
             shift = bn.bias.to(wide) - bn.running_mean.to(wide) * scale
             w1 = down.weight.to(wide).flatten(1)  # [I, C]
-            # the inner width I (682 for C = 1024) padded with zero channels to a multiple of 8: aligned matmuls,
-            # which inductor would otherwise pad with extra copies; the zero channels add nothing
-            pad = -w1.shape[0] % 8
+            # the inner width I (682 for C = 1024) padded with zero channels to a multiple of 16: aligned matmuls,
+            # which inductor would otherwise pad with extra copies, and rows whose strides the TMA descriptors of
+            # `gemm_kernels` accept (Triton's interpreter wants 16 elements); the zero channels add nothing
+            pad = -w1.shape[0] % 16
             # the first LSTE matmul taken straight from the unfolded patches: the patch embedding has no bias, so
             # x @ W1^T == patches @ (W1 Wp)^T, with K = 3 * 14 * 14 (592 padded) instead of C = 1024 (40% fewer
             # FLOPs, and x is not rounded to the model dtype on the way)
@@ -638,15 +643,38 @@ class STAB(nn.Module):
         # the bias goes in after the taps, as a [t, I] term (zero padding drops end taps): y stays the matmul's own
         # output, and inductor fuses the taps into one pass (with the bias inside y it took two)
         z = _shifted_sum(y, taps, dim=1) + _shifted_sum(b1.expand(1, x.shape[1], 1, 1, -1), taps, dim=1)
+        if self._gemm_form(x) == "triton" and self._dpe_form(x) == "triton":
+            from . import gemm_kernels
+
+            n, t, G, _, C = x.shape
+            xp = gemm_kernels.linear_residual_pad(z.reshape(-1, z.shape[-1]), self._fold_lste_w2, self._fold_lste_b2,
+                                                  x.reshape(-1, C), G)  # x + z W2^T + b2, zero-bordered
+            return kernels.dpe3d_residual(xp.view(n, t, G + 2, G + 2, C), self._fold_dpe_w, self.dpe.bias, x)
         return self._fast_dpe(x + F.linear(z, self._fold_lste_w2, self._fold_lste_b2), x)
 
-    def _fast_dpe(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """y = x + dpe(x), as one depthwise 3x3x3 conv with the identity folded in, and y + residual.
-        x, residual: [n, t, G, G, C]."""
+    def _gemm_form(self, x: torch.Tensor) -> str:
+        impl = self.gemm_impl
+        if impl is None:
+            if not (x.is_cuda and x.dtype in (torch.bfloat16, torch.float16) and kernels.available(x)):
+                return "torch"
+            from . import gemm_kernels
+
+            return "triton" if gemm_kernels.tma_available(x) else "torch"
+        if impl not in ("triton", "torch"):
+            raise ValueError(f"gemm_impl must be None, 'triton' or 'torch', got {impl!r}")
+        return impl
+
+    def _dpe_form(self, x: torch.Tensor) -> str:
         impl = self.dpe_impl
         if impl is None:
             impl = "triton" if x.is_cuda and kernels.available(x) else \
                 "shift" if torch.compiler.is_compiling() else "conv"
+        return impl
+
+    def _fast_dpe(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """y = x + dpe(x), as one depthwise 3x3x3 conv with the identity folded in, and y + residual.
+        x, residual: [n, t, G, G, C]."""
+        impl = self._dpe_form(x)
         if impl == "triton":
             # a zero border, so the kernel needs no bounds masks; it also writes y + residual, so that the passes
             # after it read one tensor, not two (modeling/kernels.py)
