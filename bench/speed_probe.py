@@ -248,7 +248,13 @@ def section_stab(args) -> None:
                 from videopanda.modeling.graphs import GraphedEncoder
 
                 torch._dynamo.reset()
-                # "-copy": the pixels copied into the graph's input (before session 11)
+                # "-copy": the pixels copied into the graph's input (before session 11); "-nogelu": the projector's
+                # first layer without the fused GELU GEMM
+                from videopanda.modeling import gemm_kernels
+
+                package_rows = gemm_kernels.GELU_MIN_ROWS
+                if variant.endswith("-nogelu"):
+                    gemm_kernels.GELU_MIN_ROWS = 1 << 40
                 enc = GraphedEncoder(stab, projector, by_address=not variant.endswith("-copy"))
                 for b in (1, 8, 32):
                     t0 = time.perf_counter()
@@ -260,6 +266,7 @@ def section_stab(args) -> None:
                     print(rows[-1], flush=True)
                     save(args.out)
                 del enc
+                gemm_kernels.GELU_MIN_ROWS = package_rows
                 continue
             variant, _, blocks = variant.partition("@")
             mode, lsd, graphs, dpe = VARIANTS[variant.removesuffix("-cdt")]
