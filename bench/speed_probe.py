@@ -81,6 +81,24 @@ def folded_lsd(self: STAB, crop: torch.Tensor) -> torch.Tensor:
     return pooled + la.proj(out)
 
 
+def capture(fn, example: torch.Tensor):
+    """fn captured as a CUDA graph on a static copy of `example`, warmed up on a side stream first, as GraphedEncoder
+    captures (its docstring): (replay, output), replayed once."""
+    static = example.clone()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn(static)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with _own_cublas_workspace(), torch.cuda.graph(graph):
+        out = fn(static)
+    graph.replay()
+    torch.cuda.synchronize()
+    return graph.replay, out
+
+
 def loop_ms(fn, calls: int = 20, repeats: int = 5) -> float:
     """Median over `repeats` of the CUDA-event time of `calls` back-to-back calls, per call: for kernels long
     enough that queued launches keep the GPU busy, the host's launch cost drops out."""
@@ -196,21 +214,7 @@ def section_stab(args) -> None:
                     y = y.clone()
                 call = lambda b=b: fn(inputs[b])  # noqa: E731
                 if graphs:
-                    static_in = inputs[b].clone()
-                    s = torch.cuda.Stream()
-                    s.wait_stream(torch.cuda.current_stream())
-                    with torch.cuda.stream(s):
-                        for _ in range(3):
-                            fn(static_in)
-                    torch.cuda.current_stream().wait_stream(s)
-                    g = torch.cuda.CUDAGraph()
-                    with _own_cublas_workspace(), torch.cuda.graph(g):  # as GraphedEncoder captures (its docstring)
-                        static_out = fn(static_in)
-                    call = g.replay
-                    y = static_out
-                if graphs:
-                    g.replay()
-                    torch.cuda.synchronize()
+                    call, y = capture(fn, inputs[b])
                 diff = (y - ref[b]).abs().max().item() if b in ref else None
                 rows.append({"impl": f"compiled-{name}", "batch": b, "ms": cuda_ms(call), "first_s": round(first, 1),
                              "max_diff": diff})

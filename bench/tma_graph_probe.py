@@ -28,7 +28,6 @@ import gemm_probe as gp  # noqa: E402
 import speed_probe as sp  # noqa: E402
 
 from videopanda import bench as B  # noqa: E402
-from videopanda.modeling.graphs import _own_cublas_workspace  # noqa: E402
 from videopanda.modeling.stab import STAB  # noqa: E402
 
 RESULT: dict = {"rows": []}
@@ -64,20 +63,7 @@ def linear_gelu_direct(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor) -> 
 
 def graphed(fn, example: torch.Tensor):
     """fn compiled (static shapes) and captured as a CUDA graph on a static copy of `example`: (replay, output)."""
-    compiled = torch.compile(fn, dynamic=False)
-    static = example.clone()
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            compiled(static)
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with _own_cublas_workspace(), torch.cuda.graph(graph):
-        out = compiled(static)
-    graph.replay()
-    torch.cuda.synchronize()
-    return graph.replay, out
+    return sp.capture(torch.compile(fn, dynamic=False), example)
 
 
 def row(name: str, fn, example: torch.Tensor, want: torch.Tensor | None, **extra) -> torch.Tensor | None:
