@@ -655,13 +655,12 @@ class STAB(nn.Module):
     def _gemm_form(self, x: torch.Tensor) -> str:
         impl = self.gemm_impl
         if impl is None:
-            if not (x.is_cuda and x.dtype in (torch.bfloat16, torch.float16) and kernels.available(x)):
-                return "torch"
-            from . import gemm_kernels
-
-            return "triton" if gemm_kernels.tma_available(x) else "torch"
+            return "triton" if x.is_cuda and x.dtype in (torch.bfloat16, torch.float16) and _tma_ok(x) else "torch"
         if impl not in ("triton", "torch"):
             raise ValueError(f"gemm_impl must be None, 'triton' or 'torch', got {impl!r}")
+        if impl == "triton" and not _tma_ok(x):
+            raise ValueError("gemm_impl='triton' needs Triton and a GPU with TMA (compute capability 9.0+), or "
+                             "Triton's interpreter")
         return impl
 
     def _dpe_form(self, x: torch.Tensor) -> str:
@@ -811,6 +810,15 @@ class STAB(nn.Module):
         mask = pixel_values.flatten(0, 1)[:, 3:]
         boxes = crop_boxes(patch_valid_mask(mask, self.patch_size), self.empty_frame_patches)
         return [tuple(b) for b in boxes.tolist()]
+
+
+def _tma_ok(x: torch.Tensor) -> bool:
+    """Whether `gemm_kernels` can run on x's device (imported only then: it needs Triton)."""
+    if not kernels.available(x):
+        return False
+    from . import gemm_kernels
+
+    return gemm_kernels.tma_available(x)
 
 
 def _chunks(x: torch.Tensor, size: int) -> list[torch.Tensor]:
