@@ -241,6 +241,8 @@ def test_pixels_read_at_an_address_equal_pixels_passed(dtype):
             fused(stand_in, pixel_address=address)
         with pytest.raises(ValueError, match="pixel_address"):
             stab(stand_in, crop_boxes=boxes, pixel_address=address)
+        with pytest.raises(ValueError, match="not torch.uint8"):
+            kernels.patch_unfold_at(address, list(px.shape[1:]), torch.uint8, 4, 48, dtype)
         fused.unfold_impl = "torch"
         with pytest.raises(ValueError, match="Triton unfold"):
             fused(stand_in, crop_boxes=boxes, pixel_address=address)

@@ -68,7 +68,8 @@ class GraphedEncoder:
 
     def _project(self, tokens: torch.Tensor) -> torch.Tensor:
         """The projector; for many tokens (several videos) on a GPU with TMA, its first layer and exact GELU as one
-        GEMM (`gemm_kernels.linear_gelu`; the STAB's `gemm_impl` switches it too)."""
+        GEMM (`gemm_kernels.linear_gelu`; the STAB's `gemm_impl` switches it too). Off CUDA, i.e. under Triton's
+        interpreter with gemm_impl="triton" (the tests), at any token count."""
         p = self.projector
         if isinstance(p, nn.Sequential) and len(p) == 3 and isinstance(p[0], nn.Linear) and \
                 isinstance(p[1], nn.GELU) and p[1].approximate == "none" and self.stab._gemm_form(tokens) == "triton":
@@ -111,7 +112,7 @@ class GraphedEncoder:
         capture one call that reads the pixels at an address tensor, or else from a static copy."""
         with torch.cuda.device(pixel_values.device):
             by_address = self.by_address and self.stab.unfold_impl in (None, "triton") and \
-                kernels.available(pixel_values)
+                pixel_values.dtype.is_floating_point and kernels.available(pixel_values)
             if by_address:
                 static = pixel_values.contiguous()
                 address = torch.tensor([static.data_ptr()], dtype=torch.int64, device=static.device)

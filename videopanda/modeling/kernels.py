@@ -47,6 +47,8 @@ LSD_NUM_WARPS = 4
 # channels per program of the pooling pass
 POOL_SCORE_ROWS, POOL_BLOCK_K, POOL_SCORE_WARPS = 32, 128, 4
 POOL_BLOCK_L, POOL_BLOCK_C, POOL_WARPS = 64, 128, 4
+# programs the pooling pass aims for when it splits the rows of few sets: two waves of an H100's 132 SMs
+POOL_PROGRAMS = 264
 
 
 def available(x: torch.Tensor) -> bool:
@@ -165,6 +167,8 @@ if triton is not None:
         whatever pixels the address names at each replay, so `GraphedEncoder` sets the address instead of copying
         the caller's pixels into the graph (103 MB at 8 videos of the 7B STAB). The caller keeps the frames alive
         and unchanged until the kernel has run."""
+        if src_dtype not in _TL_DTYPES:
+            raise ValueError(f"patch_unfold_at reads float16, bfloat16, float32 or float64 pixels, not {src_dtype}")
         strides = [1] * len(shape)
         for d in range(len(shape) - 2, -1, -1):
             strides[d] = strides[d + 1] * shape[d + 1]
@@ -334,7 +338,7 @@ if triton is not None:
         H = w.shape[2]
         x, w, mean = x.contiguous(), w.contiguous(), mean.contiguous()
         blocks_c = triton.cdiv(C, POOL_BLOCK_C)
-        splits = max(1, min(triton.cdiv(L, 4 * POOL_BLOCK_L), triton.cdiv(264, n * blocks_c)))
+        splits = max(1, min(triton.cdiv(L, 4 * POOL_BLOCK_L), triton.cdiv(POOL_PROGRAMS, n * blocks_c)))
         per_split = triton.cdiv(L, splits)
         out = torch.empty(n, splits, H, C, dtype=w.dtype, device=x.device)
         torch.library.wrap_triton(_ln_pool_kernel)[(n, blocks_c, splits)](

@@ -565,8 +565,8 @@ class STAB(nn.Module):
         feats, y = self._fast_patch_embed(frames, G, lste, pixel_address)  # [BT, G, G, C], [BT, G, G, I] or None
         video_cls = None
         if T > 1:
-            feats, video_cls = self._fast_temporal(feats.unflatten(0, (B, T)), y if y is None else
-                                                   y.unflatten(0, (B, T)))
+            feats, video_cls = self._fast_temporal(feats.unflatten(0, (B, T)),
+                                                   None if y is None else y.unflatten(0, (B, T)))
         if crop_boxes is None:
             boxes = _boxes_wait(pending)
         elif isinstance(crop_boxes, str):
@@ -622,8 +622,9 @@ class STAB(nn.Module):
         without LSTE) -> ([B*T, G, G, C], [B*T, C] or None)."""
         B, T, G, _, C = patches.shape
         feats, cls = [], []
-        ys = _chunks(y, self.chunk_size) if y is not None else [None] * len(_chunks(patches, self.chunk_size))
-        for chunk, y_chunk in zip(_chunks(patches, self.chunk_size), ys):  # [n, t, G, G, C], [n, t, G, G, I]
+        chunks = _chunks(patches, self.chunk_size)
+        ys = [None] * len(chunks) if y is None else _chunks(y, self.chunk_size)
+        for chunk, y_chunk in zip(chunks, ys):  # [n, t, G, G, C], [n, t, G, G, I]
             n, t = chunk.shape[:2]
             # x and the dense connection x + chunk
             x, dense = self._fast_lste(chunk, y_chunk) if y_chunk is not None else (chunk, chunk + chunk)
