@@ -35,14 +35,7 @@ import torch
 import torch.nn.functional as F
 import triton
 
-from videopanda.modeling.gemm_kernels import (  # noqa: F401  (the tests reach them through this module)
-    EPILOGUES,
-    Config,
-    TensorDescriptor,
-    border_rows,
-    fused_linear,
-    fused_linear_kernel,
-)
+from videopanda.modeling.gemm_kernels import EPILOGUES, Config, fused_linear
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Benchmark

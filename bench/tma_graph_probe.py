@@ -24,10 +24,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import gemm_probe as gp  # noqa: E402
 import speed_probe as sp  # noqa: E402
 
 from videopanda import bench as B  # noqa: E402
+from videopanda.modeling import gemm_kernels as gp  # noqa: E402
 from videopanda.modeling.stab import STAB  # noqa: E402
 
 RESULT: dict = {"rows": []}

@@ -1,6 +1,7 @@
-"""The fused GEMM + epilogue kernel of bench/gemm_probe.py computes what torch computes, masks included, and leaves the
-padded buffer's border exactly zero. Without a GPU it runs under Triton's interpreter (set before Triton is imported,
-as tests/conftest.py does), on float32 inputs: the interpreter's bfloat16 tl.dot is not faithful on CPU."""
+"""The fused GEMM + epilogue kernel (videopanda/modeling/gemm_kernels.py, timed by bench/gemm_probe.py) computes what
+torch computes, masks included, and leaves the padded buffer's border exactly zero. Without a GPU it runs under
+Triton's interpreter (set before Triton is imported, as tests/conftest.py does), on float32 inputs: the interpreter's
+bfloat16 tl.dot is not faithful on CPU."""
 
 from __future__ import annotations
 
@@ -31,10 +32,11 @@ def _load_probe():
 
 
 probe = _load_probe()
+gk = importlib.import_module("videopanda.modeling.gemm_kernels")
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 # Small tiles so that the tiny shapes span several tiles, a short last group, and tails in M, N and K.
 VARIANTS = ["ptr", "tma", "ptr-persist", "tma-persist"]
-if probe.TensorDescriptor is None:
+if gk.TensorDescriptor is None:
     VARIANTS = [v for v in VARIANTS if not v.startswith("tma")]
 
 
@@ -63,8 +65,8 @@ SHAPES = [(v, 37, 48, 40) for v in VARIANTS] + [(v, 64, 32, 64) for v in VARIANT
 @pytest.mark.parametrize(("variant", "m", "k", "n"), SHAPES)
 def test_gelu_epilogue(variant, m, k, n):
     x, w, b = _inputs(m, k, n)
-    cfg = probe.Config.parse("16x32x32w4s2g2", variant)
-    got = probe.fused_linear(x, w, b, cfg, "gelu", programs=3)
+    cfg = gk.Config.parse("16x32x32w4s2g2", variant)
+    got = gk.fused_linear(x, w, b, cfg, "gelu", programs=3)
     want = F.gelu(F.linear(x.double(), w.double(), b.double()))
     assert got.shape == (m, n)
     _close(got, want)
@@ -78,9 +80,9 @@ def test_residual_pad_epilogue(variant):
     m = frames * grid * grid
     x, w, b = _inputs(m, k, n, seed=1)
     r = torch.randn(m, n, generator=torch.Generator().manual_seed(2)).to(DEV)
-    cfg = probe.Config.parse("16x32x32w4s2g2", variant)
+    cfg = gk.Config.parse("16x32x32w4s2g2", variant)
     out = torch.full((frames, grid + 2, grid + 2, n), float("nan"), device=DEV)
-    got = probe.fused_linear(x, w, b, cfg, "residual_pad", residual=r, grid=grid, out=out, programs=3)
+    got = gk.fused_linear(x, w, b, cfg, "residual_pad", residual=r, grid=grid, out=out, programs=3)
     assert got is out
     want = F.pad((r.double() + F.linear(x.double(), w.double(), b.double())).view(frames, grid, grid, n),
                  (0, 0, 1, 1, 1, 1))
@@ -97,7 +99,7 @@ def test_residual_pad_keep_border_writes_the_interior_only():
     x, w, b = _inputs(m, k, n, seed=3)
     r = torch.randn(m, n, generator=torch.Generator().manual_seed(4)).to(DEV)
     out = torch.full((frames, grid + 2, grid + 2, n), 7.0, device=DEV)
-    probe.fused_linear(x, w, b, probe.Config.parse("32x32x8w4s2"), "residual_pad", residual=r, grid=grid, out=out,
+    gk.fused_linear(x, w, b, gk.Config.parse("32x32x8w4s2"), "residual_pad", residual=r, grid=grid, out=out,
                        zero_border=False)
     want = (r.double() + F.linear(x.double(), w.double(), b.double())).view(frames, grid, grid, n)
     _close(out[:, 1:-1, 1:-1], want)
@@ -107,7 +109,7 @@ def test_residual_pad_keep_border_writes_the_interior_only():
 def test_border_rows_cover_the_border_once():
     """The border-row enumeration of the kernel, replayed in torch: each border cell once, no interior cell."""
     frames, grid = 3, 5
-    b = torch.arange(probe.border_rows(frames, grid))
+    b = torch.arange(gk.border_rows(frames, grid))
     w = grid + 2
     f, j = b // (4 * grid + 4), b % (4 * grid + 4)
     side = (j - 2 * w).clamp(min=0)
@@ -121,14 +123,14 @@ def test_border_rows_cover_the_border_once():
 
 
 def test_config_parse_and_cli():
-    cfg = probe.Config.parse("128x256x64w8s3", "tma-persist")
+    cfg = gk.Config.parse("128x256x64w8s3", "tma-persist")
     assert (cfg.bm, cfg.bn, cfg.bk, cfg.warps, cfg.stages, cfg.group_m, cfg.tma, cfg.persistent) == \
         (128, 256, 64, 8, 3, 8, True, True)
     assert cfg.name == "128x256x64w8s3g8:tma-persist"
-    assert probe.Config.parse("256x128x64w8s4g16").group_m == 16
+    assert gk.Config.parse("256x128x64w8s4g16").group_m == 16
     with pytest.raises(ValueError, match="variant"):
-        probe.Config.parse("128x128x64w8s4", "wgmma")
+        gk.Config.parse("128x128x64w8s4", "wgmma")
     args = probe.parse_args(["--out", "x.json", "--configs", "64x64x32w4s2", "--no-graph"])
     assert args.configs == "64x64x32w4s2" and not args.graph and args.epilogues == "gelu,residual_pad"
     with pytest.raises(ValueError, match="epilogue"):
-        probe.fused_linear(*_inputs(4, 8, 8), probe.Config(), "relu")
+        gk.fused_linear(*_inputs(4, 8, 8), gk.Config(), "relu")
