@@ -342,18 +342,16 @@ def lsd_fold_rows(stab: STAB, rows: list[dict]) -> None:
     q = la.q(windows.mean((2, 4)))
     args = (stab._fold_lsd_wk, stab.num_heads, la.scale, la.kv[0].eps)
     scores = lambda: lsd_kernels.lsd_scores(windows, q, *args)[0]  # noqa: E731
-    knobs = {"block_m": "SCORES_BLOCK_M", "block_c": "SCORES_BLOCK_C", "warps": "SCORES_WARPS",
-             "stages": "SCORES_STAGES"}
-    best = kernel_sweep(rows, "lsd_scores", knobs, LSD_SCORES_SWEEP, scores, scores().float(), module=lsd_kernels)
-    for name, value in zip(knobs.values(), best):
-        setattr(lsd_kernels, name, value)
+    best = kernel_sweep(rows, "lsd_scores", {"block_m": "SCORES_BLOCK_M", "block_c": "SCORES_BLOCK_C",
+                                             "warps": "SCORES_WARPS"}, LSD_SCORES_SWEEP, scores, scores().float(),
+                        module=lsd_kernels)
+    lsd_kernels.SCORES_BLOCK_M, lsd_kernels.SCORES_BLOCK_C, lsd_kernels.SCORES_WARPS = best
     weights, mean = lsd_kernels.lsd_scores(windows, q, *args)
     values = lambda: lsd_kernels.lsd_values(windows, weights, mean, stab._fold_lsd_wv_t, stab._fold_lsd_vb)  # noqa
-    knobs = {"block_m": "VALUES_BLOCK_M", "block_c": "VALUES_BLOCK_C", "warps": "VALUES_WARPS",
-             "stages": "VALUES_STAGES"}
-    best = kernel_sweep(rows, "lsd_values", knobs, LSD_VALUES_SWEEP, values, values().float(), module=lsd_kernels)
-    for name, value in zip(knobs.values(), best):
-        setattr(lsd_kernels, name, value)
+    best = kernel_sweep(rows, "lsd_values", {"block_m": "VALUES_BLOCK_M", "block_c": "VALUES_BLOCK_C",
+                                             "warps": "VALUES_WARPS"}, LSD_VALUES_SWEEP, values, values().float(),
+                        module=lsd_kernels)
+    lsd_kernels.VALUES_BLOCK_M, lsd_kernels.VALUES_BLOCK_C, lsd_kernels.VALUES_WARPS = best
     stab.lsd_impl = "folded"
     torch._dynamo.reset()
     fn = torch.compile(stab._fast_lsd, dynamic=False)
@@ -363,10 +361,10 @@ def lsd_fold_rows(stab: STAB, rows: list[dict]) -> None:
     stab.lsd_impl = None
 
 
-LSD_SCORES_SWEEP = [(64, 64, 8, 1), (32, 64, 4, 1), (32, 32, 4, 1), (64, 32, 8, 1), (16, 64, 4, 1), (32, 128, 8, 1),
-                    (32, 32, 4, 2), (16, 64, 4, 2), (64, 32, 4, 1), (128, 32, 8, 1)]
-LSD_VALUES_SWEEP = [(64, 64, 8, 3), (128, 64, 8, 3), (64, 128, 8, 2), (128, 32, 8, 3), (64, 64, 4, 3), (32, 64, 4, 3),
-                    (128, 128, 8, 2), (64, 32, 4, 4), (128, 64, 8, 4)]
+LSD_SCORES_SWEEP = [(64, 64, 8), (32, 64, 4), (32, 32, 4), (64, 32, 8), (128, 32, 8), (16, 64, 4), (32, 128, 8),
+                    (64, 32, 4)]
+LSD_VALUES_SWEEP = [(64, 64, 8), (128, 64, 8), (64, 128, 8), (128, 32, 8), (64, 64, 4), (32, 64, 4), (128, 128, 8),
+                    (64, 32, 4)]
 LSD_SWEEP = [(32, 4), (16, 4), (64, 4), (64, 8), (16, 2), (32, 2), (128, 8), (8, 1), (8, 2)]
 
 

@@ -32,11 +32,9 @@ import triton.language as tl
 from .kernels import _dot_args
 
 # Fixed configurations (no autotuning inside a graph capture), chosen on an H100 (bench/speed_probe.py
-# --lsd-fold-sweep): windows per program, channels per step, warps, software-pipeline stages. The score kernel keeps
-# every head's query block in shared memory and loads every head's key weights per step, so each pipeline stage
-# costs heads x BLOCK_C x head width of shared memory: one stage (no pipelining) fits.
-SCORES_BLOCK_M, SCORES_BLOCK_C, SCORES_WARPS, SCORES_STAGES = 64, 64, 8, 1
-VALUES_BLOCK_M, VALUES_BLOCK_C, VALUES_WARPS, VALUES_STAGES = 64, 64, 8, 3
+# --lsd-fold-sweep): windows per program, channels per step, warps.
+SCORES_BLOCK_M, SCORES_BLOCK_C, SCORES_WARPS = 64, 64, 8
+VALUES_BLOCK_M, VALUES_BLOCK_C, VALUES_WARPS = 64, 64, 8
 
 
 @triton.jit
@@ -162,7 +160,7 @@ def lsd_scores(x: torch.Tensor, q: torch.Tensor, wk: torch.Tensor, num_heads: in
     torch.library.wrap_triton(_lsd_scores_kernel)[(triton.cdiv(NW, SCORES_BLOCK_M),)](
         x, q.contiguous(), wk.contiguous(), w, mu, NW, *strides, scale, eps, H=num_heads,
         HP=triton.next_power_of_2(num_heads), BLOCK_M=SCORES_BLOCK_M, BLOCK_C=SCORES_BLOCK_C, num_warps=SCORES_WARPS,
-        num_stages=SCORES_STAGES, **_sizes(x, num_heads))
+        **_sizes(x, num_heads))
     return w, mu
 
 
@@ -177,6 +175,5 @@ def lsd_values(x: torch.Tensor, weights: torch.Tensor, mean: torch.Tensor, wv_t:
     out = torch.empty(n, h, w, C, dtype=x.dtype, device=x.device)
     torch.library.wrap_triton(_lsd_values_kernel)[(triton.cdiv(NW, VALUES_BLOCK_M), heads)](
         x, weights.contiguous(), mean.contiguous(), wv_t.contiguous(), vb.contiguous(), out, NW, *strides, H=heads,
-        BLOCK_M=VALUES_BLOCK_M, BLOCK_C=VALUES_BLOCK_C, num_warps=VALUES_WARPS,
-        num_stages=VALUES_STAGES, **_sizes(x, heads))
+        BLOCK_M=VALUES_BLOCK_M, BLOCK_C=VALUES_BLOCK_C, num_warps=VALUES_WARPS, **_sizes(x, heads))
     return out
