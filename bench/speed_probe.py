@@ -4,7 +4,7 @@
 
 - stab: the 7B-config STAB + projector (random weights, 8 frames at 448 px, bf16) in several forms: fused eager with
   and without host crop boxes; compiled (inductor default, max-autotune-no-cudagraphs); compiled and replayed as a
-  CUDA graph; LSD's forms (`VARIANTS`, `--lsd-fold-sweep`). Plus the kernel table of
+  CUDA graph; the LSD with its key/value projections folded into the query (`--lsd folded`). Plus the kernel table of
   the compiled form at batch 8.
 - dpe (run by stab, first): the dpe alone in every form, the Triton kernel's block sizes (the best are then used),
   and the row-sweep design of bench/dpe_rowsweep.py. `--skip-dpe --dpe-sweep` times only the kernel's rows, channels
@@ -59,6 +59,26 @@ def kernel_table(fn, rows: int = 30) -> list[dict]:
     return [{"kernel": e.key[:140], "ms": round(e.self_device_time_total / 1000, 4), "calls": e.count,
              "share": round(e.self_device_time_total / total, 4)} for e in events[:rows]] + \
         [{"kernel": "TOTAL", "ms": round(total / 1000, 4)}]
+
+
+def folded_lsd(self: STAB, crop: torch.Tensor) -> torch.Tensor:
+    """LSD with the key projection folded into the query and the value projection applied after pooling:
+    scores_p = q_h . Wk_h n_p = (Wk_h^T q_h) . n_p, and sum_p a_p Wv_h n_p = Wv_h (sum_p a_p n_p), n = LN(x)."""
+    la, heads, s = self.local_attention, self.num_heads, self.conv_stride
+    n, h, w, C = crop.shape[0], crop.shape[1] // s, crop.shape[2] // s, crop.shape[3]
+    windows = crop.reshape(n, h, s, w, s, C)
+    pooled = windows.mean((2, 4))
+    hd = C // heads
+    ln, wkv = la.kv[0], la.kv[1].weight  # [2C, C]
+    q = (la.q(pooled) * la.scale).reshape(-1, heads, hd)  # [N, heads, hd]
+    u = torch.einsum("nhd,hdc->nhc", q, wkv[:C].view(heads, hd, C))  # [N, heads, C]
+    x = ln(windows).permute(0, 1, 3, 2, 4, 5).reshape(-1, s * s, C)  # [N, 4, C]
+    scores = torch.bmm(u, x.transpose(1, 2))  # [N, heads, 4]
+    scores = scores.to(torch.promote_types(scores.dtype, torch.float32))
+    attn = scores.softmax(-1).to(x.dtype)
+    m = torch.bmm(attn, x)  # [N, heads, C]
+    out = torch.einsum("nhc,hdc->nhd", m, wkv[C:].view(heads, hd, C)).reshape(n, h, w, C)
+    return pooled + la.proj(out)
 
 
 def capture(fn, example: torch.Tensor):
@@ -162,16 +182,16 @@ def section_stab(args) -> None:
             rows.append({"impl": "fused-eager", "batch": b, "ms": cuda_ms(plain(b))})
             rows.append({"impl": "fused-eager-boxes", "batch": b, "ms": cuda_ms(plain(b, boxes[b]))})
         save(args.out)
-        for lsd in ("triton", "folded") if args.eager else ():
-            stab.lsd_impl = lsd
-            for b in (1, 8):
-                diff = (plain(b, "full")() - ref[b]).abs().max().item()
-                rows.append({"impl": f"{lsd}-lsd-eager", "batch": b, "ms": cuda_ms(plain(b, "full")),
-                             "max_diff": diff})
-        stab.lsd_impl = None
+        orig_lsd = STAB._fast_lsd
+        STAB._fast_lsd = folded_lsd
+        for b in (1, 8) if args.eager else ():
+            diff = (plain(b, "full")() - ref[b]).abs().max().item()
+            rows.append({"impl": "folded-lsd-eager", "batch": b, "ms": cuda_ms(plain(b, "full")), "max_diff": diff})
+        STAB._fast_lsd = orig_lsd
         save(args.out)
 
-        def compiled(mode, graphs, name):
+        def compiled(mode, lsd, graphs, name):
+            STAB._fast_lsd = lsd
             torch._dynamo.reset()
             # "chunkproj<k>": the projector over k row blocks (its GELU intermediate per block ~L2-sized), the
             # blocks' outputs concatenated (inductor can let each matmul write its slice of the result)
@@ -202,6 +222,7 @@ def section_stab(args) -> None:
                 if b == 8 and args.table:  # the compiled function's kernels (inside a graph they are the same)
                     out.setdefault("tables", {})[rows[-1]["impl"]] = kernel_table(lambda: fn(inputs[b]))
                 save(args.out)
+            STAB._fast_lsd = orig_lsd
 
         if not args.skip_dpe:
             # first, so that the compiled forms below use the best block sizes
@@ -218,9 +239,6 @@ def section_stab(args) -> None:
             save(args.out)
         if args.lsd_sweep:
             kernels.LSD_BLOCK_N, kernels.LSD_NUM_WARPS = lsd_rows(stab, rows)
-            save(args.out)
-        if args.lsd_fold_sweep:
-            lsd_fold_rows(stab, rows)
             save(args.out)
         if args.pool_sweep:
             pool_sweep(stab, rows)
@@ -239,8 +257,6 @@ def section_stab(args) -> None:
                 from videopanda.modeling import gemm_kernels
 
                 package_rows = gemm_kernels.GELU_MIN_ROWS
-                # "-attend": LSD with K/V for every token and kernels.lsd_attend (the default before session 12)
-                stab.lsd_impl = "triton" if variant.endswith("-attend") else None
                 if variant.endswith("-nogelu"):
                     gemm_kernels.GELU_MIN_ROWS = 1 << 40
                 enc = GraphedEncoder(stab, projector, by_address=not variant.endswith("-copy"))
@@ -255,7 +271,6 @@ def section_stab(args) -> None:
                     save(args.out)
                 del enc
                 gemm_kernels.GELU_MIN_ROWS = package_rows
-                stab.lsd_impl = None
                 continue
             variant, _, blocks = variant.partition("@")
             mode, lsd, graphs, dpe = VARIANTS[variant.removesuffix("-cdt")]
@@ -270,7 +285,7 @@ def section_stab(args) -> None:
             stab.dpe_impl = dpe
             stab.unfold_impl = "torch" if variant.startswith("torchunfold") else None
             stab.pool_impl = "plain" if variant.startswith("plainpool") else None
-            stab.lsd_impl = lsd
+            stab.lsd_impl = "triton" if lsd == "triton" else "plain"
             # "-cdt": inductor tunes each Triton kernel's block sizes by coordinate descent while compiling
             # "realizemean": small reductions (LSD's 2x2 window mean) kept as reductions, so that the mean is
             # written once instead of recomputed from the crop by each pass that reads it
@@ -280,7 +295,8 @@ def section_stab(args) -> None:
                                                      if variant.startswith("realizemean") else {}))
             try:
                 with tuning:
-                    compiled(mode, graphs, variant + (f"@{blocks}" if blocks else ""))
+                    compiled(mode, folded_lsd if lsd == "folded" else orig_lsd, graphs,
+                             variant + (f"@{blocks}" if blocks else ""))
             except Exception as err:  # keep the other variants
                 rows.append({"impl": variant, "error": f"{type(err).__name__}: {err}"[:400]})
                 save(args.out)
@@ -318,53 +334,6 @@ def lsd_rows(stab: STAB, rows: list[dict]) -> tuple[int, int]:
                         lambda: kernels.lsd_attend(q, kv, heads, 1.0), want)
 
 
-def lsd_fold_rows(stab: STAB, rows: list[dict]) -> None:
-    """LSD at the batch-8 crop shape (64 frames of 32 x 32 tokens), alone: the package's forms ("folded": the two
-    `lsd_kernels`; "triton": layer norm, K/V matmul and kernels.lsd_attend; each compiled, with the query and
-    output projections), then the folded kernels' block sizes (the best are used from then on)."""
-    from videopanda.modeling import lsd_kernels
-
-    g = torch.Generator(device="cuda").manual_seed(0)
-    crop = torch.randn(64, 32, 32, stab.dim, device="cuda", generator=g).to(torch.bfloat16)
-    want = None
-    for lsd in ("plain", "triton", "folded"):
-        stab.lsd_impl = lsd
-        torch._dynamo.reset()
-        fn = torch.compile(stab._fast_lsd, dynamic=False)
-        got = fn(crop).float()
-        want = got if want is None else want
-        rows.append({"impl": f"lsd {lsd} compiled", "max_diff": (got - want).abs().max().item(),
-                     "ms": loop_ms(lambda fn=fn: fn(crop))})
-        print(rows[-1], flush=True)
-    stab.lsd_impl = None
-    la, s = stab.local_attention, stab.conv_stride
-    windows = crop.view(64, 16, s, 16, s, stab.dim)
-    q = la.q(windows.mean((2, 4)))
-    args = (stab._fold_lsd_wk, stab.num_heads, la.scale, la.kv[0].eps)
-    scores = lambda: lsd_kernels.lsd_scores(windows, q, *args)[0]  # noqa: E731
-    best = kernel_sweep(rows, "lsd_scores", {"block_m": "SCORES_BLOCK_M", "block_c": "SCORES_BLOCK_C",
-                                             "warps": "SCORES_WARPS"}, LSD_SCORES_SWEEP, scores, scores().float(),
-                        module=lsd_kernels)
-    lsd_kernels.SCORES_BLOCK_M, lsd_kernels.SCORES_BLOCK_C, lsd_kernels.SCORES_WARPS = best
-    weights, mean = lsd_kernels.lsd_scores(windows, q, *args)
-    values = lambda: lsd_kernels.lsd_values(windows, weights, mean, stab._fold_lsd_wv_t, stab._fold_lsd_vb)  # noqa
-    best = kernel_sweep(rows, "lsd_values", {"block_m": "VALUES_BLOCK_M", "block_c": "VALUES_BLOCK_C",
-                                             "warps": "VALUES_WARPS"}, LSD_VALUES_SWEEP, values, values().float(),
-                        module=lsd_kernels)
-    lsd_kernels.VALUES_BLOCK_M, lsd_kernels.VALUES_BLOCK_C, lsd_kernels.VALUES_WARPS = best
-    stab.lsd_impl = "folded"
-    torch._dynamo.reset()
-    fn = torch.compile(stab._fast_lsd, dynamic=False)
-    rows.append({"impl": "lsd folded compiled, best blocks", "max_diff": (fn(crop).float() - want).abs().max().item(),
-                 "ms": loop_ms(lambda: fn(crop))})
-    print(rows[-1], flush=True)
-    stab.lsd_impl = None
-
-
-LSD_SCORES_SWEEP = [(64, 64, 8), (32, 64, 4), (32, 32, 4), (64, 32, 8), (128, 32, 8), (16, 64, 4), (32, 128, 8),
-                    (64, 32, 4)]
-LSD_VALUES_SWEEP = [(64, 64, 8), (128, 64, 8), (64, 128, 8), (128, 32, 8), (64, 64, 4), (32, 64, 4), (128, 128, 8),
-                    (64, 32, 4)]
 LSD_SWEEP = [(32, 4), (16, 4), (64, 4), (64, 8), (16, 2), (32, 2), (128, 8), (8, 1), (8, 2)]
 
 
@@ -534,8 +503,7 @@ VARIANTS = {  # name -> (torch.compile mode, LSD form, manual CUDA graph replay,
     "triton": (None, "plain", False, "triton"),
     "triton-graph": (None, "plain", True, "triton"),
     "triton-ro": ("reduce-overhead", "plain", False, "triton"),
-    "triton-lsd-graph": (None, "triton", True, "triton"),  # LSD window attention as a Triton kernel
-    "folded-lsd-graph": (None, "folded", True, "triton"),  # LSD's K/V folded into query and output (the default)
+    "triton-lsd-graph": (None, "triton", True, "triton"),  # LSD window attention as a Triton kernel (the default)
     # max-autotune: inductor's Triton GEMM templates (persistent TMA ones included) against cuBLAS, per shape, with
     # the element-wise ops around them fused in where a template wins
     "autotune-lsd-graph": ("max-autotune-no-cudagraphs", "triton", True, "triton"),
@@ -687,8 +655,6 @@ def main() -> None:
                    "(the best are used)")
     p.add_argument("--address", action="store_true", help="host time of GraphedEncoder's input copy against setting "
                    "the pixels' address")
-    p.add_argument("--lsd-fold-sweep", action="store_true", help="time LSD's forms alone and the folded kernels' "
-                   "block sizes (the best are used)")
     p.add_argument("--lsd-sweep", action="store_true", help="time kernels.lsd_attend's block sizes (the best are used)")
     p.add_argument("--decode-variants", default="fused-projections,fused-pointwise",
                    help="plain, fused-projections, fused-pointwise (in this order; fusing is not undone)")

@@ -47,9 +47,6 @@ from torch import nn
 
 from . import kernels
 
-if kernels.triton is not None:  # imported here, not while torch.compile traces: it registers two custom ops
-    from . import lsd_kernels
-
 
 def zero_init(layer: nn.Module, names: tuple[str, ...] = ("weight", "bias")) -> None:
     """Zero some parameters of a layer and mark them, so a generic re-initialisation (transformers' `post_init`,
@@ -327,8 +324,8 @@ class STAB(nn.Module):
         self._fused = False
         # fused dpe form: None = auto ("triton" on a GPU with Triton, else "shift" when compiling, else "conv")
         self.dpe_impl: str | None = None
-        # fused LSD form: None = auto ("folded", the K/V projections folded into the query and output by two Triton
-        # kernels, on a GPU with Triton; else "plain"); "triton": K/V per token, then one Triton attention kernel
+        # fused LSD form: None = auto ("triton", the window attention as one Triton kernel, on a GPU with Triton;
+        # else "plain")
         self.lsd_impl: str | None = None
         # fused patch unfold: None = auto ("triton", one Triton kernel, on a GPU with Triton; else "torch")
         self.unfold_impl: str | None = None
@@ -548,15 +545,6 @@ class STAB(nn.Module):
             # q_h . (Wk_h k + bk_h) * hd^-0.5 == k . u_h + const_h, and the constant cancels in the softmax.
             keep_pool("gstra", self.dec.ln_3, torch.einsum("hd,hdc->ch", q.view(heads, hd), wk.view(heads, hd, C)) *
                       hd**-0.5)
-        if self.local_attention is not None:
-            # LSD's key and value projections with the layer norm's scale folded in, for `lsd_kernels` (which move
-            # them to the query's and the output's side); the norm's shift survives only as Wv b
-            ln, kv = self.local_attention.kv
-            wk, wv = kv.weight.to(wide).chunk(2)
-            g = ln.weight.to(wide)
-            keep("lsd_wk", wk * g)
-            keep("lsd_wv_t", (wv * g).t())
-            keep("lsd_vb", wv @ ln.bias.to(wide), wide)
         if self.global_attention is not None:
             ga = self.global_attention
             q = F.linear(_layer_norm_up(ga.q[0], self.class_embedding), ga.q[1].weight.to(wide))  # [C]
@@ -764,14 +752,11 @@ class STAB(nn.Module):
         return out
 
     def _fast_lsd(self, crop: torch.Tensor) -> torch.Tensor:
-        """LSD without gathering windows. crop [n, h*s, w*s, C] -> [n, h, w, C].
+        """LSD without gathering windows: K/V for every token in place. crop [n, h*s, w*s, C] -> [n, h, w, C].
 
-        `lsd_impl`:
-        - "folded" (the default on a GPU): the key and value projections moved to the query's and the output's side
-          (`lsd_kernels`): two Triton kernels, and a quarter of the matmul work for s = 2;
-        - "triton": K/V for every token in place (one matmul), then scores, softmax and weighted sum as one Triton
-          kernel (`kernels.lsd_attend`) that reads the keys and values once;
-        - "plain": K/V for every token, then torch ops (inductor makes a score reduction and a weighted sum).
+        `lsd_impl` "triton" (the default on a GPU): the scores, softmax and weighted sum as one Triton kernel
+        (kernels.lsd_attend) that reads the keys and values once; "plain": as torch ops (inductor makes a score
+        reduction and a weighted sum of them).
         """
         la, heads = self.local_attention, self.num_heads
         n, Hs, Ws, C = crop.shape
@@ -779,19 +764,14 @@ class STAB(nn.Module):
         h, w = Hs // s, Ws // s
         windows = crop.reshape(n, h, s, w, s, C)
         pooled = windows.mean((2, 4))  # [n, h, w, C]
+        kv = la.kv(windows)  # [n, h, s, w, s, 2C]
         impl = self.lsd_impl
         if impl is None:
-            impl = "folded" if crop.is_cuda and kernels.available(crop) else "plain"
-        if impl == "folded":
-            weights, mean = lsd_kernels.lsd_scores(windows, la.q(pooled), self._fold_lsd_wk, heads, la.scale,
-                                                   la.kv[0].eps)
-            return pooled + la.proj(lsd_kernels.lsd_values(windows, weights, mean, self._fold_lsd_wv_t,
-                                                           self._fold_lsd_vb))
-        kv = la.kv(windows)  # [n, h, s, w, s, 2C]
+            impl = "triton" if kv.is_cuda and kernels.available(kv) else "plain"
         if impl == "triton":
             return pooled + la.proj(kernels.lsd_attend(la.q(pooled), kv, heads, la.scale))
         if impl != "plain":
-            raise ValueError(f"lsd_impl must be None, 'folded', 'triton' or 'plain', got {impl!r}")
+            raise ValueError(f"lsd_impl must be None, 'triton' or 'plain', got {impl!r}")
         q = (la.q(pooled) * la.scale).view(n, h, 1, w, 1, heads, -1)
         k, v = kv.view(n, h, s, w, s, 2, heads, -1).unbind(5)  # [n, h, s, w, s, heads, hd]
         scores = (q * k).sum(-1)  # [n, h, s, w, s, heads]
