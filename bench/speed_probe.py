@@ -238,7 +238,7 @@ def section_stab(args) -> None:
             gelu_rows(projector, rows)
             save(args.out)
         if args.lsd_sweep:
-            kernels.LSD_BLOCK_N, kernels.LSD_NUM_WARPS, kernels.LSD_HEADS_FIRST = lsd_rows(stab, rows)
+            kernels.LSD_BLOCK_N, kernels.LSD_NUM_WARPS = lsd_rows(stab, rows)
             save(args.out)
         if args.pool_sweep:
             pool_sweep(stab, rows)
@@ -306,10 +306,10 @@ def section_stab(args) -> None:
         save(args.out)
 
 
-def lsd_rows(stab: STAB, rows: list[dict]) -> tuple[int, int, bool]:
+def lsd_rows(stab: STAB, rows: list[dict]) -> tuple[int, int]:
     """LSD's window attention (kernels.lsd_attend) alone at the batch-8 shape: block sizes, the difference from the
     same math in float32 torch ops, and inductor's form (the score reduction and weighted sum of `lsd_impl="plain"`,
-    compiled). Returns the best (windows per program, warps, grid order)."""
+    compiled). Returns the best (windows per program, warps)."""
     g = torch.Generator(device="cuda").manual_seed(0)
     C, heads = stab.dim, stab.num_heads
     kv = torch.randn(64, 16, 2, 16, 2, 2 * C, device="cuda", dtype=torch.bfloat16, generator=g)
@@ -330,13 +330,11 @@ def lsd_rows(stab: STAB, rows: list[dict]) -> tuple[int, int, bool]:
     rows.append({"impl": "lsd inductor", "max_diff": (fn(q, kv).float() - want).abs().max().item(),
                  "ms": cuda_ms(lambda: fn(q, kv), repeats=10)})
     print(rows[-1], flush=True)
-    return kernel_sweep(rows, "lsd_attend", {"block_n": "LSD_BLOCK_N", "warps": "LSD_NUM_WARPS",
-                                             "heads_first": "LSD_HEADS_FIRST"}, LSD_SWEEP,
+    return kernel_sweep(rows, "lsd_attend", {"block_n": "LSD_BLOCK_N", "warps": "LSD_NUM_WARPS"}, LSD_SWEEP,
                         lambda: kernels.lsd_attend(q, kv, heads, 1.0), want)
 
 
-LSD_SWEEP = [(b, w, first) for first in (False, True)
-             for b, w in ((32, 4), (16, 4), (64, 4), (64, 8), (16, 2), (32, 2), (128, 8), (8, 1), (8, 2))]
+LSD_SWEEP = [(32, 4), (16, 4), (64, 4), (64, 8), (16, 2), (32, 2), (128, 8), (8, 1), (8, 2)]
 
 
 def dpe_rows(stab: STAB, rows: list[dict]) -> tuple[int, ...]:

@@ -136,17 +136,15 @@ def test_patch_unfold_kernel_equals_permute(S, patch, width):
     assert got.dtype == torch.float64 and torch.equal(got, want.double())
 
 
-@pytest.mark.parametrize("heads_first", [False, True])
 @pytest.mark.parametrize("s", [2, 3])
 @pytest.mark.parametrize("n,h,w,heads,hd,block_n", [(3, 2, 5, 4, 12, 32), (2, 2, 4, 2, 8, 8)])
-def test_lsd_attend_kernel_equals_softmax_attention(monkeypatch, s, n, h, w, heads, hd, block_n, heads_first):
+def test_lsd_attend_kernel_equals_softmax_attention(monkeypatch, s, n, h, w, heads, hd, block_n):
     """LSD's window attention kernel on its own: a strided crop of the keys/values (as `_fast_group` passes it);
     first a head width that is not a power of two and a window count that is not a multiple of the windows per
-    program (masked loads), then both exact (the maskless form the 7B STAB takes); both grid orders."""
+    program (masked loads), then both exact (the maskless form the 7B STAB takes)."""
     if not kernels.available(torch.empty(0)):
         pytest.skip("Triton is not installed")
     monkeypatch.setattr(kernels, "LSD_BLOCK_N", block_n)
-    monkeypatch.setattr(kernels, "LSD_HEADS_FIRST", heads_first)
     g = torch.Generator().manual_seed(0)
     C = heads * hd
     full = torch.randn(n, h * s + 1, w * s + 2, 2 * C, generator=g, dtype=torch.float64)

@@ -43,7 +43,6 @@ UNFOLD_BLOCK_K, UNFOLD_NUM_WARPS = 128, 4
 # LSD's window attention (`lsd_attend`): windows per program (one head each), warps
 LSD_BLOCK_N = 32
 LSD_NUM_WARPS = 4
-LSD_HEADS_FIRST = False  # grid order: (heads, window blocks) or (window blocks, heads)
 # GSTRA/FSRA pooling (`ln_pool`): rows per program and channels per step of the score pass; rows per step and
 # channels per program of the pooling pass
 POOL_SCORE_ROWS, POOL_BLOCK_K, POOL_SCORE_WARPS = 32, 128, 4
@@ -179,17 +178,15 @@ if triton is not None:
     @triton.jit
     def _lsd_attend_kernel(q_ptr, kv_ptr, out_ptr, NW, HW, Wn, s_n, s_i, s_a, s_j, s_b, C, HD, scale,
                            S: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, EVEN: tl.constexpr,
-                           HEADS_FIRST: tl.constexpr, ACC: tl.constexpr):
+                           ACC: tl.constexpr):
         """One head of BLOCK_N windows: scores scale * q . k_p over the S x S positions p, softmax, sum_p a_p v_p. The
         softmax is the online (running max) form, so each k_p and v_p tile is loaded once. q, out: [NW, C];
         kv row of position (a, b) of window (n, i, j) at n * s_n + i * s_i + a * s_a + j * s_j + b * s_b, keys in
         its first C channels and values in the next C. EVEN: the blocks tile the windows and the head exactly, so no
-        load needs a mask. HEADS_FIRST: the grid is (heads, window blocks), so that the programs launched together
-        read whole rows of kv (every head of the same windows) rather than one head's slice of rows far apart."""
-        block, head = (tl.program_id(1), tl.program_id(0)) if HEADS_FIRST else (tl.program_id(0), tl.program_id(1))
-        win = block * BLOCK_N + tl.arange(0, BLOCK_N)
+        load needs a mask."""
+        win = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         wmask = win < NW
-        col = head * HD + tl.arange(0, BLOCK_D)  # this head's channels
+        col = tl.program_id(1) * HD + tl.arange(0, BLOCK_D)  # this head's channels
         m = wmask[:, None] & (tl.arange(0, BLOCK_D) < HD)[None, :]
         if EVEN:
             q = tl.load(q_ptr + win.to(tl.int64)[:, None] * C + col[None, :]).to(ACC)
@@ -237,11 +234,10 @@ if triton is not None:
         NW, HD = n * h * w, C // num_heads
         s_n, s_i, s_a, s_j, s_b = kv.stride()[:5]
         grid = (triton.cdiv(NW, LSD_BLOCK_N), num_heads)
-        torch.library.wrap_triton(_lsd_attend_kernel)[grid[::-1] if LSD_HEADS_FIRST else grid](
+        torch.library.wrap_triton(_lsd_attend_kernel)[grid](
             q, kv, out, NW, h * w, w, s_n, s_i, s_a, s_j, s_b, C, HD, scale, S=s, BLOCK_N=LSD_BLOCK_N,
             BLOCK_D=triton.next_power_of_2(HD), EVEN=NW % LSD_BLOCK_N == 0 and HD == triton.next_power_of_2(HD),
-            HEADS_FIRST=LSD_HEADS_FIRST, num_warps=LSD_NUM_WARPS,
-            ACC=tl.float64 if q.dtype == torch.float64 else tl.float32)
+            num_warps=LSD_NUM_WARPS, ACC=tl.float64 if q.dtype == torch.float64 else tl.float32)
         return out
 
     @triton.jit
