@@ -7,9 +7,10 @@ Two products of the fused STAB + projector are each followed by a pass that read
 Here one kernel does both: the epilogue applies the step to the float32 tile and rounds once. cuBLAS's main loop is
 faster (600-690 TFLOP/s against 370-470 for these kernels), so the fused form wins only by the pass it saves: about
 0.06 ms of 3.1 ms at 8 videos of the 7B STAB inside its CUDA graph (docs/speed.md, "Session 11"; bench/gemm_probe.py
-and bench/tma_graph_probe.py measure them). They run where `tma_available` says: a GPU with TMA (compute capability
-9.0+), or Triton's interpreter for the CPU tests. They are launched directly, not as a `triton_op`: torch.compile
-traces a direct launch with its host-side TMA descriptors, and failed on descriptors made inside a `triton_op`.
+times them alone, bench/speed_probe.py inside the graph). They run where `tma_available` says: a GPU with TMA
+(compute capability 9.0+), or Triton's interpreter for the CPU tests. They are launched directly, not as a
+`triton_op`: torch.compile traces a direct launch with its host-side TMA descriptors, and failed on descriptors made
+inside a `triton_op`.
 
 Imported only where used (it needs Triton).
 """
