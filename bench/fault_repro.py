@@ -24,8 +24,12 @@ import torch
 
 from videopanda import bench as B
 
-
 KEEP: list = []  # --keep-before: what ran first stays alive
+
+
+def _chain(stab, projector):
+    """The compiled modules as one call (a closure outside `before`, whose names it deletes)."""
+    return lambda px: projector(stab(px).tokens)
 
 
 def before(kind: str, device: torch.device, dtype: torch.dtype, *, keep: bool, empty_cache: bool) -> None:
@@ -41,7 +45,7 @@ def before(kind: str, device: torch.device, dtype: torch.dtype, *, keep: bool, e
         elif kind == "module-compile":
             stab.compile(dynamic=False)
             projector.compile(dynamic=False)
-            fn = lambda px: projector(stab(px).tokens)  # noqa: E731
+            fn = _chain(stab, projector)
         else:
             return
         for px in inputs.values():
