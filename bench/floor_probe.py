@@ -35,7 +35,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gemm_probe import graph_ms  # noqa: E402
 
-C, INNER, D, PATCH_K, GRID, FRAMES_PER_VIDEO, HEADS = 1024, 688, 4096, 592, 32, 8, 8
+C, INNER, D, PATCH_K, GRID, FRAMES_PER_VIDEO = 1024, 688, 4096, 592, 32, 8
 
 
 def shapes(videos: int) -> dict:

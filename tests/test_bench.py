@@ -123,3 +123,35 @@ def test_a_broken_device_keeps_the_rows_measured_before_it(tmp_path, monkeypatch
     result = json.loads(out.read_text())
     assert result["stab"]["rows"] and "vit" not in result and "generate" not in result
     assert "unspecified launch failure" in result["errors"][-1]["error"]
+
+
+def _floor_probe():
+    """bench/floor_probe.py by path (bench/ is no package; it imports bench/gemm_probe.py, which needs Triton)."""
+    pytest.importorskip("triton")
+    path = Path(__file__).resolve().parent.parent / "bench" / "floor_probe.py"
+    spec = importlib.util.spec_from_file_location("floor_probe", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_floor_probe_times_the_products_the_fused_7b_encode_runs():
+    """The floor in docs/speed.md is only about this model if the probe's shapes are the fused STAB's: its token
+    counts, and every product's K and N as the folded weights hold them."""
+    from videopanda.modeling.stab import count_visual_tokens
+
+    fp = _floor_probe()
+    stab, projector = bench._visual_encoder("videopanda-7b", 4096, "cpu", torch.float32)
+    stab.fuse()
+    la = stab.local_attention
+    s = fp.shapes(2)
+    full = torch.ones(2, 8, 4, 448, 448)  # every pixel valid, as the bench's videos
+    assert s["llm"] == sum(count_visual_tokens(full, stab.patch_size, stab.conv_stride))
+    assert s["tokens"] == 2 * 8 * (448 // stab.patch_size) ** 2 and s["windows"] == s["tokens"] // 4
+    weights = [stab._fold_patch_w, stab._fold_patch_lste_w, stab._fold_lste_w2, la.kv[1].weight, la.q[1].weight,
+               la.proj.weight, projector[0].weight, projector[2].weight]
+    rows = [s["tokens"]] * 4 + [s["windows"]] * 2 + [s["llm"]] * 2
+    assert [(M, K, N) for _, M, K, N, _ in fp.gemms(s)] == [(m, w.shape[1], w.shape[0]) for m, w in
+                                                             zip(rows, weights)]
+    assert [bias for *_, bias in fp.gemms(s)] == [False, False, True, False, False, True, True, True]
+    assert la.proj.bias is not None and la.kv[1].bias is None and la.q[1].bias is None
