@@ -8,7 +8,7 @@ this GPU shows for it, so that the target can be compared with a floor rather th
 - every matrix product of the fused encode (`STAB._fast_forward` + the projector), alone, as one cuBLAS call
   (`F.linear`, bfloat16), each timed as its share of a CUDA graph of 10 calls;
 - the copy and read bandwidth of the GPU (a 512 MB `copy_` and a `sum`), and with it the time the memory-bound
-  passes between the products would take if each moved only the bytes it must (listed in `PASSES`, with why);
+  passes between the products would take if each moved only the bytes it must (listed by `passes`, each with why);
 - optionally (`--cutlass-dir`, in a subprocess with a time limit), inductor's CUTLASS backend on the LSTE's second
   product: with its residual through epilogue fusion (EVT; `--cutlass-modes residual`), the one fused-epilogue
   product whose epilogue EVT can express (the projector's exact GELU needs erf, which inductor's EVT code generation
@@ -76,7 +76,7 @@ def passes(s: dict, pixel_bytes: int = 2) -> list[tuple[str, float, str]]:
         ("lsd_pool_mean", tc + wc, "read the frame features, write the 2x2 window means"),
         ("lsd_q_norm", 2 * wc, "the window means' layer norm before the query product: read, write"),
         ("lsd_kv_norm", 2 * tc, "the keys' layer norm: read, write"),
-        ("lsd_attend", 2 * 2 * T * C + wc + wc, "read K and V, read q, write the attended values"),
+        ("lsd_attend", 2 * tc + 2 * wc, "read K and V, read q, write the attended values"),
         ("lsd_residual", 3 * wc, "window mean + projected values"),
         ("fsra_pool", 2 * wc, "read the LSD tokens twice"),
         ("assemble", wc + 2 * L * C, "read the LSD tokens, write the LLM-ordered rows (CLS and split rows)"),
@@ -116,7 +116,7 @@ CUTLASS_SNIPPET = textwrap.dedent("""
     ns.cutlass_max_profiling_configs = 6
     plain = sys.argv[6] == "plain"  # the product alone, no epilogue fusion: does the backend work at all?
     ns.cutlass_epilogue_fusion_enabled = not plain
-    ns.cutlass_tma_only = True  # SM90's TMA kernels (an untried first run picked cp.async ones, which failed)
+    ns.cutlass_tma_only = True  # SM90's TMA kernels (a first run without this picked cp.async ones, which failed too)
     try:
         from torch._inductor.codegen.cuda import cutlass_utils
     except ImportError:
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
     for _ in range(args.rounds):  # rounds over all shapes: clock and power drift shows as spread, not as one shape
         for name, M, K, N, bias in gemms(s):
             times.setdefault(name, []).append(linear_ms(M, K, N, bias, g))
-    # the same product on GELU outputs (its input in the model): H100 clocks fall with the power that random bits draw
+    # the largest product on GELU outputs, its input in the model: does the data (the power it draws) change its speed?
     *_, (_, M, K, N, _) = gemms(s)
     result["projector_2_on_gelu_outputs_ms"] = round(min(linear_ms(M, K, N, True, g, gelu=True) for _ in range(3)), 4)
     rows = []
