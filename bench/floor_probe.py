@@ -168,6 +168,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--cutlass-timeout", type=int, default=300)
     ap.add_argument("--cutlass-modes", default="residual", help="residual (EVT epilogue), plain (no epilogue)")
     args = ap.parse_args(argv)
+    if args.videos < 1 or args.rounds < 1:
+        ap.error(f"--videos and --rounds must be at least 1, got {args.videos} and {args.rounds}")
+    bad = set(args.cutlass_modes.split(",")) - {"residual", "plain"}
+    if bad:
+        ap.error(f"--cutlass-modes takes residual and/or plain, not {', '.join(sorted(bad))}")
+    if args.cutlass_dir and not Path(args.cutlass_dir, "include", "cutlass").is_dir():
+        ap.error(f"--cutlass-dir {args.cutlass_dir} is not a CUTLASS tree (no include/cutlass in it)")
     if not torch.cuda.is_available():
         sys.exit("floor_probe times CUDA kernels: run it on a GPU")
     s = shapes(args.videos)

@@ -155,3 +155,16 @@ def test_floor_probe_times_the_products_the_fused_7b_encode_runs():
                                                              zip(rows, weights)]
     assert [bias for *_, bias in fp.gemms(s)] == [False, False, True, False, False, True, True, True]
     assert la.proj.bias is not None and la.kv[1].bias is None and la.q[1].bias is None
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--videos", "0"], "--videos and --rounds must be at least 1"),
+    (["--cutlass-modes", "plain,fast"], "not fast"),
+    (["--cutlass-dir", "/nonexistent"], "is not a CUTLASS tree"),
+])
+def test_floor_probe_refuses_bad_arguments_before_touching_a_gpu(argv, message, tmp_path, capsys):
+    fp = _floor_probe()
+    with pytest.raises(SystemExit) as exit_info:
+        fp.main([*argv, "--out", str(tmp_path / "floor.json")])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "floor.json").exists()
