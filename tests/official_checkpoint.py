@@ -97,3 +97,45 @@ def write_official_checkpoint(folder: Path, *, stab_dim: int = 32, fmt: str = "b
         weight_map = {k: name for name, ks in shards.items() for k in ks}
         (folder / "pytorch_model.bin.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     return model
+
+
+# The released tokenizer_config.json (spec 2.8): a slow LlamaTokenizer over a SentencePiece model.
+OFFICIAL_TOKENIZER_CONFIG = {"tokenizer_class": "LlamaTokenizer", "add_bos_token": True, "add_eos_token": False,
+                             "legacy": False, "model_max_length": 4096, "pad_token": None, "padding_side": "right",
+                             "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+                             "clean_up_tokenization_spaces": False, "sp_model_kwargs": {}}
+CORPUS = ("A chat between a curious human and an artificial intelligence assistant. The assistant gives helpful, "
+          "detailed, and polite answers to the human's questions. USER: ASSISTANT: What is the man doing? "
+          "How many objects are there? Describe the video. The ball moves left, then right. A red square, a blue "
+          "circle and a green triangle move across the frame while the camera pans slowly.")
+
+
+def write_official_tokenizer(folder: Path) -> None:
+    """A real LLaMA-style SentencePiece `tokenizer.model` (BPE with byte fallback, ids 0/1/2 = unk/bos/eos and
+    "\n" = 13 as Vicuna's; 300 pieces, within the stand-in's vocabulary of 320) with the released tokenizer files."""
+    import io
+
+    import sentencepiece as spm
+
+    buffer = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter([CORPUS] * 20), model_writer=buffer, vocab_size=300,
+                                   model_type="bpe", unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+                                   character_coverage=1.0, byte_fallback=True, minloglevel=2)
+    (folder / "tokenizer.model").write_bytes(buffer.getvalue())
+    (folder / "tokenizer_config.json").write_text(json.dumps(OFFICIAL_TOKENIZER_CONFIG, indent=2))
+    (folder / "special_tokens_map.json").write_text(json.dumps(
+        {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}, indent=2))
+
+
+def write_hub_cache(cache: Path, repo_id: str, files: dict[str, Path], commit: str = "a" * 40) -> str:
+    """An offline Hugging Face hub cache (`HF_HUB_CACHE`) holding `repo_id` at `commit` as `refs/main`, with each
+    folder of `files` (path in the repo -> local folder) copied in, as huggingface_hub lays out a download."""
+    import shutil
+
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    snapshot = repo / "snapshots" / commit
+    for inside, source in files.items():
+        shutil.copytree(source, snapshot / inside, dirs_exist_ok=True)
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
+    return commit

@@ -205,7 +205,7 @@ def test_chat_with_a_missing_file_fails_cleanly(tmp_path):
         pytest.param(["--frames", "0"], ["--frames", "got 0"], id="frames-0"),
         pytest.param(["--max-new-tokens", "0"], ["--max-new-tokens", "got 0"], id="max-new-tokens-0"),
         pytest.param(["--dtype", "float8"], ["--dtype", "float8"], id="dtype-float8"),
-        pytest.param(["--model", "/nonexistent"], ["/nonexistent", "not a model folder"], id="model-nonexistent"),
+        pytest.param(["--model", "/nonexistent"], ["/nonexistent", "no such folder"], id="model-nonexistent"),
     ],
 )
 def test_bad_flags_fail_cleanly(cli_inputs, flags, needles):

@@ -153,7 +153,7 @@ def test_help_texts() -> None:
     (["--media-dir", "/no/such/folder"], "--media-dir /no/such/folder: no such folder"),
     (["--max-queue", "0"], "--max-queue"),
     (["--max-upload-mb", "0"], "--max-upload-mb"),
-    (["--model", "/no/such/model"], "not a model folder"),
+    (["--model", "/no/such/model"], "no such folder"),
     (["--dtype", "int3"], "--dtype"),
 ])
 def test_bad_settings_fail_before_loading(flags: list[str], words: str) -> None:

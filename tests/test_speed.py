@@ -50,7 +50,7 @@ def test_static_cache_gives_the_default_greedy_tokens_across_calls(model):
         inputs = batch(seed, size)
         want = model.generate(**inputs, max_new_tokens=10, do_sample=False, pad_token_id=0)
         with decoding_options(model, "static", inputs["input_ids"].shape[1] + 10, batch_size=size) as kwargs:
-            assert "past_key_values" in kwargs and kwargs["disable_compile"] is True
+            assert model.cache_keyword in kwargs and kwargs["disable_compile"] is True
             got = model.generate(**inputs, max_new_tokens=10, do_sample=False, pad_token_id=0, **kwargs)
         assert torch.equal(got, want), (seed, size)
     assert model._videopanda_static_cache[0] == 1  # the last call's batch size
@@ -88,7 +88,7 @@ def test_compiled_mode_encodes_through_the_graphed_encoder():
 
 def test_a_concurrent_call_gets_a_fresh_cache(model):
     with decoding_options(model, "static", 300) as outer, decoding_options(model, "static", 300) as inner:
-        assert "past_key_values" in outer and inner.get("cache_implementation") == "static"
+        assert model.cache_keyword in outer and inner.get("cache_implementation") == "static"
 
 
 def test_decoding_modes():

@@ -1,6 +1,8 @@
 """videopanda: Video-Panda (CVPR 2025), an encoder-free video-language model. Fast, faithful and practical.
 
-Public names are imported lazily (PEP 562), so `import videopanda` is instant and the command-line tool starts fast.
+Public names are imported lazily (PEP 562), so the command-line tool starts fast. `import videopanda` registers the
+model type with transformers' Auto classes (`videopanda.auto`), which imports transformers' configuration and model
+base classes (not torch models or kernels).
 """
 
 from __future__ import annotations
@@ -20,6 +22,11 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"
+
+
+from .auto import register as _register  # noqa: E402
+
+_register()
 
 
 def __getattr__(name: str) -> Any:

@@ -34,9 +34,7 @@ class UserError(Exception):
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="videopanda-default",
-                   help="'videopanda-default' (bundled, CPU-friendly), a folder saved by videopanda, or an official "
-                        "Video-Panda checkpoint folder (default: %(default)s)")
+    add_model_source_flags(p)
     p.add_argument("--frames", type=int, default=None, help="frames sampled per video (default: the model's, 8)")
     p.add_argument("--max-new-tokens", type=int, default=128, help="longest answer in tokens (default: %(default)s)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy, as the paper (default: %(default)s)")
@@ -46,6 +44,18 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     add_speed_flags(p, "static KV cache + compiled (CUDA-graph) decoding and compiled element-wise ops: the first "
                        "answer pays a one-time compilation (~1-2 min for a 7B), later ones are 4-6x faster (GPU; see "
                        "docs/speed.md)")
+
+
+def add_model_source_flags(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """--model, --subfolder and --revision: the bundled model, a checkpoint folder or a hub id."""
+    p.add_argument("--model", default="videopanda-default",
+                   help="'videopanda-default' (bundled, CPU-friendly), a folder saved by videopanda, an official "
+                        "Video-Panda checkpoint folder, or a Hugging Face hub id of either, e.g. jh-yi/Video-Panda-7B "
+                        "(default: %(default)s)")
+    p.add_argument("--subfolder", default=None,
+                   help="folder inside the --model folder or hub repo (jh-yi/Video-Panda-7B: videopanda_fitu, the "
+                        "fine-tuned weights, unless videopanda_prtr1 is given)")
+    p.add_argument("--revision", default=None, help="hub branch, tag or commit of a hub id (default: main)")
 
 
 def add_speed_flags(p: argparse.ArgumentParser | argparse._ArgumentGroup, compile_help: str) -> None:
@@ -66,26 +76,29 @@ def _read(args: argparse.Namespace):
         raise UserError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     if args.dtype not in ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16"):
         raise UserError(f"--dtype must be auto, float32, bfloat16 or float16; got {args.dtype!r}")
-    if args.model != "videopanda-default" and not os.path.isfile(os.path.join(args.model, "config.json")):
-        raise UserError(f"--model {args.model}: not a model folder (no config.json); pass a checkpoint folder or "
-                        "'videopanda-default'")
     return load_visual(args.video, args.frames or 8)
 
 
 def _load(args: argparse.Namespace):
     from . import inference
+    from .weights import resolve_model
 
+    source = resolve_model(args.model, subfolder=args.subfolder, revision=args.revision)  # downloads, with progress
     if not args.verbose:
         from transformers.utils import logging as hf_logging
 
-        hf_logging.disable_progress_bar()
-    model, processor = inference.load(args.model, device=args.device, dtype=args.dtype, quantization=args.load_in)
+        hf_logging.disable_progress_bar()  # transformers' "loading weights" bars
+    model, processor = inference.load(args.model, device=args.device, dtype=args.dtype, quantization=args.load_in,
+                                      source=source)
     if args.frames is not None:
         processor.config.num_frames = args.frames
     if not model.visual_weights_trained:
         print("note: the default model's visual weights (STAB + projector) are untrained in this version, so its "
               "answers do not depend on the video yet", file=sys.stderr)
     return model, processor
+
+
+SOURCE_FIELDS = ("name", "kind", "folder", "repo_id", "subfolder", "revision")
 
 
 def _decoding(args: argparse.Namespace) -> str:
@@ -110,7 +123,8 @@ def cmd_ask(args: argparse.Namespace) -> int:
                           "model": str(args.model), "frames": processor.config.num_frames,
                           "visual_tokens": result.visual_tokens, "prompt_tokens": result.prompt_tokens,
                           "new_tokens": result.new_tokens, "seconds": round(result.seconds, 3),
-                          "visual_weights_trained": model.visual_weights_trained}))
+                          "visual_weights_trained": model.visual_weights_trained,
+                          "source": {k: v for k, v in model.loading_report.items() if k in SOURCE_FIELDS}}))
     return 0
 
 
@@ -270,11 +284,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _quiet() -> None:
-    """Library chatter (progress bars, deprecation notes) would bury the answer; -v brings it back."""
+    """Library chatter (log lines, deprecation notes) would bury the answer; -v brings it back. Download progress bars
+    stay (a hub id may mean gigabytes), and so do our own warnings."""
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     warnings.filterwarnings("ignore")
+    warnings.filterwarnings("default", module=r"videopanda(\.|$)")  # ours say why a fast path was turned off
     logging.getLogger().setLevel(logging.ERROR)
 
 

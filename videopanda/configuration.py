@@ -111,6 +111,25 @@ class VideoPandaConfig(PreTrainedConfig):
         return self.text_config.hidden_size
 
     @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any) -> VideoPandaConfig:
+        """The released checkpoints' flat EVE-style config.json (model_type "videopanda" too) is read through
+        `from_official`, so `AutoConfig` never mistakes its top-level LLaMA fields for ours."""
+        if is_official_config(config_dict):
+            config_dict = cls.from_official(config_dict).to_dict()
+        return super().from_dict(config_dict, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path, **kwargs: Any) -> VideoPandaConfig:
+        """transformers' `from_pretrained`; an official local folder also reads the STAB numbers beside it."""
+        folder = Path(name_or_path) / kwargs.get("subfolder", "")
+        config_file = folder / "config.json"
+        if config_file.is_file():
+            config_dict = json.loads(config_file.read_text())
+            if is_official_config(config_dict):
+                return cls.from_official(config_dict, folder)
+        return super().from_pretrained(name_or_path, **kwargs)
+
+    @classmethod
     def from_official(cls, config_dict: dict[str, Any], checkpoint_dir: str | Path | None = None) -> VideoPandaConfig:
         """Build a config from the reference's EVE-style `config.json` (spec section 2.8).
 

@@ -25,7 +25,7 @@ import torch
 
 from .modeling.videopanda import VideoPandaForCausalLM
 from .processing import VideoPandaProcessor
-from .weights import DEFAULT_MODEL, CheckpointError, load_default_model
+from .weights import DEFAULT_MODEL, ModelSource, load_default_model, resolve_model
 
 
 class ContextLengthError(ValueError):
@@ -120,14 +120,18 @@ def quantization_config(quantization: str, compute_dtype: torch.dtype = torch.bf
 
 
 def load(model: str | Path = DEFAULT_MODEL, *, device: str = "auto", dtype: str = "auto",
-         quantization: str | None = None) -> tuple[VideoPandaForCausalLM, VideoPandaProcessor]:
-    """Model (eval mode, on `device`) and its processor. The model gets `visual_weights_trained` (bool).
+         quantization: str | None = None, subfolder: str | None = None, revision: str | None = None,
+         source: ModelSource | None = None) -> tuple[VideoPandaForCausalLM, VideoPandaProcessor]:
+    """Model (eval mode, on `device`) and its processor. The model gets `visual_weights_trained` (bool) and
+    `loading_report` (where it came from: `weights.ModelSource.describe()`, and what was loaded).
 
     Args:
-        model: "videopanda-default" or a checkpoint folder (ours or an official Video-Panda one).
+        model: "videopanda-default", a checkpoint folder (ours or an official Video-Panda one) or a hub id.
         device, dtype: see `resolve_device` / `resolve_dtype`.
         quantization: None, "8bit" or "4bit": bitsandbytes quantization of the LLM's Linear layers while loading
             (checkpoint folders only; the default model's LLM has 135M parameters and needs none).
+        subfolder, revision: for hub ids (`jh-yi/Video-Panda-7B` means its `videopanda_fitu` subfolder).
+        source: `model` already resolved by `weights.resolve_model` (the CLI resolves before loading).
     """
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
@@ -135,25 +139,23 @@ def load(model: str | Path = DEFAULT_MODEL, *, device: str = "auto", dtype: str 
         raise QuantizationError("--load-in is for checkpoint folders such as Video-Panda-7B; the default model's LLM "
                                 "is small (135M parameters): use --dtype bfloat16 to halve its memory instead")
     check_quantization(quantization, dev)
-    if str(model) == DEFAULT_MODEL:
+    source = source or resolve_model(model, subfolder=subfolder, revision=revision)
+    if source.kind == "default":
         net, trained = load_default_model(dt)
+        net.loading_report = {**source.describe(), "tensors": "bundled"}
         net = net.to(dev)
-    else:
-        path = Path(model)
-        if not (path / "config.json").is_file():
-            raise CheckpointError(f"{model}: not a model folder (no config.json); pass a checkpoint folder or "
-                                  f"'{DEFAULT_MODEL}'")
-        if quantization is None:
-            net = VideoPandaForCausalLM.from_pretrained(path, dtype=dt).to(dev)
-        else:  # a quantized model is placed while loading; it cannot be moved afterwards
-            net = VideoPandaForCausalLM.from_pretrained(path, dtype=dt, device_map={"": dev},
-                                                        quantization_config=quantization_config(quantization, dt))
+    elif quantization is None:
+        net = VideoPandaForCausalLM.from_pretrained(source, dtype=dt).to(dev)
+        trained = True
+    else:  # a quantized model is placed while loading; it cannot be moved afterwards
+        net = VideoPandaForCausalLM.from_pretrained(source, dtype=dt, device_map={"": dev},
+                                                    quantization_config=quantization_config(quantization, dt))
         trained = True
     net.visual_weights_trained = trained
     net.eval()
     if hasattr(net, "optimize_for_inference"):  # the fused STAB: same function, fewer and larger kernels. Not
         net.optimize_for_inference()  # compiled: for one video that gains nothing on an H100 (2.65 vs 2.68 ms)
-    return net, VideoPandaProcessor.from_pretrained(model)
+    return net, VideoPandaProcessor.from_pretrained(source.folder or DEFAULT_MODEL)
 
 
 def resolve_decoding(decoding: str, device: torch.device) -> str:
@@ -223,7 +225,7 @@ def decoding_options(model: torch.nn.Module, decoding: str = "auto", max_length:
         yield {**kwargs, "cache_implementation": "static"}
         return
     try:
-        yield {**kwargs, "past_key_values": _reusable_static_cache(model, batch_size, max_length)}
+        yield {**kwargs, model.cache_keyword: _reusable_static_cache(model, batch_size, max_length)}
     finally:
         lock.release()
 
@@ -241,10 +243,13 @@ def _compile_pointwise_once(model: torch.nn.Module) -> None:
 
 
 # -- a lean greedy loop for single requests ----------------------------------------------------------------------------
-def _greedy_step(lm: torch.nn.Module, token: torch.Tensor, position: torch.Tensor, cache: Any) -> torch.Tensor:
+def _greedy_step(lm: torch.nn.Module, token: torch.Tensor, position: torch.Tensor, cache: dict[str, Any]
+                 ) -> torch.Tensor:
     """One decode step of the wrapped LLM: [1, 1] token at [1, 1] position -> [1, V] next-token logits in the model's
-    dtype (the argmax is taken outside, on float32 copies, as transformers does, so compiled and eager agree)."""
-    out = lm(input_ids=token, position_ids=position, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    dtype (the argmax is taken outside, on float32 copies, as transformers does, so compiled and eager agree).
+    `cache`: {keyword: KV cache}, the keyword being the installed transformers' (`VideoPandaForCausalLM.cache_keyword`).
+    """
+    out = lm(input_ids=token, position_ids=position, use_cache=True, logits_to_keep=1, **cache)
     return out.logits[:, -1]
 
 
@@ -280,15 +285,14 @@ def greedy_generate(model: VideoPandaForCausalLM, input_ids: torch.Tensor, pixel
     if input_ids.shape[0] != 1:
         raise ValueError(f"greedy_generate answers one request at a time, got a batch of {input_ids.shape[0]}")
     n, device = input_ids.shape[1], input_ids.device
-    cache = _reusable_static_cache(model, 1, n + max_new_tokens)
+    cache = {model.cache_keyword: _reusable_static_cache(model, 1, n + max_new_tokens)}
     if streamer is not None:
         streamer.put(input_ids.cpu())
     if compiled and model.video_tower.fused and isinstance(pixel_values, torch.Tensor) and pixel_values.ndim == 5:
         embeds = model.embed_inputs(input_ids, None, visual=_graphed_visual(model, pixel_values))
-        logits = model(inputs_embeds=embeds, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        logits = model(inputs_embeds=embeds, use_cache=True, logits_to_keep=1, **cache)
     else:
-        logits = model(input_ids=input_ids, pixel_values=pixel_values, past_key_values=cache, use_cache=True,
-                       logits_to_keep=1)
+        logits = model(input_ids=input_ids, pixel_values=pixel_values, use_cache=True, logits_to_keep=1, **cache)
     logits = logits.logits[:, -1].float()
     eos, new = _eos_ids(model), []
     bias = torch.zeros(logits.shape[-1], device=device)

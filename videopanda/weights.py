@@ -6,6 +6,11 @@
 * A folder written by `save_pretrained` (our nested config with `text_config`).
 * A folder laid out like the released `jh-yi/Video-Panda-7B/videopanda_fitu` (EVE-style config.json, keys
   `model.video_tower.*`, `.bin` or safetensors, sharded or not), mapped by `OFFICIAL_KEY_MAPPING` below.
+* A Hugging Face hub id of either (`jh-yi/Video-Panda-7B`, subfolder `videopanda_fitu` by default), downloaded
+  through huggingface_hub into its standard cache (`HF_HUB_OFFLINE`, `HF_HUB_CACHE`, revisions and tokens apply).
+
+`resolve_model` decides which of these a name is, once, before anything is built; every loader goes through it and
+every load is strict: a checkpoint that does not cover the model raises `CheckpointError` naming the keys.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import os
 import re
 import shutil
 import tempfile
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +60,105 @@ OFFICIAL_SKIPPED_KEYS: dict[str, str] = {
 
 class CheckpointError(ValueError):
     """A checkpoint folder that cannot be loaded as asked: missing files, unknown or missing keys."""
+
+
+# Hub repos that hold several checkpoints in subfolders, and the one a bare repo id means.
+HUB_DEFAULT_SUBFOLDERS = {"jh-yi/Video-Panda-7B": "videopanda_fitu"}
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """What a model name turned out to be, and where its files are; `ask --json` reports it."""
+
+    name: str
+    kind: str  # "default", "ours" (save_pretrained layout) or "official" (the released EVE-style layout)
+    folder: Path | None  # the local folder holding config.json (None for the default model)
+    repo_id: str | None = None
+    subfolder: str | None = None
+    revision: str | None = None  # the hub commit that was loaded
+
+    def describe(self) -> dict[str, Any]:
+        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items() if v is not None}
+
+
+def resolve_model(name: str | Path, *, subfolder: str | None = None, revision: str | None = None,
+                  cache_dir: str | Path | None = None, token: str | bool | None = None,
+                  local_files_only: bool = False) -> ModelSource:
+    """"videopanda-default", a local checkpoint folder (ours or official) or a hub id, checked before anything is
+    built: a folder that is not a Video-Panda checkpoint, or has no weights, is a one-line `CheckpointError`."""
+    text = str(name)
+    if text == DEFAULT_MODEL:
+        return ModelSource(text, "default", None)
+    local = Path(text).expanduser()
+    if local.exists():
+        folder = local / subfolder if subfolder else local
+        return ModelSource(text, _checkpoint_kind(folder), folder, subfolder=subfolder)
+    if not HUB_ID.match(text):
+        raise CheckpointError(f"{text}: no such folder, and not a hub id (owner/name); pass a checkpoint folder, a "
+                              f"hub id such as jh-yi/Video-Panda-7B, or '{DEFAULT_MODEL}'")
+    subfolder = subfolder if subfolder is not None else HUB_DEFAULT_SUBFOLDERS.get(text)
+    hub = dict(revision=revision, cache_dir=cache_dir, token=token, local_files_only=local_files_only)
+    prefix = f"{subfolder.strip('/')}/" if subfolder else ""
+    root = _download(text, [f"{prefix}config.json"], **hub)  # small: check what it is before the weights come
+    folder = Path(root) / prefix
+    kind = _checkpoint_kind(folder, weights=False)
+    root = _download(text, [f"{prefix}*"], **hub)
+    folder = Path(root) / prefix
+    _checkpoint_kind(folder)
+    return ModelSource(text, kind, folder, repo_id=text, subfolder=subfolder, revision=Path(root).name)
+
+
+def _download(repo_id: str, patterns: list[str], **hub: Any) -> str:
+    """`huggingface_hub.snapshot_download` (progress bars, the standard cache, offline mode) with one-line errors."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    try:
+        return snapshot_download(repo_id, allow_patterns=patterns, **hub)
+    except GatedRepoError:
+        raise CheckpointError(f"{repo_id}: a gated repo; accept its terms on the hub and log in (hf auth login)") \
+            from None
+    except RepositoryNotFoundError:
+        raise CheckpointError(f"{repo_id}: no such model repo on the hub (or it is private: log in with "
+                              "hf auth login)") from None
+    except RevisionNotFoundError:
+        raise CheckpointError(f"{repo_id}: no revision {hub.get('revision')!r} on the hub") from None
+    except LocalEntryNotFoundError:
+        raise CheckpointError(f"{repo_id}: not in the local hub cache and the hub cannot be reached (offline: "
+                              "HF_HUB_OFFLINE is set, or no network); download it once with network access") from None
+    except OSError as err:  # connection errors and other HTTP errors
+        raise CheckpointError(f"{repo_id}: download failed: {str(err).splitlines()[0] if str(err) else err!r}") \
+            from None
+
+
+def _checkpoint_kind(folder: Path, weights: bool = True) -> str:
+    """"ours" or "official" for a Video-Panda checkpoint folder; a `CheckpointError` saying what it is otherwise."""
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: not a folder")
+    config = read_config_dict(folder)
+    if config is None:
+        subs = sorted(p.parent.name for p in folder.glob("*/config.json"))
+        hint = f" (its subfolders {', '.join(subs)} have one: pass --subfolder)" if subs else ""
+        raise CheckpointError(f"{folder}: not a model folder (no config.json){hint}; pass a Video-Panda "
+                              f"checkpoint folder, a hub id, or '{DEFAULT_MODEL}'")
+    if is_official_config(config):
+        kind = "official"
+    elif config.get("model_type") == "videopanda" and "text_config" in config:
+        kind = "ours"
+    else:
+        found = config.get("model_type") or "unknown"
+        raise CheckpointError(f"{folder}: a {found!r} model folder, not a Video-Panda checkpoint (expected "
+                              "model_type 'videopanda' with a text_config, or the released EVE-style config)")
+    if weights and not has_weights(folder):
+        raise CheckpointError(f"{folder}: has a config.json but no weights (model.safetensors, pytorch_model.bin or "
+                              "a shard index)")
+    return kind
 
 
 def cache_dir() -> Path:
@@ -189,37 +294,78 @@ def map_official_key(key: str) -> str | None:
     return None
 
 
-def load_official(cls, path: str | Path, **kwargs: Any):
-    """Load a released Video-Panda checkpoint folder strictly: every kept key maps to a parameter and back.
+HUB_KWARGS = ("subfolder", "revision", "cache_dir", "token", "local_files_only")
 
-    Skipped keys (aliases, lmhra2, teacher, compressor, inv_freq) are reported once, per reason.
-    """
+
+def load_model(cls, name: str | Path | ModelSource, **kwargs: Any):
+    """`VideoPandaForCausalLM.from_pretrained`: resolve the name once (`resolve_model`), then load strictly.
+
+    The returned model has `loading_report`: where it came from and what was loaded or skipped."""
+    hub = {k: kwargs.pop(k) for k in HUB_KWARGS if kwargs.get(k) is not None}
+    want_info = kwargs.pop("output_loading_info", False)
+    source = name if isinstance(name, ModelSource) else resolve_model(name, **hub)
+    if source.kind == "default":
+        model = load_default_model(kwargs.get("dtype") or torch.float32)[0]
+        report: dict[str, Any] = {"tensors": "bundled"}
+    elif source.kind == "official":
+        model, report = _load_official(cls, source.folder, **kwargs)
+    else:
+        model, report = _load_checked(cls, source.folder, **kwargs)
+    model.loading_report = {**source.describe(), **report}
+    return (model, {"missing_keys": [], "unexpected_keys": [], "mismatched_keys": [], "error_msgs": []}) \
+        if want_info else model
+
+
+def _load_checked(cls, folder: Path, allowed_unexpected: set[str] = frozenset(), **kwargs: Any):
+    """transformers' `from_pretrained`, then a `CheckpointError` unless the checkpoint covered every parameter and
+    buffer and held nothing else (transformers itself only logs a warning and leaves the rest random)."""
     from transformers.utils import logging as hf_logging
 
-    path = Path(path)
-    config = VideoPandaConfig.from_official(read_config_dict(path), path)
-    kept, skipped = classify_official_keys(checkpoint_keys(path))
-    unmapped = [k for k in kept if map_official_key(k) is None]
-    if unmapped:
-        raise CheckpointError(f"{path}: unexpected keys in the official checkpoint: {unmapped[:5]}")
-    for reason, names in sorted(skipped.items()):
-        logger.info("official checkpoint: skipped %d keys: %s", len(names), reason)
     verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the skipped keys above are expected; we check the rest ourselves
+    hf_logging.set_verbosity_error()  # we report what matters ourselves, below
     try:
-        model, info = super(cls, cls).from_pretrained(path, config=config, key_mapping=OFFICIAL_KEY_MAPPING,
-                                                     output_loading_info=True, **kwargs)
+        model, info = super(cls, cls).from_pretrained(folder, output_loading_info=True, **kwargs)
     finally:
         hf_logging.set_verbosity(verbosity)
-    allowed = {map_official_key(k) or k for names in skipped.values() for k in names}
-    unexpected = sorted(set(info["unexpected_keys"]) - allowed)
+    unexpected = sorted(set(info["unexpected_keys"]) - set(allowed_unexpected))
     missing = sorted(k for k in info["missing_keys"] if not k.endswith("num_batches_tracked"))
     mismatched = sorted(map(str, info.get("mismatched_keys") or []))
     if missing or unexpected or mismatched:
-        raise CheckpointError(f"{path}: official checkpoint does not match the model: missing {missing[:5]}, "
-                              f"unexpected {unexpected[:5]}, mismatched {mismatched[:5]}")
-    model.loading_report = {"kept": len(kept), "skipped": {why: len(k) for why, k in skipped.items()}}
-    return model
+        raise CheckpointError(f"{folder}: the checkpoint does not match the model: {len(missing)} missing "
+                              f"{missing[:5]}, {len(unexpected)} unexpected {unexpected[:5]}, {len(mismatched)} "
+                              f"mismatched {mismatched[:5]}")
+    return model, {"tensors": len(model.state_dict())}
+
+
+def _load_official(cls, folder: Path, config: VideoPandaConfig | None = None, **kwargs: Any):
+    """A released Video-Panda checkpoint folder, strictly: every kept key maps to a parameter and back.
+
+    Skipped keys (aliases, lmhra2, teacher, compressor, inv_freq) are reported once, per reason. The loaded model
+    forgets the key map, so `save_pretrained` writes our layout (transformers would otherwise write the official
+    names back beside our config, and the folder would not reload)."""
+    config = config or VideoPandaConfig.from_official(read_config_dict(folder), folder)
+    kept, skipped = classify_official_keys(checkpoint_keys(folder))
+    unmapped = [k for k in kept if map_official_key(k) is None]
+    if unmapped:
+        raise CheckpointError(f"{folder}: unexpected keys in the official checkpoint: {unmapped[:5]}")
+    for reason, names in sorted(skipped.items()):
+        logger.info("official checkpoint: skipped %d keys: %s", len(names), reason)
+    allowed = {map_official_key(k) or k for names in skipped.values() for k in names}
+    model, _ = _load_checked(cls, folder, allowed_unexpected=allowed, config=config,
+                             key_mapping=OFFICIAL_KEY_MAPPING, **kwargs)
+    model._weight_conversions = []  # what transformers reverses on save: nothing, our names are the ones to write
+    return model, {"tensors": len(kept), "skipped": {why: len(k) for why, k in skipped.items()}}
+
+
+def check_saved_keys(folder: str | Path, expected: set[str], copies: set[str]) -> None:
+    """Raise unless a folder just saved holds exactly `expected` tensor names (members of `copies`, tied weights,
+    may be left out): a save that renamed tensors would otherwise reload with random weights."""
+    written = set(checkpoint_keys(folder))
+    foreign = sorted(written - expected)
+    absent = sorted(expected - written - copies)
+    if foreign or absent:
+        raise CheckpointError(f"{folder}: saved tensor names differ from the model's ({len(foreign)} foreign "
+                              f"{foreign[:3]}, {len(absent)} absent {absent[:3]}); the folder would not reload")
 
 
 def has_weights(folder: str | Path) -> bool:

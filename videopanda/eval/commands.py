@@ -65,7 +65,11 @@ def _add_judge_args(p: argparse.ArgumentParser, default: str) -> None:
 
 def _add_inference_args(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
     g = p.add_argument_group("inference")
-    g.add_argument("--model", default="videopanda-default", help="model name or folder (default: %(default)s)")
+    g.add_argument("--model", default="videopanda-default",
+                   help="'videopanda-default', a checkpoint folder (ours or official) or a hub id such as "
+                        "jh-yi/Video-Panda-7B (default: %(default)s)")
+    g.add_argument("--subfolder", default=None, help="folder inside the --model folder or hub repo")
+    g.add_argument("--revision", default=None, help="hub branch, tag or commit of a hub id")
     g.add_argument("--batch-size", type=int, default=8, help="questions per generate call (default: %(default)s)")
     g.add_argument("--max-new-tokens", type=int, default=max_new_tokens, help="(default: %(default)s)")
     g.add_argument("--frames", type=int, default=None, help="frames per video (default: the model's)")
@@ -111,7 +115,8 @@ def _load_model(args: argparse.Namespace) -> tuple[Any, Any]:
     from ..inference import load
     from .sharding import rank_device
 
-    model, processor = load(args.model, device=rank_device(args.device), dtype=args.dtype, quantization=args.load_in)
+    model, processor = load(args.model, device=rank_device(args.device), dtype=args.dtype, quantization=args.load_in,
+                            subfolder=args.subfolder, revision=args.revision)
     if args.frames is not None:
         processor.config.num_frames = args.frames
     return model, processor

@@ -10,6 +10,7 @@ Shape legend: B batch, T frames, S canvas side, N tokens, D LLM width.
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ class VideoPandaPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_attention_backend = True
     _no_split_modules = ["STAB", "LlamaDecoderLayer", "Qwen2DecoderLayer"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["past_key_values", "cache"]
 
     def _init_weights(self, module: nn.Module) -> None:
         """Fresh STAB/projector modules get their constructors' initialisation, zero-inits included (they matter:
@@ -70,15 +71,31 @@ class VideoPandaForCausalLM(VideoPandaPreTrainedModel, GenerationMixin):
         self.post_init()
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, *args: Any, **kwargs: Any):
-        """Load our own checkpoints, official Video-Panda folders (EVE-style config.json), or "videopanda-default"."""
-        from ..weights import DEFAULT_MODEL, is_official_checkpoint, load_default_model, load_official
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, *model_args: Any, **kwargs: Any):
+        """Load "videopanda-default", our own checkpoints, official Video-Panda folders (EVE-style config.json) or a
+        hub id of either (`subfolder`, `revision`, `cache_dir`, `token`, `local_files_only` as in transformers).
+        Strict: a checkpoint that does not cover the model raises `weights.CheckpointError` naming the keys."""
+        from ..weights import load_model
 
-        if str(pretrained_model_name_or_path) == DEFAULT_MODEL:
-            return load_default_model(kwargs.get("dtype") or torch.float32)[0]
-        if is_official_checkpoint(pretrained_model_name_or_path):
-            return load_official(cls, pretrained_model_name_or_path, **kwargs)
-        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        if model_args:
+            raise TypeError("VideoPandaForCausalLM.from_pretrained takes no positional model arguments")
+        return load_model(cls, pretrained_model_name_or_path, **kwargs)
+
+    def save_pretrained(self, save_directory: str | Path, *args: Any, state_dict: dict | None = None,
+                        **kwargs: Any) -> None:
+        """transformers' `save_pretrained`, then a check that the files hold exactly our tensor names (tied copies
+        aside), so that what is saved reloads with these weights."""
+        from ..weights import check_saved_keys
+
+        expected = _saved_names(state_dict if state_dict is not None else self.state_dict())
+        super().save_pretrained(save_directory, *args, state_dict=state_dict, **kwargs)
+        if kwargs.get("is_main_process", True):
+            check_saved_keys(save_directory, *expected)
+
+    @property
+    def cache_keyword(self) -> str:
+        """The keyword under which the wrapped LLM's forward (and `generate`) take a KV cache."""
+        return cache_keyword(self.language_model)
 
     # -- embeddings plumbing, so generate / resize / peft see the LLM's ------------------------------------------------
     def get_input_embeddings(self) -> nn.Module:
@@ -191,7 +208,6 @@ class VideoPandaForCausalLM(VideoPandaPreTrainedModel, GenerationMixin):
         pixel_values: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Any = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
@@ -204,6 +220,8 @@ class VideoPandaForCausalLM(VideoPandaPreTrainedModel, GenerationMixin):
             input_ids: [B, N] with placeholder ids where visual tokens go.
             pixel_values: [B, T, 4, S, S] or None (text only, or decode steps after the prefill).
             labels: [B, N]; placeholder positions are ignored whatever they hold.
+            kwargs: passed to the LLM as they come, the KV cache among them (named `cache` or `past_key_values`,
+                whichever the installed transformers uses: see `cache_keyword`).
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
@@ -212,9 +230,27 @@ class VideoPandaForCausalLM(VideoPandaPreTrainedModel, GenerationMixin):
             if labels is not None:
                 labels = labels.masked_fill(input_ids == self.config.video_token_index, IGNORE_INDEX)
         return self.language_model(
-            inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
-            past_key_values=past_key_values, labels=labels, use_cache=use_cache, logits_to_keep=logits_to_keep,
+            inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids, labels=labels, use_cache=use_cache, logits_to_keep=logits_to_keep,
             **kwargs)
+
+
+def cache_keyword(lm: nn.Module) -> str:
+    """"cache" (newer transformers) or "past_key_values" (older): read from the forward's signature, so a renamed
+    argument is followed instead of silently dropped into `**kwargs`."""
+    params = inspect.signature(type(lm).forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _saved_names(state: dict[str, torch.Tensor]) -> tuple[set[str], set[str]]:
+    """(every name, names that may be left out as copies of another tensor: tied weights share storage)."""
+    first: dict[tuple, str] = {}
+    copies = set()
+    for name, tensor in state.items():
+        key = (tensor.device.type, tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape)) \
+            if tensor.device.type != "meta" else (name,)
+        if first.setdefault(key, name) != name:
+            copies.update({name, first[key]})
+    return set(state), copies
 
 
 def _check_pixel_values(pixel_values: torch.Tensor) -> None:

@@ -38,8 +38,12 @@ class ServeArgs:
     """Settings of `videopanda serve`; each attribute docstring is its --help text."""
 
     model: str = "videopanda-default"
-    """'videopanda-default' (bundled, CPU-friendly), a folder saved by videopanda, or an official checkpoint folder;
-    also the model id that /v1/models lists and requests must name"""
+    """'videopanda-default' (bundled, CPU-friendly), a folder saved by videopanda, an official checkpoint folder, or a
+    hub id of either (jh-yi/Video-Panda-7B); also the model id that /v1/models lists and requests must name"""
+    subfolder: str | None = None
+    """folder inside the model folder or hub repo (jh-yi/Video-Panda-7B: videopanda_fitu unless videopanda_prtr1)"""
+    revision: str | None = None
+    """hub branch, tag or commit of a hub id"""
     host: str = "127.0.0.1"
     """address to bind; 127.0.0.1 keeps the server private to this machine, 0.0.0.0 opens it to the network"""
     port: int = 8000
@@ -84,7 +88,12 @@ class DemoArgs:
     """Settings of `videopanda demo`; each attribute docstring is its --help text."""
 
     model: str = "videopanda-default"
-    """'videopanda-default' (bundled, CPU-friendly), a folder saved by videopanda, or an official checkpoint folder"""
+    """'videopanda-default' (bundled, CPU-friendly), a folder saved by videopanda, an official checkpoint folder, or a
+    hub id of either (jh-yi/Video-Panda-7B)"""
+    subfolder: str | None = None
+    """folder inside the model folder or hub repo (jh-yi/Video-Panda-7B: videopanda_fitu unless videopanda_prtr1)"""
+    revision: str | None = None
+    """hub branch, tag or commit of a hub id"""
     host: str = "127.0.0.1"
     """address to bind; 0.0.0.0 opens the page to the network"""
     port: int = 7860

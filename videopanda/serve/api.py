@@ -674,7 +674,8 @@ def run_server(args: ServeArgs) -> None:
     from .. import inference
 
     hf_logging.disable_progress_bar()
-    model, processor = inference.load(args.model, device=args.device, dtype=args.dtype)
+    model, processor = inference.load(args.model, device=args.device, dtype=args.dtype, subfolder=args.subfolder,
+                                        revision=args.revision)
     if args.frames is not None:
         processor.config.num_frames = args.frames
     app = create_app(model, processor, args)

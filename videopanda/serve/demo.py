@@ -124,7 +124,8 @@ def run_demo(args: DemoArgs) -> None:
     from .. import inference
 
     hf_logging.disable_progress_bar()
-    model, processor = inference.load(args.model, device=args.device, dtype=args.dtype)
+    model, processor = inference.load(args.model, device=args.device, dtype=args.dtype, subfolder=args.subfolder,
+                                        revision=args.revision)
     if args.frames is not None:
         processor.config.num_frames = args.frames
     page = build_demo(model, processor, args)

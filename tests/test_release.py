@@ -1,0 +1,186 @@
+"""The released Video-Panda-7B as users load it: a tiny stand-in with the official layout (EVE-style config.json,
+`model.video_tower.*` keys in sharded .bin files, a LLaMA SentencePiece tokenizer), from a folder and from an offline
+hub cache, through Python, the Auto classes and the CLI; saved again and reloaded; broken checkpoints refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from official_checkpoint import write_hub_cache, write_official_checkpoint, write_official_tokenizer
+
+import videopanda  # noqa: F401  (registers the Auto classes)
+from videopanda.modeling.videopanda import VideoPandaForCausalLM
+from videopanda.weights import CheckpointError, checkpoint_keys, resolve_model
+
+REPO = "jh-yi/Video-Panda-7B"
+
+
+def video(seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    px = torch.randn(8, 4, 112, 112, generator=g)
+    px[:, 3] = 1
+    return px
+
+
+def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def logits(model: VideoPandaForCausalLM) -> torch.Tensor:
+    n = int(model.encode_video(video()[None]).shape[1])
+    ids = torch.tensor([[1, 5, *[model.config.video_token_index] * n, 7, 9]])
+    with torch.no_grad():
+        return model(input_ids=ids, pixel_values=video()[None]).logits
+
+
+def greedy(model: VideoPandaForCausalLM) -> torch.Tensor:
+    n = int(model.encode_video(video()[None]).shape[1])
+    ids = torch.tensor([[1, 5, *[model.config.video_token_index] * n, 7, 9]])
+    return model.generate(input_ids=ids, pixel_values=video()[None], max_new_tokens=6, do_sample=False)
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory):
+    """Two subfolders as on the hub (fine-tuned and pre-trained weights differ), each with the official tokenizer."""
+    root = tmp_path_factory.mktemp("Video-Panda-7B")
+    models = {}
+    for seed, sub in enumerate(("videopanda_fitu", "videopanda_prtr1")):
+        models[sub] = write_official_checkpoint(root / sub, fmt="bin-sharded", seed=seed)
+        write_official_tokenizer(root / sub)
+    return root, models
+
+
+@pytest.fixture(scope="module")
+def hub_cache(release, tmp_path_factory):
+    root, _ = release
+    cache = tmp_path_factory.mktemp("hub")
+    commit = write_hub_cache(cache, REPO, {"videopanda_fitu": root / "videopanda_fitu",
+                                           "videopanda_prtr1": root / "videopanda_prtr1"})
+    return cache, commit
+
+
+@pytest.fixture
+def offline(hub_cache, monkeypatch):
+    cache, commit = hub_cache
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))  # read at import; tests set it late
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return cache, commit
+
+
+def test_official_folder_saved_again_reloads_with_identical_weights_and_answers(release, tmp_path):
+    root, models = release
+    loaded = VideoPandaForCausalLM.from_pretrained(root / "videopanda_fitu").eval()
+    assert same_weights(loaded, models["videopanda_fitu"])
+    loaded.save_pretrained(tmp_path / "ours")
+    keys = set(checkpoint_keys(tmp_path / "ours"))
+    assert not any(k.startswith("model.") for k in keys), "official names written back"
+    assert keys <= set(loaded.state_dict())
+    again = VideoPandaForCausalLM.from_pretrained(tmp_path / "ours").eval()
+    assert same_weights(again, loaded)
+    # the same weights in another memory layout may round differently in the last bit; the answers are the same
+    assert torch.allclose(logits(again), logits(loaded), atol=1e-5)
+    assert torch.equal(greedy(again), greedy(loaded))
+
+
+def test_hub_id_loads_the_fine_tuned_weights_by_default_and_a_subfolder_on_request(release, offline):
+    _, models = release
+    _, commit = offline
+    fitu = VideoPandaForCausalLM.from_pretrained(REPO)
+    assert same_weights(fitu, models["videopanda_fitu"])
+    assert fitu.loading_report["repo_id"] == REPO and fitu.loading_report["revision"] == commit
+    assert fitu.loading_report["subfolder"] == "videopanda_fitu" and fitu.loading_report["kind"] == "official"
+    prtr = VideoPandaForCausalLM.from_pretrained(REPO, subfolder="videopanda_prtr1", revision=commit)
+    assert same_weights(prtr, models["videopanda_prtr1"])
+    assert not same_weights(prtr, fitu)
+
+
+def test_auto_classes_load_official_folders_hub_ids_and_our_folders(release, offline, tmp_path):
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
+
+    root, models = release
+    config = AutoConfig.from_pretrained(root / "videopanda_fitu")
+    assert config.prompt_format == "videopanda_v1" and config.text_config.hidden_size == 64
+    auto = AutoModelForImageTextToText.from_pretrained(REPO, subfolder="videopanda_fitu")
+    assert isinstance(auto, VideoPandaForCausalLM) and same_weights(auto, models["videopanda_fitu"])
+    auto.save_pretrained(tmp_path)
+    again = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert same_weights(again, auto)
+
+
+def test_our_folder_in_the_hub_cache_loads_as_pushed(release, offline, tmp_path):
+    root, models = release
+    cache, _ = offline
+    VideoPandaForCausalLM.from_pretrained(root / "videopanda_fitu").save_pretrained(tmp_path / "pushed")
+    write_hub_cache(cache, "someone/videopanda-mine", {".": tmp_path / "pushed"}, commit="b" * 40)
+    mine = VideoPandaForCausalLM.from_pretrained("someone/videopanda-mine")
+    assert mine.loading_report["kind"] == "ours" and same_weights(mine, models["videopanda_fitu"])
+
+
+def test_a_renamed_key_is_refused_with_its_name(release, tmp_path):
+    root, _ = release
+    import shutil
+
+    folder = shutil.copytree(root / "videopanda_fitu", tmp_path / "renamed")
+    index = json.loads((folder / "pytorch_model.bin.index.json").read_text())
+    old = "model.video_projector.0.weight"
+    shard = index["weight_map"].pop(old)
+    state = torch.load(folder / shard, weights_only=True)
+    state["model.video_projector.zero.weight"] = state.pop(old)
+    torch.save(state, folder / shard)
+    index["weight_map"]["model.video_projector.zero.weight"] = shard
+    (folder / "pytorch_model.bin.index.json").write_text(json.dumps(index))
+    with pytest.raises(CheckpointError, match=r"video_projector\.0\.weight"):
+        VideoPandaForCausalLM.from_pretrained(folder)
+
+
+def test_our_folder_missing_a_tensor_is_refused(release, tmp_path):
+    root, _ = release
+    from safetensors.torch import load_file, save_file
+
+    VideoPandaForCausalLM.from_pretrained(root / "videopanda_fitu").save_pretrained(tmp_path)
+    state = load_file(str(tmp_path / "model.safetensors"))
+    del state["video_tower.class_embedding"]
+    save_file(state, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match="class_embedding"):
+        VideoPandaForCausalLM.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize(("files", "match"), [
+    ({"config.json": {"model_type": "llama", "hidden_size": 4096}}, "'llama' model folder, not a Video-Panda"),
+    ({"config.json": {"model_type": "videopanda", "text_config": {"model_type": "llama"}}}, "no weights"),
+    ({"notes.txt": "hello"}, "no config.json"),
+])
+def test_folders_that_are_not_checkpoints_are_named_before_anything_is_built(tmp_path, files, match):
+    for name, content in files.items():
+        (tmp_path / name).write_text(json.dumps(content) if isinstance(content, dict) else content)
+    with pytest.raises(CheckpointError, match=match):
+        resolve_model(tmp_path)
+
+
+def test_a_hub_id_missing_from_the_offline_cache_says_so(offline):
+    with pytest.raises(CheckpointError, match="not in the local hub cache"):
+        resolve_model("nobody/nothing-here")
+
+
+def test_cli_answers_from_the_hub_id_and_reports_the_source(release, offline, real_video):
+    cache, commit = offline
+    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-m", "videopanda", "ask", real_video, "What is the man doing?",
+                          "--model", REPO, "--subfolder", "videopanda_prtr1", "--max-new-tokens", "4", "--json"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["source"] == {"name": REPO, "kind": "official", "repo_id": REPO, "subfolder": "videopanda_prtr1",
+                                "revision": commit, "folder": result["source"]["folder"]}
+    assert result["source"]["folder"].endswith(f"{commit}/videopanda_prtr1")
+    assert result["new_tokens"] >= 1
