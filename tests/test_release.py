@@ -184,3 +184,51 @@ def test_cli_answers_from_the_hub_id_and_reports_the_source(release, offline, re
                                 "revision": commit, "folder": result["source"]["folder"]}
     assert result["source"]["folder"].endswith(f"{commit}/videopanda_prtr1")
     assert result["new_tokens"] >= 1
+
+
+def test_convert_writes_a_folder_the_auto_classes_load(release, offline, tmp_path):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from videopanda.processing import VideoPandaProcessor
+
+    _, models = release
+    cache, _ = offline
+    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    out = tmp_path / "converted"
+    done = subprocess.run([sys.executable, "-m", "videopanda", "convert", REPO, str(out)], capture_output=True,
+                          text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["tensors"] == len(checkpoint_keys(out))
+    assert (out / "model.safetensors").is_file() and not list(out.glob("*.bin"))
+    model = AutoModelForImageTextToText.from_pretrained(out)
+    assert same_weights(model, models["videopanda_fitu"])
+    processor = AutoProcessor.from_pretrained(out)
+    official = VideoPandaProcessor.from_pretrained(REPO)
+    assert isinstance(processor, VideoPandaProcessor)
+    frames = torch.randint(0, 255, (8, 64, 64, 3), dtype=torch.uint8).numpy()
+    question = "What is the man doing?"
+    a, b = processor(videos=frames, text=question), official(videos=frames, text=question)
+    assert torch.equal(a["input_ids"], b["input_ids"]) and torch.equal(a["pixel_values"], b["pixel_values"])
+    again = subprocess.run([sys.executable, "-m", "videopanda", "convert", REPO, str(out)], capture_output=True,
+                           text=True, env=env, timeout=300)
+    assert again.returncode == 2 and again.stderr.startswith("error:") and "--overwrite" in again.stderr
+
+
+def test_training_from_the_official_layout_ends_in_a_folder_that_reloads_with_the_trained_weights(release, tmp_path):
+    from videopanda.cli import main
+    from videopanda.data.synth import generate
+
+    root, models = release
+    generate(tmp_path / "data", n=4, seed=0, num_frames=8, size=64, progress=False)
+    out = tmp_path / "run"
+    assert main(["-v", "train", "--model", str(root / "videopanda_fitu"), "--data", str(tmp_path / "data/train.json"),
+                 "--out", str(out), "--steps", "2", "--save-every", "2", "--batch-size", "2", "--num-workers", "0",
+                 "--stage", "finetune", "--lr", "1e-3", "--visual-lr", "1e-3"]) == 0
+    final = VideoPandaForCausalLM.from_pretrained(out / "final")  # strict: random weights would raise
+    trained = torch.load(out / "checkpoint-000002" / "state.pt", map_location="cpu", weights_only=False)["model"]
+    own = final.state_dict()
+    assert all(torch.equal(own[k], v) for k, v in trained.items() if k in own)
+    start = models["videopanda_fitu"].state_dict()
+    assert not torch.equal(own["video_projector.0.weight"], start["video_projector.0.weight"])
+    assert torch.equal(own["video_tower.lmhra1.pos_embed.0.running_var"],
+                       trained["video_tower.lmhra1.pos_embed.0.running_var"])

@@ -13,6 +13,7 @@ import os
 import sys
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 from .eval import commands as eval_commands  # light: torch is imported when a command runs
 from .serve import commands as serve_commands  # light: fastapi, uvicorn and gradio are imported when a command runs
@@ -21,7 +22,9 @@ EPILOG = """examples:
   videopanda ask clip.mp4 "What is the man doing?"
   videopanda ask clip.mp4 "..." --model ./Video-Panda-7B/videopanda_fitu --device cuda --dtype bfloat16
   videopanda ask clip.mp4 "How many objects are there?" --json
+  videopanda ask clip.mp4 "..." --model jh-yi/Video-Panda-7B --device cuda   # the released 7B, from the hub
   videopanda chat clip.mp4
+  videopanda convert jh-yi/Video-Panda-7B ./videopanda-7b   # our layout: Auto classes, push_to_hub
   videopanda data synth --out data/synth --n 2000 --seed 0
   videopanda serve --media-dir ~/videos          # OpenAI-compatible API on http://127.0.0.1:8000/v1
   videopanda demo                                # chat about a video in the browser, http://127.0.0.1:7860
@@ -163,6 +166,31 @@ def cmd_chat(args: argparse.Namespace) -> int:
         history.append((question, result.text))
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    """Write a checkpoint (official folder, hub id, ours or the bundled default) as one of our folders: safetensors,
+    our config.json and the processor's files, loadable with from_pretrained and the Auto classes."""
+    import torch
+
+    from . import inference
+    from .modeling.videopanda import VideoPandaForCausalLM
+    from .processing import VideoPandaProcessor
+    from .weights import resolve_model, verify_saved
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise UserError(f"{out} exists and is not empty; pass --overwrite to replace what it holds")
+    source = resolve_model(args.model, subfolder=args.subfolder, revision=args.revision)
+    dtype = "auto" if args.dtype == "auto" else inference.resolve_dtype(args.dtype, torch.device("cpu"))
+    model = VideoPandaForCausalLM.from_pretrained(source, dtype=dtype)
+    processor = VideoPandaProcessor.from_pretrained(source.folder or source.name)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    checked = verify_saved(out, model)  # reread tensor by tensor: the folder holds exactly these weights
+    print(json.dumps({"source": model.loading_report, "out": str(out), "tensors": checked,
+                      "dtype": str(model.dtype).removeprefix("torch.")}, indent=2))
+    return 0
+
+
 def cmd_data_synth(args: argparse.Namespace) -> int:
     """Render a synthetic video-QA data set (train/val/test splits and an MSVD-QA-style test set)."""
     from .data.synth import generate
@@ -220,6 +248,7 @@ def _dataclass_flags(parser: argparse.ArgumentParser, cls: type) -> None:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"ask": cmd_ask, "chat": cmd_chat,
+                                                            "convert": cmd_convert,
                                                             "data synth": cmd_data_synth, "train": cmd_train,
                                                             "eval videoqa": eval_commands.cmd_videoqa,
                                                             "eval judge": eval_commands.cmd_judge,
@@ -245,6 +274,21 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("video", help="video file or image")
     _add_model_args(chat)
     chat.set_defaults(func=cmd_chat)
+
+    convert = sub.add_parser("convert", help=cmd_convert.__doc__.split(":")[0], description=cmd_convert.__doc__,
+                             epilog="examples:\n  videopanda convert jh-yi/Video-Panda-7B ./videopanda-7b-fitu\n"
+                                    "  videopanda convert ./Video-Panda-7B/videopanda_prtr1 ./videopanda-7b-prtr1 "
+                                    "--dtype bfloat16",
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
+    convert.add_argument("model", help="official checkpoint folder, hub id (jh-yi/Video-Panda-7B), one of our folders "
+                                       "or 'videopanda-default'")
+    convert.add_argument("out", help="folder to write (refused if it exists and is not empty, unless --overwrite)")
+    convert.add_argument("--subfolder", default=None, help="folder inside the model folder or hub repo")
+    convert.add_argument("--revision", default=None, help="hub branch, tag or commit of a hub id")
+    convert.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
+                         help="dtype of the written weights (default: %(default)s, the checkpoint's own)")
+    convert.add_argument("--overwrite", action="store_true", help="write into a folder that is not empty")
+    convert.set_defaults(func=cmd_convert)
 
     from .train.args import TrainArgs
 

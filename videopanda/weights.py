@@ -305,7 +305,8 @@ def load_model(cls, name: str | Path | ModelSource, **kwargs: Any):
     want_info = kwargs.pop("output_loading_info", False)
     source = name if isinstance(name, ModelSource) else resolve_model(name, **hub)
     if source.kind == "default":
-        model = load_default_model(kwargs.get("dtype") or torch.float32)[0]
+        dtype = kwargs.get("dtype")
+        model = load_default_model(dtype if isinstance(dtype, torch.dtype) else torch.float32)[0]
         report: dict[str, Any] = {"tensors": "bundled"}
     elif source.kind == "official":
         model, report = _load_official(cls, source.folder, **kwargs)
@@ -366,6 +367,26 @@ def check_saved_keys(folder: str | Path, expected: set[str], copies: set[str]) -
     if foreign or absent:
         raise CheckpointError(f"{folder}: saved tensor names differ from the model's ({len(foreign)} foreign "
                               f"{foreign[:3]}, {len(absent)} absent {absent[:3]}); the folder would not reload")
+
+
+def verify_saved(folder: str | Path, model: torch.nn.Module) -> int:
+    """Reread a folder written by `save_pretrained`, one tensor at a time, and raise unless every tensor equals the
+    model's (`convert` calls it: a folder that would reload differently must not look done). Returns the count."""
+    from safetensors import safe_open
+
+    folder = Path(folder)
+    index = folder / "model.safetensors.index.json"
+    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() \
+        else ["model.safetensors"]
+    own = model.state_dict()
+    seen = 0
+    for name in files:
+        with safe_open(str(folder / name), "pt") as f:
+            for key in f.keys():
+                if key not in own or not torch.equal(f.get_tensor(key), own[key].detach().cpu()):
+                    raise CheckpointError(f"{folder}: tensor {key} does not reload as saved")
+                seen += 1
+    return seen
 
 
 def has_weights(folder: str | Path) -> bool:
