@@ -462,3 +462,23 @@ def test_stacked_lora_sums_the_deltas_and_the_default_file_keeps_the_bundled_one
     recipe.save_default_lora(new, tmp_path / "lora.safetensors")
     saved = load_file(str(tmp_path / "lora.safetensors"))
     assert all(v.dtype == torch.bfloat16 for v in saved.values()) and saved["m.lora_A"].shape == (6, 5)
+
+
+@pytest.mark.slow
+def test_training_from_the_default_model_ends_in_a_folder_that_ask_loads(setup, tmp_path, capsys):
+    """The bundled model trained on (with new LoRA deltas): `final/` is a complete folder that the CLI answers from,
+    beside the small files that would replace the bundled ones."""
+    out = tmp_path / "run"
+    assert main(["-v", "train", "--data", str(setup.data), "--out", str(out), "--steps", "1", "--batch-size", "1",
+                 "--num-workers", "0", "--stage", "finetune", "--lora-r", "4", *FAST_LR]) == 0
+    final = out / "final"
+    assert (final / "visual.safetensors").is_file() and (final / "lora.safetensors").is_file()
+    capsys.readouterr()
+    clip = next((setup.data.parent / "videos").glob("*.mp4"))
+    assert main(["ask", str(clip), "How many objects are there?", "--model", str(final), "--json",
+                 "--max-new-tokens", "4"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["source"]["kind"] == "ours" and result["new_tokens"] >= 1
+    visual = load_file(str(final / "visual.safetensors"))
+    reloaded = VideoPandaForCausalLM.from_pretrained(final).state_dict()
+    assert all(torch.equal(reloaded[k], v) for k, v in visual.items())

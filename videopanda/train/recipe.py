@@ -199,16 +199,17 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, counter: SkipCounte
 
 
 def save_final(out: Path, model: VideoPandaForCausalLM, processor: VideoPandaProcessor, args: TrainArgs) -> Path:
-    """The default model ships only what it adds (STAB, projector, LoRA deltas); others save a full folder."""
+    """A complete model folder (LoRA merged) that `ask`, `eval`, `serve` and `from_pretrained` load, whatever the
+    starting model. From the default model, also the small files it ships (STAB + projector, LoRA deltas), which
+    replace those in `videopanda/assets/default/` to make a new bundled default."""
     target = out / "final"
     if args.model == DEFAULT_MODEL:
         save_visual_weights(model, target / "visual.safetensors")
         if args.lora_r:
             save_default_lora(lora_state_dict(model), target / "lora.safetensors")
-    else:
-        merge_lora(model)
-        model.save_pretrained(target)
-        processor.save_pretrained(target)
+    merge_lora(model)
+    model.save_pretrained(target)
+    processor.save_pretrained(target)
     return target
 
 
