@@ -33,7 +33,7 @@ FAMILIES = ("count", "shape", "colour", "appearance", "order", "direction")
 def build(folder: Path, overrides: dict[str, object], image_size: int) -> int:
     """A SmolLM2 + small-STAB model folder with random visual weights; returns the STAB parameter count."""
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from videopanda.configuration import VARIANTS as NAMED
     from videopanda.configuration import VideoPandaConfig
@@ -48,7 +48,7 @@ def build(folder: Path, overrides: dict[str, object], image_size: int) -> int:
     torch.manual_seed(0)
     model = VideoPandaForCausalLM(config, language_model=llm)
     model.save_pretrained(folder)
-    VideoPandaProcessor.from_pretrained("videopanda-default").save_pretrained(folder)  # the tokenizer
+    VideoPandaProcessor(AutoTokenizer.from_pretrained(smollm2_dir()), config).save_pretrained(folder)
     return sum(p.numel() for p in model.video_tower.parameters())
 
 

@@ -170,7 +170,8 @@ def processor() -> VideoPandaProcessor:
 @pytest.fixture(scope="module")
 def model(processor) -> VideoPandaForCausalLM:
     torch.manual_seed(0)
-    net = VideoPandaForCausalLM(processor.config).eval()
+    config = VideoPandaConfig(text_config=TEXT, video_token_index=49152, **VARIANTS["videopanda-tiny"])
+    net = VideoPandaForCausalLM(config).eval()
     with torch.no_grad():  # larger than the default init, so that answers differ between questions and videos
         for name, p in net.named_parameters():
             if p.ndim >= 2 and not name.startswith("video_tower"):

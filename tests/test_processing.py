@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from transformers import AutoTokenizer
 
-from videopanda import VARIANTS, VideoPandaConfig, VideoPandaForCausalLM, VideoPandaProcessor
+from videopanda import VARIANTS, VideoPandaConfig, VideoPandaForCausalLM, VideoPandaProcessor, load_video
 from videopanda.processing import VIDEOPANDA_V1_SYSTEM
 
 TEXT = dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
@@ -26,10 +27,13 @@ def tokenizer():
     return AutoTokenizer.from_pretrained(folder, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
+def tiny_config(fmt: str = "chat_template") -> VideoPandaConfig:
+    return VideoPandaConfig(text_config=TEXT, video_token_index=49152,
+                            **{**VARIANTS["videopanda-tiny"], "prompt_format": fmt})
+
+
 def processor(tokenizer, fmt: str = "chat_template") -> VideoPandaProcessor:
-    config = VideoPandaConfig(text_config=TEXT, video_token_index=49152,
-                              **{**VARIANTS["videopanda-tiny"], "prompt_format": fmt})
-    return VideoPandaProcessor(tokenizer, config)
+    return VideoPandaProcessor(tokenizer, tiny_config(fmt))
 
 
 def frames(T: int = 5, h: int = 48, w: int = 64, seed: int = 0) -> np.ndarray:
@@ -54,7 +58,7 @@ def test_chat_template_prompt_puts_the_video_in_the_first_user_turn(tokenizer):
 def test_placeholders_match_the_model_token_count(tokenizer):
     p = processor(tokenizer)
     torch.manual_seed(0)
-    model = VideoPandaForCausalLM(p.config).eval()
+    model = VideoPandaForCausalLM(tiny_config()).eval()
     for clip in (frames(), frames(1), frames(8, 64, 36)):
         inputs = p(videos=clip, text="What is it?")
         image = p(images=clip[:1], text="What is it?")
@@ -92,3 +96,86 @@ def test_placeholder_and_video_counts_must_agree(tokenizer):
     p = processor(tokenizer)
     with pytest.raises(ValueError, match="placeholders"):
         p(videos=[frames(), frames()], text="<video> one placeholder only")
+
+
+# -- chat templates and apply_chat_template --------------------------------------------------------------------------
+def video_message(path, question: str, key: str = "path") -> dict:
+    return {"role": "user", "content": [{"type": "video", key: str(path)}, {"type": "text", "text": question}]}
+
+
+@pytest.mark.parametrize("fmt", ["chat_template", "videopanda_v1"])
+def test_apply_chat_template_with_a_video_file_gives_the_direct_call_inputs(tokenizer, cli_inputs, fmt):
+    p = processor(tokenizer, fmt)
+    clip = cli_inputs["portrait_with_audio"]
+    out = p.apply_chat_template([video_message(clip, "What is happening?")], add_generation_prompt=True,
+                                tokenize=True, return_dict=True, num_frames=8)
+    direct = p(videos=load_video(clip, 8), text="What is happening?")
+    assert set(out) == {"input_ids", "attention_mask", "pixel_values"}
+    for key in out:
+        assert torch.equal(out[key], direct[key]), key
+    # later turns, and the other keys transformers reads a video from
+    chat = [video_message(clip, "What is it?", key="video"), {"role": "assistant", "content": "A bar."},
+            {"role": "user", "content": [{"type": "text", "text": "Which way?"}]}]
+    out = p.apply_chat_template(chat, add_generation_prompt=True, tokenize=True, return_dict=True)
+    direct = p(videos=load_video(clip, 8), text=p.build_prompt("Which way?", [("What is it?", "A bar.")]))
+    assert all(torch.equal(out[k], direct[k]) for k in ("input_ids", "pixel_values"))
+    ids = p.apply_chat_template([video_message(clip, "What is it?", key="url")], add_generation_prompt=True,
+                                tokenize=True)
+    assert torch.equal(ids, p(videos=load_video(clip, 8), text="What is it?")["input_ids"])
+
+
+@pytest.mark.parametrize("fmt", ["chat_template", "videopanda_v1"])
+def test_apply_chat_template_text_has_one_placeholder_where_build_prompt_puts_it(tokenizer, fmt):
+    p = processor(tokenizer, fmt)
+    text = p.apply_chat_template([video_message("clip.mp4", "What is happening?")], add_generation_prompt=True)
+    assert text == p.build_prompt("What is happening?") and text.count("<video>") == 1
+    if fmt == "videopanda_v1":
+        assert text == f"{VIDEOPANDA_V1_SYSTEM} USER: <video>\nWhat is happening? ASSISTANT:"
+
+
+def test_chat_template_format_is_the_tokenizers_own_template(tokenizer):
+    p = processor(tokenizer)
+    turns = [("What is it?", "A ball."), ("Which way?", None)]
+    messages = [{"role": "user", "content": "<video>\nWhat is it?"}, {"role": "assistant", "content": "A ball."},
+                {"role": "user", "content": "Which way?"}]
+    assert p.render(turns) == tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    with_system = VideoPandaProcessor(tokenizer, tiny_config(), system_prompt="Be brief.")
+    assert with_system.apply_chat_template([video_message("clip.mp4", "Why?")], add_generation_prompt=True) == \
+        tokenizer.apply_chat_template([{"role": "system", "content": "Be brief."},
+                                       {"role": "user", "content": "<video>\nWhy?"}],
+                                      add_generation_prompt=True, tokenize=False)
+
+
+def test_system_prompt_replaces_the_reference_one(tokenizer):
+    p = VideoPandaProcessor(tokenizer, tiny_config("videopanda_v1"), system_prompt="Be brief.")
+    assert p.build_prompt("Why?") == "Be brief. USER: <video>\nWhy? ASSISTANT:"
+
+
+def test_image_blocks_take_the_one_frame_path(tokenizer, tmp_path):
+    p = processor(tokenizer)
+    Image.fromarray(frames(1, 40, 30)[0]).save(tmp_path / "still.png")
+    chat = [{"role": "user", "content": [{"type": "image", "path": str(tmp_path / "still.png")},
+                                         {"type": "text", "text": "What is it?"}]}]
+    out = p.apply_chat_template(chat, add_generation_prompt=True, tokenize=True, return_dict=True)
+    assert out["pixel_values"].shape == (1, 1, 4, 112, 112)
+    direct = p(images=frames(1, 40, 30)[0], text=p.apply_chat_template(chat, add_generation_prompt=True))
+    assert all(torch.equal(out[k], direct[k]) for k in ("input_ids", "pixel_values"))
+
+
+def test_config_num_frames_sets_sampling_and_padding(tokenizer, cli_inputs):
+    p = processor(tokenizer)
+    clip = cli_inputs["plain"]
+    p.config.num_frames = 4
+    out = p(videos=clip, text="q")
+    assert out["pixel_values"].shape[1] == 4
+    assert torch.equal(out["pixel_values"], p(videos=load_video(clip, 4), text="q")["pixel_values"])
+    assert p(videos=clip, text="q", num_frames=6)["pixel_values"].shape[1] == 6  # for one call only
+    assert p.video_processor.num_frames == 4
+    alone = p.video_processor([clip, load_video(clip, 4)])  # the video processor by itself, as transformers calls it
+    assert torch.equal(alone["pixel_values"][0], out["pixel_values"][0])
+    assert alone["num_visual_tokens"] == [p.count_tokens(out["pixel_values"][0])] * 2
+
+
+def test_urls_are_refused_with_a_clear_message(tokenizer):
+    with pytest.raises(ValueError, match="only local files"):
+        processor(tokenizer)(videos="https://example.com/clip.mp4", text="q")

@@ -77,6 +77,11 @@ def _read(args: argparse.Namespace):
         raise UserError(f"--frames must be between 1 and 256, got {args.frames}")
     if args.max_new_tokens < 1:
         raise UserError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if not 0 <= args.temperature <= 2:  # the server's range (OpenAI's)
+        raise UserError(f"--temperature must be between 0 (greedy) and 2, got {args.temperature}")
+    from .inference import resolve_device
+
+    resolve_device(args.device)
     if args.dtype not in ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16"):
         raise UserError(f"--dtype must be auto, float32, bfloat16 or float16; got {args.dtype!r}")
     return load_visual(args.video, args.frames or 8)
@@ -95,6 +100,9 @@ def _load(args: argparse.Namespace):
                                       source=source)
     if args.frames is not None:
         processor.config.num_frames = args.frames
+    if source.kind == "default":
+        print("note: the bundled default model was trained on synthetic clips of moving shapes only; for real footage "
+              "use the released 7B (--model jh-yi/Video-Panda-7B)", file=sys.stderr)
     if not model.visual_weights_trained:
         print("note: the default model's visual weights (STAB + projector) are untrained in this version, so its "
               "answers do not depend on the video yet", file=sys.stderr)

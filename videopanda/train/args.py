@@ -63,7 +63,9 @@ class TrainArgs:
     flip: bool = False
     """Random horizontal flips of whole clips (augmentation; wrong for data asking about left/right motion)."""
     resume: bool = False
-    """Continue from the newest checkpoint in --out."""
+    """Continue from the newest intact checkpoint in --out."""
+    overwrite: bool = False
+    """Start over in an --out that holds an earlier run (its checkpoints, log and final/ are deleted first)."""
     max_minutes: float = 0.0
     """Stop cleanly (checkpoint + final weights) after this many minutes of training; 0 = no limit."""
     distill: str = "none"

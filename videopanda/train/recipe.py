@@ -155,7 +155,9 @@ def train_state(model: torch.nn.Module, optimizer) -> tuple[dict | None, dict | 
 
 
 def save_checkpoint(out: Path, step: int, model, optimizer, scheduler, args: TrainArgs, counter: SkipCounter) -> None:
-    """Rank 0 writes; under --fsdp every rank must call it (the states are gathered from the shards)."""
+    """Rank 0 writes; under --fsdp every rank must call it (the states are gathered from the shards). Durable: the
+    file is synced before the folder is renamed into place, so a crash or a full disk leaves the previous checkpoint
+    as it was."""
     model_state, optim_state = train_state(model, optimizer)
     if model_state is None:
         return
@@ -163,29 +165,52 @@ def save_checkpoint(out: Path, step: int, model, optimizer, scheduler, args: Tra
     tmp = out / f".tmp-checkpoint-{step:06d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    torch.save({"model": model_state, "optimizer": optim_state,
-                "scheduler": scheduler.state_dict(), "step": step, "skipped": counter.skipped, "seen": counter.seen,
-                "rng": {"torch": torch.get_rng_state(),
-                        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
-                "args": asdict(args)}, tmp / "state.pt")
+    state = {"model": model_state, "optimizer": optim_state, "scheduler": scheduler.state_dict(), "step": step,
+             "skipped": counter.skipped, "seen": counter.seen,
+             "rng": {"torch": torch.get_rng_state(),
+                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+             "args": asdict(args)}
+    try:
+        with open(tmp / "state.pt", "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+    except (OSError, RuntimeError) as err:  # torch wraps a full disk in a RuntimeError
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OSError(f"could not write checkpoint {final.name} in {out}: {err}; the previous checkpoint is "
+                      "intact") from None
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
+    _fsync_dir(out)
     for old in sorted(out.glob("checkpoint-*"))[: -args.keep_checkpoints]:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def latest_checkpoint(out: Path) -> Path | None:
-    found = sorted(p for p in out.glob("checkpoint-*") if (p / "state.pt").is_file())
-    return found[-1] if found else None
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler, counter: SkipCounter) -> int:
-    sharded = fsdp.is_sharded(model)  # then every rank maps the file: the page cache holds it once
-    state = torch.load(path / "state.pt", map_location="cpu", weights_only=False, mmap=sharded)
+def read_checkpoint(out: Path, mmap: bool = False) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint in `out` that reads back, as (folder, state); damaged newer ones are named on stderr and
+    passed over. Read with `weights_only=True`: a planted file cannot run code."""
+    for folder in sorted((p for p in out.glob("checkpoint-*") if (p / "state.pt").is_file()), reverse=True):
+        try:
+            return folder, torch.load(folder / "state.pt", map_location="cpu", weights_only=True, mmap=mmap)
+        except Exception as err:  # truncated, empty or foreign files fail in many ways inside torch and pickle
+            print(f"note: {folder.name} is damaged ({type(err).__name__}); trying an older checkpoint",
+                  file=sys.stderr)
+    return None
+
+
+def load_checkpoint(path: Path, state: dict[str, Any], model, optimizer, scheduler, counter: SkipCounter) -> int:
     missing = set(state["model"]) - set(model.state_dict())
     if missing:
         raise ValueError(f"{path}: checkpoint does not fit this model ({sorted(missing)[:3]} ...)")
-    if sharded:
+    if fsdp.is_sharded(model):
         fsdp.load_full_state(model, optimizer, state["model"], state["optimizer"])
     else:
         model.load_state_dict(state["model"], strict=False)
@@ -196,6 +221,46 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, counter: SkipCounte
         torch.cuda.set_rng_state_all(state["rng"]["cuda"])
     counter.skipped, counter.seen = state["skipped"], state["seen"]
     return state["step"]
+
+
+RUN_FILES = ("checkpoint-*", ".tmp-checkpoint-*", "final", "train_log.jsonl", "summary.json", "tensorboard")
+
+
+def prepare_out(out: Path, args: TrainArgs) -> None:
+    """Refuse to mix two runs in one folder: an earlier run needs --resume (continue) or --overwrite (start over)."""
+    earlier = sorted({p.name for pattern in RUN_FILES for p in out.glob(pattern)}) if out.is_dir() else []
+    if earlier and args.overwrite:
+        for name in earlier:
+            path = out / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    elif earlier and not args.resume:
+        raise ValueError(f"--out {out} holds an earlier run ({', '.join(earlier[:4])}); pass --resume to continue it "
+                         "or --overwrite to start over")
+    elif args.resume and not any(out.glob("checkpoint-*")):
+        print(f"note: --resume: no checkpoint in {out} yet, starting from step 0", file=sys.stderr)
+
+
+def keep_log_until(out: Path, step: int) -> None:
+    """A resumed run rewrites the steps after its checkpoint: drop their earlier log lines so none appears twice."""
+    log = out / "train_log.jsonl"
+    if log.is_file():
+        lines = [line for line in log.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+        log.write_text("".join(f"{line}\n" for line in lines))
+
+
+def print_plan(model: torch.nn.Module, args: TrainArgs, samples: int | None, total: int, start: int, world: int,
+               device: torch.device) -> None:
+    """One screen before the first step: what trains, on what, for how long."""
+    params = list(model.parameters())
+    trainable = sum(p.numel() for p in params if p.requires_grad)
+    lines = [f"train {args.stage}: {args.model} -> {args.out}",
+             f"  parameters: {trainable:,} trainable of {sum(p.numel() for p in params):,}",
+             f"  data: {args.data} ({'endless stream' if samples is None else f'{samples:,} samples'})",
+             f"  steps: {start} -> {total}; effective batch {args.batch_size} x {args.grad_accum} accumulation x "
+             f"{world} process(es) = {args.batch_size * args.grad_accum * world}",
+             f"  schedule: lr {args.lr:g} (visual {args.visual_lr:g}), cosine, warmup ratio {args.warmup_ratio:g}",
+             f"  device: {device}{f' x {world}' if world > 1 else ''}; checkpoints every {args.save_every} steps"]
+    print("\n".join(lines), file=sys.stderr, flush=True)
 
 
 def save_final(out: Path, model: VideoPandaForCausalLM, processor: VideoPandaProcessor, args: TrainArgs) -> Path:
@@ -271,6 +336,11 @@ def make_dataset(args: TrainArgs, processor: VideoPandaProcessor, teacher_inputs
 
 def train(args: TrainArgs) -> dict[str, Any]:
     rank, world = init_distributed()
+    out = Path(args.out)
+    if rank == 0:
+        prepare_out(out, args)  # before anything is loaded: a wrong --out costs nothing
+    if world > 1:
+        dist.barrier()
     device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -291,12 +361,20 @@ def train(args: TrainArgs) -> dict[str, Any]:
         raise ValueError("--data synth:SEED is an endless stream: give --steps")
     total = args.steps or math.ceil(len(data) / per_step)
     optimizer, scheduler = make_optimizer(model, args, total)
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     counter = SkipCounter()
     start = 0
-    if args.resume and (ckpt := latest_checkpoint(out)) is not None:
-        start = load_checkpoint(ckpt, model, optimizer, scheduler, counter)
+    found = read_checkpoint(out, mmap=sharded) if args.resume else None
+    if found is not None:
+        start = load_checkpoint(*found, model, optimizer, scheduler, counter)
+        if rank == 0:
+            keep_log_until(out, start)
+    if start >= total and (out / "summary.json").is_file() and (out / "final").is_dir():
+        if rank == 0:
+            print(f"note: the run in {out} already finished at step {start}; nothing to do", file=sys.stderr)
+        return json.loads((out / "summary.json").read_text())
+    if rank == 0:
+        print_plan(model, args, None if stream else len(data), total, start, world, device)
     ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 and not sharded else model
     # The loader gets its own generator: by default `iter(loader)` draws its workers' base seed from the global
     # torch RNG, one draw more in a resumed run than in an uninterrupted one at the same step, which shifted every
@@ -384,7 +462,8 @@ def train(args: TrainArgs) -> dict[str, Any]:
         if world > 1:
             dist.barrier()
     bar.close()
-    summary = {"steps": total, "final_loss": last_loss, "skipped": counter.skipped, "seen": counter.seen}
+    summary = {"steps": total, "final_loss": last_loss if math.isfinite(last_loss) else None,
+               "skipped": counter.skipped, "seen": counter.seen}
     if device.type == "cuda":
         summary["peak_memory_gib"] = _peak_memory_gib(world)
     if writer is not None:
