@@ -482,3 +482,34 @@ def test_training_from_the_default_model_ends_in_a_folder_that_ask_loads(setup, 
     visual = load_file(str(final / "visual.safetensors"))
     reloaded = VideoPandaForCausalLM.from_pretrained(final).state_dict()
     assert all(torch.equal(reloaded[k], v) for k, v in visual.items())
+
+
+def test_runs_protect_themselves(setup, tmp_path, capsys):
+    """An earlier run is never overwritten by accident; resuming a finished run is a no-op with valid JSON; a damaged
+    newest checkpoint is passed over for the older intact one, and the log then holds every step once."""
+    out = tmp_path / "run"
+    assert main(setup.args(out)) == 0
+    plan = capsys.readouterr().err
+    assert "trainable of" in plan and "effective batch 2 x 1 accumulation x 1 process(es) = 2" in plan
+    before = (out / "checkpoint-000004" / "state.pt").read_bytes()
+    assert main(setup.args(out)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "--resume" in err and "--overwrite" in err
+    assert (out / "checkpoint-000004" / "state.pt").read_bytes() == before
+
+    assert main(setup.args(out, "--resume")) == 0  # finished: nothing to do, the same summary
+    captured = capsys.readouterr()
+    assert "already finished" in captured.err and json.loads(captured.out)["final_loss"] is not None
+
+    (out / "checkpoint-000004" / "state.pt").write_bytes(before[: len(before) // 3])  # a crash mid-write
+    shutil.rmtree(out / "final")
+    assert main(setup.args(out, "--resume")) == 0
+    assert "checkpoint-000004 is damaged" in capsys.readouterr().err
+    assert [r["step"] for r in read_log(out)] == [1, 2, 3, 4]
+    assert VideoPandaForCausalLM.from_pretrained(out / "final") is not None
+
+    fresh = tmp_path / "fresh"
+    assert main(setup.args(fresh, "--resume", steps=2)) == 0
+    assert "no checkpoint" in capsys.readouterr().err
+    assert main(setup.args(fresh, "--overwrite", steps=2)) == 0
+    assert [r["step"] for r in read_log(fresh)] == [1, 2]

@@ -350,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         _quiet()
     try:
         return args.func(args)
-    except (UserError, ValueError, FileNotFoundError) as err:  # VideoDecodeError, CheckpointError are ValueErrors
+    except (UserError, ValueError, OSError) as err:  # VideoDecodeError, CheckpointError are ValueErrors; full disks
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
