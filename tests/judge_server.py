@@ -32,6 +32,9 @@ class JudgeServer:
                 if self.headers.get("Authorization") == "Bearer bad-key":
                     return self._send(401, {"error": {"message": "invalid api key", "code": "invalid_api_key"}})
                 status, content = server.respond(body)
+                if content.startswith("RAW:"):  # a broken proxy's reply: not a chat completion at all
+                    _, kind, text = content.split(":", 2)
+                    return self._send_raw(kind, text.encode())
                 if status != 200:
                     return self._send(status, {"error": {"message": "internal error"}})
                 self._send(200, {
@@ -42,9 +45,11 @@ class JudgeServer:
                 })
 
             def _send(self, status: int, payload: dict) -> None:
-                data = json.dumps(payload).encode()
+                self._send_raw("application/json", json.dumps(payload).encode(), status)
+
+            def _send_raw(self, kind: str, data: bytes, status: int = 200) -> None:
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", kind)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
@@ -80,6 +85,10 @@ class JudgeServer:
                 time.sleep(0.2)
             if "FAIL500" in user or ("FLAKY" in user and n == 1):
                 return 500, ""
+            if "HTML" in user:
+                return 200, "RAW:text/html:<html><body><h1>502 Bad Gateway</h1></body></html>"
+            if "TRUNCJSON" in user:
+                return 200, 'RAW:application/json:{"id": "chatcmpl-test", "choices": [{"index": 0, "mess'
             if "GARBLED" in user or ("GARBLE-ONCE" in user and n == 1):
                 return 200, "I am not sure how to grade this."
             if '"pred"' not in user:  # a score-only rubric

@@ -147,6 +147,25 @@ def test_api_default_temperature_sends_none(api):
     assert "temperature" not in api.bodies[0]
 
 
+def test_unreadable_replies_are_retried_then_counted(api):
+    """A 200 whose body is an HTML page or cut-off JSON (a proxy in the way) is not a crash: it is retried, then
+    counted as failed, and the other records are judged."""
+    judged = judge_qa(openai_judge(api), [qa(0, "dog HTML"), qa(1, "dog TRUNCJSON"), qa(2, "a dog")])
+    assert [r["status"] for r in judged] == ["failed", "failed", "ok"]
+    assert sorted(api.hits.values()) == [1, 3, 3]
+
+
+def test_an_unreachable_judge_is_one_clear_error():
+    import socket
+
+    with socket.socket() as s:  # a port that nothing listens on
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+    judge = OpenAIJudge(url, "judge-test", "k", None, max_retries=1, backoff=0.01, timeout=5)
+    with pytest.raises(JudgeError, match="cannot be reached.*--base-url"):
+        judge_qa(judge, [qa(0, "dog")])
+
+
 def test_bad_key_stops_at_once(api):
     start = time.perf_counter()
     with pytest.raises(JudgeError, match="invalid api key"):

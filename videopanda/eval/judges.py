@@ -356,14 +356,17 @@ class OpenAIJudge(Judge):
     def _complete(self, messages: list[dict[str, str]]) -> str:
         extra = {} if self.temperature is None else {"temperature": self.temperature}
         response = self.client.chat.completions.create(model=self.model, messages=messages, **extra)
-        if not response.choices:
+        choices = getattr(response, "choices", None)  # a 200 with an HTML or text body comes back as a str
+        if not isinstance(choices, list):
+            raise ValueError(f"the reply is not a chat completion: {str(response)[:80]!r}")
+        if not choices:
             return ""
-        return response.choices[0].message.content or ""
+        return choices[0].message.content or ""
 
     def judge_one(self, rubric: Rubric, messages: list[dict[str, str]]) -> Judgment:
         """Ask until a reply parses, at most 1 + max_retries times, waiting backoff * 2^k seconds between tries."""
         errors = self._openai
-        reply, error = None, None
+        reply, error, connection_only = None, None, False
         for attempt in range(self.max_retries + 1):
             if attempt:
                 time.sleep(min(_MAX_BACKOFF_S, self.backoff * 2 ** (attempt - 1)))
@@ -373,14 +376,23 @@ class OpenAIJudge(Judge):
                 raise JudgeError(f"judge {self.model} at {self.base_url or 'api.openai.com'}: {err}") from err
             except errors.BadRequestError as err:  # this prompt is refused (too long, filtered): do not insist
                 return Judgment("failed", reply=reply, error=f"{type(err).__name__}: {err}", attempts=attempt + 1)
-            except errors.OpenAIError as err:
+            except errors.APIConnectionError as err:
                 error = f"{type(err).__name__}: {err}"
+                connection_only = True
                 continue
+            except (errors.OpenAIError, ValueError, TypeError, AttributeError) as err:  # unreadable replies too
+                error = f"{type(err).__name__}: {err}"
+                connection_only = False
+                continue
+            connection_only = False
             reply = text
             parsed = rubric.parse(text)
             if parsed is not None:
                 return Judgment("ok", parsed[0], parsed[1], text, attempts=attempt + 1)
             error = "reply could not be parsed"
+        if connection_only:  # no try reached the server: nothing can be judged, so say it once and stop
+            raise JudgeError(f"judge at {self.base_url or 'api.openai.com'} cannot be reached ({error}); start the "
+                             "judge server or fix --base-url")
         status = "failed" if reply is None else "unparsed"
         return Judgment(status, reply=reply, error=error, attempts=self.max_retries + 1)
 
