@@ -72,7 +72,8 @@ def test_fused_llama_decodes_through_the_kernels_with_the_same_logits(kernels_on
     config = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, attn_implementation="sdpa")
     model = LlamaForCausalLM(config).eval().bfloat16()
-    fuse_projections(model)
+    assert fuse_projections(model) == 4
+    assert model.fused_llm_check.ok  # the load-time check ran the probe through the kernel too, and agreed
     ids = torch.randint(0, 128, (1, 9))
 
     def run():

@@ -1,8 +1,16 @@
 """Fused q/k/v and gate/up projections (modeling/fused_llm.py): same outputs, same memory, same state_dict."""
 
+import contextlib
+import copy
+import functools
+import inspect
+import warnings
+
+import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from videopanda.modeling import fast_check, fused_llm
 from videopanda.modeling.fused_llm import fuse_projections
 
 
@@ -13,21 +21,33 @@ def _tiny(bias: bool = False) -> LlamaForCausalLM:
     return LlamaForCausalLM(config).eval()
 
 
+def _generate(model, ids, cache, **kwargs):
+    with torch.no_grad():
+        return model.generate(ids, max_new_tokens=6, min_new_tokens=6, do_sample=False, pad_token_id=0,
+                              cache_implementation=cache, output_logits=True, return_dict_in_generate=True, **kwargs)
+
+
 def test_fused_model_gives_the_same_logits_cache_and_greedy_tokens():
+    """Through `generate` with a dynamic and a static cache, on the installed transformers: the same logits at every
+    step and the same greedy tokens as the library's forwards."""
     for bias in (False, True):
         model = _tiny(bias)
         ids = torch.randint(0, 97, (2, 11))
         with torch.no_grad():
             before = model(ids).logits
-            tokens_before = model.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=0)
+        want = {c: _generate(model, ids, c) for c in (None, "static")}
         keys = set(model.state_dict())
         params = sum(p.numel() for p in model.parameters())
         assert fuse_projections(model) == 4  # 2 attention + 2 MLP blocks
+        assert model.fused_llm_check.ok
         with torch.no_grad():
             after = model(ids).logits
-            tokens_after = model.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=0)
         torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
-        assert torch.equal(tokens_after, tokens_before)
+        for c, w in want.items():
+            got = _generate(model, ids, c)
+            assert torch.equal(got.sequences, w.sequences)
+            for a, b in zip(got.logits, w.logits, strict=True):
+                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
         assert set(model.state_dict()) == keys and sum(p.numel() for p in model.parameters()) == params
 
 
@@ -43,9 +63,16 @@ def test_separate_weights_are_views_of_the_fused_matrix():
 
 
 def test_quantized_or_foreign_layers_are_left_alone():
+    class Foreign(torch.nn.Linear):  # stands for a quantized layer: not a plain nn.Linear, so that block is skipped
+        pass
+
     model = _tiny()
-    model.model.layers[1].self_attn.k_proj = torch.nn.Identity()  # not a plain Linear: that block is skipped
+    attn = model.model.layers[1].self_attn
+    foreign = Foreign(attn.k_proj.in_features, attn.k_proj.out_features, bias=False)
+    foreign.load_state_dict(attn.k_proj.state_dict())
+    attn.k_proj = foreign
     assert fuse_projections(model) == 3
+    assert not hasattr(attn, "_fused_qkv_weight") and "forward" not in attn.__dict__
 
 
 def test_optimize_for_inference_fuses_the_video_models_llm_on_request_with_the_same_answer():
@@ -148,3 +175,160 @@ def test_left_padded_prefill_takes_the_ragged_causal_path_with_the_same_results(
         assert ragged.call_count == 8
     real = mask.bool()
     torch.testing.assert_close(got[real], want[real], rtol=1e-5, atol=1e-5)
+
+
+# -- the load-time check (fused_llm.verify_fused, modeling/fast_check.py) --------------------------------------------
+@contextlib.contextmanager
+def _no_warnings():
+    """No warning but the deprecation notes of other libraries."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    assert [str(w.message) for w in caught if not issubclass(w.category, DeprecationWarning)] == []
+
+
+def test_the_check_passes_silently_on_the_installed_transformers():
+    """Fusing and compiling the pointwise ops of a healthy model warns about nothing, and the recorded check shows
+    float32 agreement (the same dot products, summed in another order at most)."""
+    from videopanda.modeling.fused_llm import compile_pointwise
+
+    model = _tiny(bias=True)
+    with _no_warnings():
+        assert fuse_projections(model) == 4
+        assert model.fused_llm_check.ok and model.fused_llm_check.diff < 1e-5
+        assert compile_pointwise(model) == 9
+        assert model.fused_llm_check.ok and model.fused_llm_check.diff < 1e-5
+    assert hasattr(model.model.layers[0].self_attn, "_rope")  # the fast paths stayed on
+
+
+def _dropping_cache_updates(kinds: set[str]):
+    """A fused attention forward that never hands a KV cache of the given kinds on, as the fused copy did when
+    transformers renamed `past_key_values` to `cache`."""
+    original = fused_llm._attention_forward
+
+    def forward(self, hidden_states, *args, **kwargs):
+        for name in fast_check.CACHE_ARGUMENTS:
+            if type(kwargs.get(name)).__name__ in kinds:
+                kwargs.pop(name)
+        return original(self, hidden_states, *args, **kwargs)
+
+    return forward
+
+
+def _ragged_attending_padding():
+    original = fused_llm._ragged_causal_attention
+
+    def ragged(q, k, v, pads, scaling):
+        return original(q, k, v, [0] * len(pads), scaling)
+
+    return ragged
+
+
+def _assert_plain(model, plain, keys) -> None:
+    """`model` is back to the library's forwards with standalone weights, and answers exactly as `plain`."""
+    for module in model.modules():
+        assert "forward" not in module.__dict__
+        assert not any(name.startswith(("_fused", "_rope", "_act_mul", "_compiled")) for name in module.__dict__)
+    attn = model.model.layers[0].self_attn
+    assert attn.q_proj.weight.untyped_storage().data_ptr() != attn.k_proj.weight.untyped_storage().data_ptr()
+    assert attn.q_proj.weight.requires_grad and set(model.state_dict()) == keys
+    ids = torch.randint(0, 97, (2, 11))
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, plain(ids).logits)
+    for c in (None, "static"):
+        got, want = _generate(model, ids, c), _generate(plain, ids, c)
+        assert torch.equal(got.sequences, want.sequences)
+        assert all(torch.equal(a, b) for a, b in zip(got.logits, want.logits, strict=True))
+
+
+@pytest.mark.parametrize(("target", "replacement", "message"), [
+    ("_attention_forward", _dropping_cache_updates({"DynamicCache", "StaticCache"}),
+     r"the KV cache holds 0 tokens where transformers \S+'s forwards leave 5 \(DynamicCache, batch 2 left-padded, "
+     r"prefill\)"),
+    ("_attention_forward", _dropping_cache_updates({"StaticCache"}), r".*\(StaticCache, batch 1"),
+    ("_ragged_causal_attention", _ragged_attending_padding(), "their logits differ .*batch 2 left-padded, prefill"),
+], ids=["cache-dropped", "static-cache-dropped", "ragged-wrong"])
+def test_the_check_catches_a_fused_forward_that_differs_and_restores_the_plain_model(monkeypatch, target,
+                                                                                     replacement, message):
+    """A fused path that is wrong on the installed transformers (the cache dropped, for every cache or only a
+    static one; the left-padded prefill attending to padding) is caught before use: one warning, the fusion undone
+    (standalone weights, the library's forwards), and from then on exactly the plain model's logits and tokens."""
+    monkeypatch.setattr(fused_llm, target, replacement)
+    model = _tiny()
+    plain = copy.deepcopy(model)
+    keys = set(model.state_dict())
+    with pytest.warns(UserWarning, match="fused LLM projections disabled: " + message) as caught:
+        assert fuse_projections(model) == 0
+    assert len(caught) == 1 and str(caught[0].message).endswith("; using the plain path")
+    assert not model.fused_llm_check.ok
+    _assert_plain(model, plain, keys)
+    with _no_warnings():
+        assert fuse_projections(model) == 0  # once per model: not fused, checked or warned about again
+
+
+def test_the_check_catches_a_library_whose_attention_computes_otherwise(monkeypatch):
+    """A transformers release whose LlamaAttention computes something else under the same signature (here: output
+    halved) makes the fused copy stale; the check sees the logits differ and the model keeps the library's forward."""
+    from transformers.models.llama import modeling_llama
+
+    original = modeling_llama.LlamaAttention.forward
+
+    @functools.wraps(original)
+    def changed(self, *args, **kwargs):
+        out, weights = original(self, *args, **kwargs)
+        return out * 0.5, weights
+
+    monkeypatch.setattr(modeling_llama.LlamaAttention, "forward", changed)
+    model = _tiny()
+    plain = copy.deepcopy(model)
+    keys = set(model.state_dict())
+    with pytest.warns(UserWarning, match=r"fused LLM projections disabled: their logits differ from transformers "
+                                         r"\S+'s forwards \(relative RMS difference"):
+        assert fuse_projections(model) == 0
+    _assert_plain(model, plain, keys)
+
+
+def test_the_check_catches_a_library_whose_rms_norm_computes_otherwise(monkeypatch):
+    """`compile_pointwise` replaces LlamaRMSNorm.forward by a copy: a library whose norm changed is caught the
+    same way, and every fast path (the fused projections too) is undone."""
+    from transformers.models.llama import modeling_llama
+
+    from videopanda.modeling.fused_llm import compile_pointwise
+
+    original = modeling_llama.LlamaRMSNorm.forward
+
+    def changed(self, hidden_states):
+        return original(self, hidden_states) * 1.5
+
+    model = _tiny()
+    assert fuse_projections(model) == 4
+    monkeypatch.setattr(modeling_llama.LlamaRMSNorm, "forward", changed)
+    plain = copy.deepcopy(model)
+    fused_llm.unfuse(plain)
+    with pytest.warns(UserWarning, match="compiled LLM pointwise ops and fused projections disabled: their logits "
+                                         "differ"):
+        assert compile_pointwise(model) == 0
+    _assert_plain(model, plain, set(plain.state_dict()))
+
+
+def test_an_attention_signature_not_mirrored_keeps_the_library_forward(monkeypatch):
+    """A transformers whose LlamaAttention.forward takes the cache under an unknown keyword: those blocks are not
+    fused (a warning names the signature); the MLPs still are, and the check passes."""
+    from transformers.models.llama import modeling_llama
+
+    original = modeling_llama.LlamaAttention.forward
+    keyword = next(n for n in fast_check.CACHE_ARGUMENTS if n in inspect.signature(original).parameters)
+
+    def renamed(self, hidden_states, position_embeddings=None, attention_mask=None, kv_cache=None, **kwargs):
+        kv_cache = kwargs.pop(keyword, kv_cache)
+        return original(self, hidden_states, position_embeddings, attention_mask, **{keyword: kv_cache}, **kwargs)
+
+    monkeypatch.setattr(modeling_llama.LlamaAttention, "forward", renamed)
+    model = _tiny()
+    ids = torch.randint(0, 97, (2, 11))
+    want = _generate(model, ids, "static")
+    with pytest.warns(UserWarning, match=r"LlamaAttention.forward\(.*kv_cache.*\) is not the signature mirrored"):
+        assert fuse_projections(model) == 2  # the two MLP blocks
+    assert model.fused_llm_check.ok and "forward" not in model.model.layers[0].self_attn.__dict__
+    got = _generate(model, ids, "static")
+    assert torch.equal(got.sequences, want.sequences)

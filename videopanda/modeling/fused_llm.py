@@ -13,22 +13,32 @@ batch in evaluation) spends much of its time in unfused element-wise ops (RMSNor
 SiLU * up), each a separate pass over large activations. Compiling just those small functions (inductor, batch and
 length dynamic: one graph serves every prompt length) fuses each into one kernel, while the matrix products stay cuBLAS
 calls and the KV cache stays outside compiled code.
+
+The attention forward here mirrors the installed transformers' `LlamaAttention.forward`, read from its signature at
+fuse time (the KV cache's keyword, `cache` or `past_key_values`). Both `fuse_projections` and `compile_pointwise`
+then compare the model with the library's own forwards on a small probe (`verify_fused`, `fast_check.compare`)
+before it serves anything, and on any disagreement put the library's forwards back with a warning.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import inspect
 import sys
 import types
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import decode_kernels
+from . import decode_kernels, fast_check
 
 FUSABLE_ATTENTION = ("LlamaAttention",)  # forward below mirrors transformers' LlamaAttention.forward
 FUSABLE_MLP = ("LlamaMLP",)
+_MIRRORED = ("hidden_states", "position_embeddings", "attention_mask")  # then the cache, then **kwargs
 
 
 def _fuse(linears: list[nn.Linear]) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -41,11 +51,21 @@ def _fuse(linears: list[nn.Linear]) -> tuple[torch.Tensor, torch.Tensor | None]:
     start = 0
     for m in linears:
         n = m.out_features
+        m._unfused_requires_grad = m.weight.requires_grad
         m.weight = nn.Parameter(weight[start:start + n], requires_grad=False)
         if bias is not None:
             m.bias = nn.Parameter(bias[start:start + n], requires_grad=False)
         start += n
     return weight, bias
+
+
+def _unfuse(linears: list[nn.Linear]) -> None:
+    """Give each layer standalone weights again (copies of its views), so the fused matrix is freed."""
+    for m in linears:
+        grad = m.__dict__.pop("_unfused_requires_grad", True)
+        m.weight = nn.Parameter(m.weight.detach().clone(), requires_grad=grad)
+        if m.bias is not None:
+            m.bias = nn.Parameter(m.bias.detach().clone(), requires_grad=grad)
 
 
 def _plain(*linears: nn.Module) -> bool:
@@ -54,10 +74,39 @@ def _plain(*linears: nn.Module) -> bool:
         len({m.weight.device for m in linears}) == 1 and len({m.weight.dtype for m in linears}) == 1
 
 
+@functools.cache
+def _cache_argument(forward: Callable) -> str | None:
+    """The keyword under which an attention block's `forward` takes the KV cache, read from its signature ("cache"
+    in transformers 5.25, "past_key_values" in 5.20); None when the signature is not the one `_attention_forward`
+    mirrors: (hidden_states, position_embeddings, attention_mask, the cache, **kwargs)."""
+    params = list(inspect.signature(forward).parameters.values())[1:]
+    names = [p.name for p in params]
+    if len(params) == 5 and names[:3] == list(_MIRRORED) and names[3] in fast_check.CACHE_ARGUMENTS and \
+            params[4].kind is inspect.Parameter.VAR_KEYWORD:
+        return names[3]
+    return None
+
+
+@functools.cache
+def _update_takes_kwargs() -> bool:
+    """Whether `Cache.update` takes keyword arguments: transformers 5.25 hands the attention's kwargs on to it
+    (`kwargs=kwargs`), which the layers of older releases ignore."""
+    from transformers.cache_utils import Cache
+
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(Cache.update).parameters.values())
+
+
 def _attention_forward(self, hidden_states: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor],
-                       attention_mask: torch.Tensor | None = None, past_key_values=None, **kwargs):
+                       attention_mask: torch.Tensor | None = None, *args, **kwargs):
     """transformers' LlamaAttention.forward with the three input projections done as one, and the products of a
-    one-row input (a batch-1 decode step) through `decode_kernels`."""
+    one-row input (a batch-1 decode step) through `decode_kernels`. The KV cache comes under the keyword the
+    installed library's forward names (`_cache_argument`), positionally, or under the other known name."""
+    if len(args) > 1:
+        raise TypeError(f"LlamaAttention.forward takes one positional argument after attention_mask, got {len(args)}")
+    cache = args[0] if args else None
+    for name in self._fused_cache_names:  # the library's keyword first
+        found = kwargs.pop(name, None)
+        cache = found if cache is None else cache
     lib = sys.modules[type(self).__module__]
     input_shape = hidden_states.shape[:-1]
     hidden_shape = (*input_shape, -1, self.head_dim)
@@ -70,8 +119,8 @@ def _attention_forward(self, hidden_states: torch.Tensor, position_embeddings: t
     # took 5.7 ms per layer at a batch of 32 video prompts)
     q, k = getattr(self, "_rope", lib.apply_rotary_pos_emb)(q, k, cos, sin, unsqueeze_dim=2)
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))
-    if past_key_values is not None:
-        k, v = past_key_values.update(k, v, self.layer_idx)
+    if cache is not None:
+        k, v = cache.update(k, v, self.layer_idx, **({"kwargs": kwargs} if self._fused_update_kwargs else {}))
     pads = _left_pads(attention_mask, q.shape[2]) if self.config._attn_implementation == "sdpa" else None
     if pads is not None:  # a left-padded prefill (batched generation): causal flash attention row by row
         out = _ragged_causal_attention(q, k, v, pads, self.scaling)
@@ -170,21 +219,38 @@ def _compiled(fn: Callable) -> Callable:
     head count and width symbolic too, and the index arithmetic of the rotary kernel (divisions by runtime sizes)
     made it 5x slower than its memory traffic."""
     if fn not in _COMPILED:
-        _COMPILED[fn] = torch.compile(fn)
+        _COMPILED[fn] = torch.compile(_as_function(fn))
     return _COMPILED[fn]
+
+
+def _as_function(fn: Callable) -> Callable:
+    """`fn`, or a plain function calling it where it is an nn.Module: with the `kernels` package installed,
+    transformers turns `apply_rotary_pos_emb` into a module, and a compiled module set on a block would become a
+    submodule of every block (one object that dynamo then meets under many names)."""
+    if not isinstance(fn, nn.Module):
+        return fn
+
+    def call(*args, **kwargs):
+        return fn(*args, **kwargs)
+
+    return call
 
 
 def compile_pointwise(model: nn.Module) -> int:
     """Compile the element-wise parts of every fused LLaMA block of `model` (after `fuse_projections`): RMSNorm,
     rotary embedding, SiLU(gate) * up. Same operations in the same dtypes, one kernel each. Returns how many
     modules changed. The first call of each new shape kind compiles (seconds); compiled decode steps trace through.
+    Checked like `fuse_projections` (`verify_fused`, the functions run eagerly): if the model then differs from the
+    library's, every fast path is undone with a warning and it returns 0.
     """
+    if _turned_off(model):
+        return 0
     changed = 0
     for module in model.modules():
         name = type(module).__name__
         if name == "LlamaRMSNorm" and not hasattr(module, "_compiled_forward"):
             module._compiled_forward = True
-            module.forward = types.MethodType(_rms_norm_forward, module)
+            _patch(module, _rms_norm_forward)
             changed += 1
         elif hasattr(module, "_fused_qkv_weight") and not hasattr(module, "_rope"):
             module._rope = _compiled(sys.modules[type(module).__module__].apply_rotary_pos_emb)
@@ -193,32 +259,122 @@ def compile_pointwise(model: nn.Module) -> int:
                 getattr(module.config, "hidden_act", None) == "silu":
             module._act_mul = _compiled(_silu_mul)
             changed += 1
-    return changed
+    fused = any(hasattr(m, "_fused_qkv_weight") or hasattr(m, "_fused_gate_up_weight") for m in model.modules())
+    what = "compiled LLM pointwise ops" + (" and fused projections" if fused else "")
+    return changed if not changed or verify_fused(model, what) else 0
+
+
+def _attention_keyword(module: nn.Module) -> str | None:
+    """The cache keyword when `_attention_forward` can stand in for this block's forward (its signature and the
+    library functions it calls are the ones mirrored), else None."""
+    lib = sys.modules[type(module).__module__]
+    if not all(hasattr(lib, n) for n in ("apply_rotary_pos_emb", "ALL_ATTENTION_FUNCTIONS", "eager_attention_forward")):
+        return None
+    return _cache_argument(type(module).forward)
 
 
 def fuse_projections(model: nn.Module) -> int:
     """Fuse q/k/v and gate/up in every LLaMA attention and MLP block of `model`, in place; returns how many blocks
-    were fused. Blocks of other architectures and quantized layers are left alone. Inference only: the fused weights
-    do not require gradients."""
+    were fused. Blocks of other architectures and quantized layers are left alone, and so are attention blocks whose
+    forward no longer has the signature mirrored here (with a warning). Inference only: the fused weights do not
+    require gradients.
+
+    The fused model is then compared with the library's forwards on a small probe (`verify_fused`); if they differ,
+    the fusion is undone with a warning and it returns 0. The outcome is kept as `model.fused_llm_check`."""
+    if _turned_off(model):
+        return 0
     fused = 0
+    unmirrored: set[type] = set()
     for module in model.modules():
         name = type(module).__name__
         if name in FUSABLE_ATTENTION and not hasattr(module, "_fused_qkv_weight"):
             parts = [module.q_proj, module.k_proj, module.v_proj]
             if not _plain(*parts):
                 continue
+            keyword = _attention_keyword(module)
+            if keyword is None:
+                unmirrored.add(type(module))
+                continue
+            module._fused_cache_names = (keyword, *(n for n in fast_check.CACHE_ARGUMENTS if n != keyword))
+            module._fused_update_kwargs = _update_takes_kwargs()
             module._fused_qkv_sizes = [m.out_features for m in parts]
             module._fused_qkv_weight, module._fused_qkv_bias = _fuse(parts)
-            module.forward = types.MethodType(_attention_forward, module)
+            _patch(module, _attention_forward)
             fused += 1
         elif name in FUSABLE_MLP and not hasattr(module, "_fused_gate_up_weight"):
             parts = [module.gate_proj, module.up_proj]
             if not _plain(*parts) or parts[0].out_features != parts[1].out_features:
                 continue
             module._fused_gate_up_weight, module._fused_gate_up_bias = _fuse(parts)
-            module.forward = types.MethodType(_mlp_forward, module)
+            _patch(module, _mlp_forward)
             fused += 1
+    for cls in unmirrored:
+        warnings.warn(f"fused LLM projections: {cls.__module__}.{cls.__name__}.forward"
+                      f"{inspect.signature(cls.forward)} is not the signature mirrored here; those attention blocks "
+                      "stay plain", stacklevel=2)
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if fused and type(head) is nn.Linear and "forward" not in head.__dict__:  # the logits of a decode step too
-        head.forward = types.MethodType(_project, head)
-    return fused
+        _patch(head, _project)
+    return fused if not fused or verify_fused(model, "fused LLM projections") else 0
+
+
+# -- the check, and undoing ------------------------------------------------------------------------------------------
+_PATCHED = "_videopanda_patched"  # marks a module whose `forward` this file replaced
+_FAST_ATTRIBUTES = ("_fused_qkv_sizes", "_fused_qkv_weight", "_fused_qkv_bias", "_fused_cache_names",
+                    "_fused_update_kwargs", "_fused_gate_up_weight", "_fused_gate_up_bias", "_rope", "_act_mul",
+                    "_compiled_forward", _PATCHED)
+
+
+def _patch(module: nn.Module, forward: Callable) -> None:
+    module.forward = types.MethodType(forward, module)
+    setattr(module, _PATCHED, True)
+
+
+@contextlib.contextmanager
+def _plain_forwards(model: nn.Module) -> Iterator[None]:
+    """The library's forwards for a while: the replaced `forward`s set aside (the weights are the same tensors)."""
+    saved = [(m, m.__dict__.pop("forward")) for m in model.modules()
+             if m.__dict__.get(_PATCHED) and "forward" in m.__dict__]
+    try:
+        yield
+    finally:
+        for m, forward in saved:
+            m.forward = forward
+
+
+def unfuse(model: nn.Module) -> int:
+    """Undo `fuse_projections` and `compile_pointwise` on `model`: standalone q/k/v and gate/up weights (the fused
+    matrices are freed) and the library's forwards again. Returns how many modules changed."""
+    changed = 0
+    for module in model.modules():
+        state = module.__dict__
+        if "_fused_qkv_weight" in state:
+            _unfuse([module.q_proj, module.k_proj, module.v_proj])
+        if "_fused_gate_up_weight" in state:
+            _unfuse([module.gate_proj, module.up_proj])
+        if state.get(_PATCHED):
+            state.pop("forward", None)
+        found = [a for a in _FAST_ATTRIBUTES if a in state or a in module._modules]
+        for a in found:
+            delattr(module, a)
+        changed += bool(found)
+    return changed
+
+
+def _turned_off(model: nn.Module) -> bool:
+    """A model whose check failed keeps the plain path: it is not fused (nor checked, nor warned about) again."""
+    check = getattr(model, "fused_llm_check", None)
+    return check is not None and not check.ok
+
+
+def verify_fused(model: nn.Module, what: str = "fused LLM projections") -> bool:
+    """Compare `model` (its fast paths on) with the library's plain forwards on a small probe (`fast_check.compare`:
+    prefill and decode steps, dynamic and static cache, a left-padded batch). If they disagree, or the fast path
+    raises, undo every fast path (`unfuse`) and warn once. Returns whether the fast path stayed on; the outcome
+    (`fast_check.Check`) is kept as `model.fused_llm_check` for callers to report."""
+    check = fast_check.compare(model, lambda: _plain_forwards(model))
+    model.fused_llm_check = check
+    if not check.ok:
+        unfuse(model)
+        warnings.warn(f"{what} disabled: {check.reason}; using the plain path", stacklevel=3)
+    return check.ok

@@ -122,7 +122,9 @@ class VideoPandaForCausalLM(VideoPandaPreTrainedModel, GenerationMixin):
         Args:
             compile: also `torch.compile` the visual encode (first call per input shape compiles).
             mode: torch.compile mode, e.g. "reduce-overhead" (CUDA graphs) or "max-autotune-no-cudagraphs".
-            fuse_llm: fuse the LLM projections (default: when the model is on a CUDA device).
+            fuse_llm: fuse the LLM projections (default: when the model is on a CUDA device). The fused LLM is
+                first checked against transformers' own forwards on a few probe tokens (`fused_llm.verify_fused`);
+                if they differ it stays plain, with a warning. The outcome: `self.language_model.fused_llm_check`.
         Training afterwards raises until `self.video_tower.unfuse()`.
         """
         self.eval()
@@ -150,7 +152,8 @@ class VideoPandaForCausalLM(VideoPandaPreTrainedModel, GenerationMixin):
             if pixel_values.ndim == 4:  # [B, 4, S, S] images
                 pixel_values = pixel_values[:, None]
             _check_pixel_values(pixel_values)
-            out = self.video_tower(pixel_values, crop_boxes=crop_boxes)
+            weight = self.video_projector[0].weight  # processors give float32; a bf16 model computes in bf16
+            out = self.video_tower(pixel_values.to(device=weight.device, dtype=weight.dtype), crop_boxes=crop_boxes)
             per_video = out.tokens_per_frame.view(pixel_values.shape[0], -1).sum(1).tolist()
             return self.video_projector(out.tokens), per_video
         if crop_boxes is not None:
@@ -230,8 +233,8 @@ class VideoPandaForCausalLM(VideoPandaPreTrainedModel, GenerationMixin):
             if labels is not None:
                 labels = labels.masked_fill(input_ids == self.config.video_token_index, IGNORE_INDEX)
         return self.language_model(
-            inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids, labels=labels, use_cache=use_cache, logits_to_keep=logits_to_keep,
-            **kwargs)
+            inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids, labels=labels,
+            use_cache=use_cache, logits_to_keep=logits_to_keep, **kwargs)
 
 
 def cache_keyword(lm: nn.Module) -> str:
