@@ -76,7 +76,7 @@ def _optional(module: str, name: str, command: str) -> Any:
         return getattr(importlib.import_module(f"{__package__}.{module}"), name)
     except ImportError as err:
         raise ValueError(f"videopanda {command} needs the package {err.name!r}: "
-                         "pip install 'videopanda[serve]'") from None
+                         f"pip install 'videopanda[{command}]'") from None
 
 
 def _settings(cls: type, args: argparse.Namespace) -> Any:

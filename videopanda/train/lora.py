@@ -58,6 +58,8 @@ def stack_lora(old: dict[str, torch.Tensor], new: dict[str, torch.Tensor]) -> di
 
 def merge_lora(model: nn.Module) -> None:
     """Fold peft adapters into the LLM weights and drop peft (no-op without LoRA)."""
+    if not type(model.language_model).__module__.startswith("peft."):  # no adapters: peft need not be installed
+        return
     from peft import PeftModel
 
     if isinstance(model.language_model, PeftModel):

@@ -12,6 +12,7 @@ are written to a temporary folder then renamed (atomic). `--resume` continues fr
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -335,6 +336,8 @@ def make_dataset(args: TrainArgs, processor: VideoPandaProcessor, teacher_inputs
 
 
 def train(args: TrainArgs) -> dict[str, Any]:
+    if args.lora_r and importlib.util.find_spec("peft") is None:
+        raise ValueError("--lora-r needs the package 'peft': pip install 'videopanda[train]'")
     rank, world = init_distributed()
     out = Path(args.out)
     if rank == 0:
