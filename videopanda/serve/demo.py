@@ -20,8 +20,10 @@ __all__ = ["build_demo", "run_demo"]
 
 MIB = 1 << 20
 TITLE = "Video-Panda"
-INTRO = ("Upload a video, then ask about it. The bundled default model knows synthetic clips of moving shapes: "
-         "try *How many objects are there?*, *What color is the circle?* or *Which way does the square move?*")
+INTRO = "Upload a video, then ask about it."
+DEFAULT_MODEL_NOTE = ("The bundled default model was trained on synthetic clips of moving shapes only: try *How many "
+                      "objects are there?*, *What color is the circle?* or *Which way does the square move?* For real "
+                      "footage, start the demo with `--model jh-yi/Video-Panda-7B`.")
 _UPLOAD_CACHE = (3600, 3600)  # Gradio deletes uploaded files older than an hour, checking every hour
 
 
@@ -61,7 +63,8 @@ def build_demo(model: Any, processor: Any, args: DemoArgs) -> Any:
         yield "", chat, [*history, (question, text)]
 
     with gr.Blocks(title=TITLE, delete_cache=_UPLOAD_CACHE, analytics_enabled=False) as page:
-        gr.Markdown(f"# {TITLE}\n{INTRO}")
+        default = getattr(model, "loading_report", {}).get("kind") == "default"
+        gr.Markdown(f"# {TITLE}\n{INTRO} {DEFAULT_MODEL_NOTE if default else ''}")
         history = gr.State([])
         cache = gr.State({})
         with gr.Row():
