@@ -16,6 +16,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -513,3 +514,22 @@ def test_runs_protect_themselves(setup, tmp_path, capsys):
     assert "no checkpoint" in capsys.readouterr().err
     assert main(setup.args(fresh, "--overwrite", steps=2)) == 0
     assert [r["step"] for r in read_log(fresh)] == [1, 2]
+
+
+def test_a_model_too_large_for_this_cpu_is_refused_before_loading(tmp_path, capsys):
+    """The released 7B's shape (official config, weights present but never read): fine-tuning it on a CPU needs
+    over 100 GB for weights, gradients and AdamW moments; the refusal comes before any allocation."""
+    from official_checkpoint import official_config
+
+    folder = tmp_path / "videopanda_fitu"
+    folder.mkdir()
+    seven_b = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                   num_key_value_heads=32, vocab_size=32000)
+    (folder / "config.json").write_text(json.dumps({**official_config(1024), **seven_b}))
+    (folder / "model.safetensors").write_bytes(b"")  # never opened: the check comes first
+    start = time.perf_counter()
+    assert main(["train", "--model", str(folder), "--data", "synth:0", "--steps", "1",
+                 "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: training") and "GiB" in err and "6.7" in err and "--lora-r" in err
+    assert time.perf_counter() - start < 60

@@ -45,6 +45,41 @@ from .tblog import open_writer, write_record
 # The reference's names (spec 5.1/5.2): the distillation compressor, when on, trains with the STAB and projector.
 VISUAL_PREFIXES = ("video_tower.", "video_projector.", "video_tower_compressor.")
 
+def check_memory(args: TrainArgs, device: torch.device) -> None:
+    """On a CPU, refuse before anything is allocated when the weights, gradients and AdamW moments alone (float32,
+    counted from the model's shape on the meta device) exceed the memory this machine has available. Activations
+    come on top and are not estimated."""
+    from ..configuration import VideoPandaConfig
+    from ..weights import resolve_model
+
+    available = _available_memory()
+    source = resolve_model(args.model)
+    if device.type != "cpu" or available is None or source.kind == "default":  # the default model fits (135M)
+        return
+    with torch.device("meta"):
+        shape = VideoPandaForCausalLM(VideoPandaConfig.from_pretrained(source.folder))
+    total = sum(p.numel() for p in shape.parameters())
+    llm = sum(p.numel() for p in shape.language_model.parameters())
+    trainable = total - (llm if args.lora_r or not STAGES[args.stage]["train_llm"] else 0)
+    need = 4 * total + 12 * trainable
+    if need > available:
+        raise ValueError(f"training {args.model} on this CPU needs at least {need / 2**30:.0f} GiB for its weights, "
+                         f"gradients and optimizer state alone ({total / 1e9:.2f}B parameters, "
+                         f"{trainable / 1e9:.2f}B trainable) and {available / 2**30:.0f} GiB are available; use a "
+                         "GPU, --lora-r, or --stage prealign")
+
+
+def _available_memory() -> int | None:
+    """MemAvailable of /proc/meminfo in bytes (Linux); None where it cannot be read."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 def setup_model(args: TrainArgs, device: torch.device) -> tuple[VideoPandaForCausalLM, VideoPandaProcessor]:
     model = VideoPandaForCausalLM.from_pretrained(args.model)
     processor = VideoPandaProcessor.from_pretrained(args.model)
@@ -350,6 +385,8 @@ def train(args: TrainArgs) -> dict[str, Any]:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(args.seed)
+    args.batch_size = args.batch_size or (8 if device.type == "cuda" else 2)
+    check_memory(args, device)
     model, processor = setup_model(args, device)
     distiller = setup_distillation(model, args, device)  # --distill: frozen teacher; compressor joins the model
     sharded = args.fsdp and world > 1
