@@ -3,9 +3,9 @@
     python bench/decode_probe.py --out OUT/decode_probe.json
 
 A batch-1 decode step of the 7B model is bound by memory: 13.5 GB of weights read by matrix-vector products (cuBLAS,
-about 2.4 TB/s in the lean loop, docs/speed.md) and the static KV cache read by SDPA with a mask (cuDNN, 0.55 ms a
-step where reading the cache takes 0.36 ms). This probe times, each as a CUDA graph of all 32 layers with distinct
-weights and caches (so nothing stays in the 50 MB L2):
+about 2.6 TB/s on an H100) and the static KV cache read by SDPA with a mask (cuDNN, 0.55 ms a step where reading the
+cache takes 0.36 ms). This probe times, each as a CUDA graph of all 32 layers with distinct weights and caches (so
+nothing stays in the 50 MB L2):
 
 - gemv: the layer's four products (q|k|v 12288x4096, o 4096x4096, gate|up 22016x4096, down 4096x11008) with
   `F.linear` against Triton matrix-vector kernels by block size;
@@ -13,9 +13,9 @@ weights and caches (so nothing stays in the 50 MB L2):
   against a split-KV Triton kernel (flash-decoding: splits of the keys in parallel, then a combine).
 
 Reports GB/s and the largest difference from the cuBLAS / SDPA result. The package's matrix-vector kernel
-(modeling/decode_kernels.py, adopted from this probe) is timed beside them. The package's split-KV attention kernels
-and the answer timings of `h100_decode_probe_9c.json` ran at commit c8c2012 (`--sections attention,answer`); the
-attention kernel was then dropped (no gain inside the real step).
+(modeling/decode_kernels.py, whose block sizes come from this probe) is timed beside them. The split-KV attention
+kernel is not in the package: alone it beats SDPA, but inside the compiled decode step cuDNN's kernel does as well
+(docs/speed.md, "Tried and not kept"). Result on an H100: bench/results/h100_decode_gemv.json.
 """
 
 from __future__ import annotations

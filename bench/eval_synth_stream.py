@@ -1,7 +1,8 @@
 """Per-family accuracy of a model on held-out synthetic video-QA items rendered in memory (no video files).
 
-Used on the GPU machine right after training the default model (no PyAV there). Answers are compared after
-normalisation (lowercase, no punctuation, no articles); captions are scored by token F1.
+The clips never touch a video file, so it runs where PyAV is missing, e.g. on a GPU machine right after training the
+default model. Answers are compared after normalisation (lowercase, no punctuation, no articles); captions are scored
+by token F1.
 
     python bench/eval_synth_stream.py --model videopanda-default --seed 999 --n 700 --out eval.json
 """

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Multi-GPU finetune benchmark (issue #7): one GPU vs `torchrun --fsdp` on N GPUs, at the same global batch.
+"""Multi-GPU finetune benchmark: one GPU vs `torchrun --fsdp` on N GPUs, at the same global batch.
 
 It builds a LLaMA-shaped Video-Panda with random weights (`--size 1b`: hidden 2048, 16 layers, 16 heads, MLP 8192,
 LLaMA's 32,000-row vocabulary, about 1.2B parameters in the LLM, plus the paper's STAB, VideoPandaConfig's defaults:

@@ -1,16 +1,17 @@
-"""One GPU call that measures the candidate speed-ups of issue 5 before they go into the package.
+"""One GPU call that times the STAB + projector (and the 7B decode and eval steps) kernel by kernel, in candidate forms.
 
     python bench/speed_probe.py --out OUT/probe.json [--sections stab,decode,eval]
 
-- stab: the 7B-config STAB + projector (random weights, 8 frames at 448 px, bf16) in several forms: fused eager with
-  and without host crop boxes; compiled (inductor default, max-autotune-no-cudagraphs); compiled and replayed as a
-  CUDA graph; the LSD with its key/value projections folded into the query (`--lsd folded`). Plus the kernel table of
-  the compiled form at batch 8.
-- dpe (run by stab, first): the dpe alone in every form, the Triton kernel's block sizes (the best are then used),
-  and the row-sweep design of bench/dpe_rowsweep.py. `--skip-dpe --dpe-sweep` times only the kernel's rows, channels
-  and warps per program; `--lsd-sweep` times LSD's window-attention kernel (kernels.lsd_attend) against inductor's
-  form, by block size. Each sweep's best is used by the compiled forms that follow. `--stab-variants graphed-encoder`
-  times `modeling.graphs.GraphedEncoder`.
+- stab: the 7B-config STAB + projector (random weights, 8 frames at 448 px, bf16) in the forms of `--stab-variants`
+  (see VARIANTS): fused eager (`--eager`), compiled (inductor default, max-autotune), compiled and replayed as a
+  hand-captured CUDA graph, and the package's `modeling.graphs.GraphedEncoder` (`graphed-encoder`); some variants
+  swap in a form the package does not use (e.g. `folded-graph`: LSD's key/value projections folded into the query),
+  for comparison. `--table`: the kernel table of each compiled form at 8 videos. `--address`: GraphedEncoder's whole
+  call against its replay, and the kernel table of its 8-video replay (the measured side of bench/floor_probe.py).
+- dpe (run by stab, first unless `--skip-dpe`): the dpe alone in every form and the Triton kernel's block sizes (the
+  best are then used). `--dpe-sweep`, `--lsd-sweep` and `--pool-sweep` time the block sizes of the dpe, LSD window
+  attention (kernels.lsd_attend) and GSTRA/FSRA pooling (kernels.ln_pool) kernels; each sweep's best is used by the
+  compiled forms that follow.
 - decode: the 7B-shaped model's 64-token answer with the compiled lean loop, with and without fused q/k/v and
   gate/up projections and compiled pointwise ops (`modeling/fused_llm.py`), and its time to first token.
 - eval: one batch of 32 7B answers (8 new tokens): the visual encode, the prefill and whole `generate` calls per
@@ -231,9 +232,6 @@ def section_stab(args) -> None:
         if args.dpe_sweep:
             kernels.BLOCK_H, kernels.BLOCK_C, kernels.NUM_WARPS = dpe_sweep(stab, rows, DPE_SWEEP)
             save(args.out)
-        if args.dpe_framesweep:
-            framesweep_rows(stab, rows)
-            save(args.out)
         if args.gelu_epilogue:
             gelu_rows(projector, rows)
             save(args.out)
@@ -252,7 +250,7 @@ def section_stab(args) -> None:
                 from videopanda.modeling.graphs import GraphedEncoder
 
                 torch._dynamo.reset()
-                # "-copy": the pixels copied into the graph's input (before session 11); "-nogelu": the projector's
+                # "-copy": the pixels copied into the graph's input (by_address=False); "-nogelu": the projector's
                 # first layer without the fused GELU GEMM
                 from videopanda.modeling import gemm_kernels
 
@@ -276,8 +274,6 @@ def section_stab(args) -> None:
             mode, lsd, graphs, dpe = VARIANTS[variant.removesuffix("-cdt")]
             package_dpe, package_fast_dpe = kernels.dpe3d, STAB._fast_dpe
             package_blocks = kernels.BLOCK_H, kernels.BLOCK_C, kernels.NUM_WARPS
-            if dpe == "framesweep":  # bench/dpe_framesweep.py's kernel in place of the package's
-                kernels.dpe3d, dpe = framesweep_module().dpe3d_framesweep, "triton"
             if dpe in ("nodense", "taps"):
                 STAB._fast_dpe, dpe = DPE_FORMS[dpe], "triton"
             if blocks:  # "@HxCxWARPS": the dpe kernel's rows, channels and warps per program
@@ -338,8 +334,8 @@ LSD_SWEEP = [(32, 4), (16, 4), (64, 4), (64, 8), (16, 2), (32, 2), (128, 8), (8,
 
 
 def dpe_rows(stab: STAB, rows: list[dict]) -> tuple[int, ...]:
-    """The dpe alone at the batch-8 shape, channels-last [n, t, G, G, C]: every form, the Triton kernel's block
-    sizes (the best is returned) and the row-sweep design; max_diff against cuDNN's conv in float32."""
+    """The dpe alone at the batch-8 shape, channels-last [n, t, G, G, C]: every form and the Triton kernel's block
+    sizes (the best is returned); max_diff against cuDNN's conv in float32."""
     x, want = dpe_case(stab)
     for label, impl, comp in (("dpe shift compiled", "shift", True), ("dpe conv eager", "conv", False),
                               ("dpe triton eager", "triton", False), ("dpe triton compiled", "triton", True)):
@@ -349,28 +345,7 @@ def dpe_rows(stab: STAB, rows: list[dict]) -> tuple[int, ...]:
         rows.append({"impl": label, "batch": 8, "ms": cuda_ms(lambda fn=fn: fn(x, x)), "max_diff": diff})
         print(rows[-1], flush=True)
     stab.dpe_impl = None
-    best = dpe_sweep(stab, rows, [(1, c, w) for c in (32, 64, 128) for w in (2, 4)])
-    # the row-sweep design (bench/dpe_rowsweep.py), capped at two minutes
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from dpe_rowsweep import dpe3d_rowsweep
-
-    diff = (dpe3d_rowsweep(x, stab._fold_dpe_w, stab.dpe.bias).float() - want).abs().max().item()
-    rows.append({"impl": "dpe rowsweep", "max_diff": diff})
-    start = time.perf_counter()
-    for block_h, block_w, block_c, warps in SWEEP:
-        if time.perf_counter() - start > 120:
-            break
-        row = {"impl": "dpe rowsweep", "block_h": block_h, "block_w": block_w, "block_c": block_c, "warps": warps}
-        try:
-            row["ms"] = cuda_ms(lambda: dpe3d_rowsweep(x, stab._fold_dpe_w, stab.dpe.bias, block_h=block_h,
-                                                       block_w=block_w, block_c=block_c, num_warps=warps),
-                                repeats=10)
-        except Exception as err:
-            row["error"] = str(err)[:200]
-        rows.append(row)
-        print(row, flush=True)
-        save(RESULT["out"])
-    return best
+    return dpe_sweep(stab, rows, [(1, c, w) for c in (32, 64, 128) for w in (2, 4)])
 
 
 def dpe_case(stab: STAB) -> tuple[torch.Tensor, torch.Tensor]:
@@ -389,18 +364,6 @@ def dpe_sweep(stab: STAB, rows: list[dict], configs: list[tuple[int, ...]]) -> t
                         configs, lambda: kernels.dpe3d(xp, stab._fold_dpe_w, stab.dpe.bias), want)
 
 
-def bench_module(name: str):
-    """A module of bench/ (a kernel design's op and block sizes)."""
-    import importlib
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    return importlib.import_module(name)
-
-
-def framesweep_module():
-    return bench_module("dpe_framesweep")
-
-
 def gelu_rows(projector: torch.nn.Module, rows: list[dict]) -> None:
     """The projector's first layer and its exact GELU at the batch-8 shape: compiled (cuBLAS, then inductor's GELU
     pass) against cuBLASLt's GELU epilogue (`torch._addmm_activation`, which is the tanh approximation)."""
@@ -413,20 +376,6 @@ def gelu_rows(projector: torch.nn.Module, rows: list[dict]) -> None:
     rows.append({"impl": "projector l1 + gelu epilogue (tanh)", "ms": cuda_ms(fused),
                  "max_diff": (fused().float() - want).abs().max().item()})
     print(rows[-2:], flush=True)
-
-
-def framesweep_rows(stab: STAB, rows: list[dict]) -> None:
-    """bench/dpe_framesweep.py's kernel (each program walks the frames of a chunk) at the batch-8 shape, by block
-    size; its module's block sizes are left at the fastest."""
-    fs = framesweep_module()
-    x, want = dpe_case(stab)
-    best = kernel_sweep(rows, "dpe framesweep", {"block_h": "BLOCK_H", "block_c": "BLOCK_C", "warps": "NUM_WARPS"},
-                        FRAMESWEEP, lambda: fs.dpe3d_framesweep(x, stab._fold_dpe_w, stab.dpe.bias), want, module=fs)
-    fs.BLOCK_H, fs.BLOCK_C, fs.NUM_WARPS = best
-
-
-FRAMESWEEP = [(2, 64, 4), (1, 64, 4), (2, 32, 4), (4, 32, 4), (1, 128, 4), (2, 64, 8), (1, 32, 2), (2, 16, 2),
-              (4, 16, 4)]
 
 
 def kernel_sweep(rows: list[dict], impl: str, knobs: dict[str, str], configs: list[tuple[int, ...]], fn,
@@ -443,7 +392,7 @@ def kernel_sweep(rows: list[dict], impl: str, knobs: dict[str, str], configs: li
         try:
             row["max_diff"] = (fn().float() - want).abs().max().item()
             # back-to-back calls: the kernels here run longer than a launch, so host launch work drops out, as in
-            # the CUDA graph (one timed call each let it dominate: session 10's pool sweep)
+            # the CUDA graph (one synchronised call each lets host launch work dominate)
             row["ms"] = loop_ms(fn)
             found.append((row["ms"], config))
         except Exception as err:
@@ -490,9 +439,6 @@ DPE_SWEEP = [(1, 128, 4), (1, 64, 4), (1, 128, 8), (2, 64, 4), (2, 128, 4), (1, 
              (4, 32, 4)]
 
 
-SWEEP = [(h, w, c, warps) for h in (4, 2, 8) for w, c in ((32, 64), (16, 128), (32, 32), (16, 64)) for warps in (4, 2)]
-
-
 VARIANTS = {  # name -> (torch.compile mode, LSD form, manual CUDA graph replay, dpe form)
     "default": (None, "plain", False, "shift"),
     "default-graph": (None, "plain", True, "shift"),
@@ -507,13 +453,12 @@ VARIANTS = {  # name -> (torch.compile mode, LSD form, manual CUDA graph replay,
     # max-autotune: inductor's Triton GEMM templates (persistent TMA ones included) against cuBLAS, per shape, with
     # the element-wise ops around them fused in where a template wins
     "autotune-lsd-graph": ("max-autotune-no-cudagraphs", "triton", True, "triton"),
-    "framesweep-lsd-graph": (None, "triton", True, "framesweep"),  # bench/dpe_framesweep.py's dpe kernel
     # the dpe kernel without writing the dense connection (the passes after it add x + chunk themselves)
     "nodense-lsd-graph": (None, "triton", True, "nodense"),
     "taps-lsd-graph": (None, "triton", True, "taps"),  # the dpe kernel reading tap-major [27, C] weights
     # the package's default with inductor's permute + pad for the patch unfold (stab.unfold_impl="torch")
     "torchunfold-lsd-graph": (None, "triton", True, "triton"),
-    # GSTRA's and FSRA's pooling as layer norm + two matmuls (stab.pool_impl="plain"), before session 10
+    # GSTRA's and FSRA's pooling as layer norm + two matmuls (stab.pool_impl="plain") instead of kernels.ln_pool
     "plainpool-lsd-graph": (None, "triton", True, "triton"),
     # the projector over 2 / 3 / 4 row blocks (see `compiled`)
     **{f"chunkproj{k}-lsd-graph": (None, "triton", True, "triton") for k in (2, 3, 4)},
@@ -647,8 +592,6 @@ def main() -> None:
     p.add_argument("--skip-dpe", action="store_true", help="skip the dpe forms and block-size sweep")
     p.add_argument("--dpe-sweep", action="store_true", help="time the dpe kernel's rows/channels/warps per program "
                    "(the best are used)")
-    p.add_argument("--dpe-framesweep", action="store_true", help="time bench/dpe_framesweep.py's dpe kernel by "
-                   "block size (the best is used by the framesweep-lsd-graph variant)")
     p.add_argument("--gelu-epilogue", action="store_true", help="time the projector's first layer with cuBLASLt's "
                    "GELU epilogue against cuBLAS + inductor's exact GELU")
     p.add_argument("--pool-sweep", action="store_true", help="time kernels.ln_pool's two passes by block size "

@@ -17,8 +17,7 @@ import torch
 from transformers import BatchFeature
 from transformers.video_processing_utils import VideoProcessorMixin
 
-from .modeling.stab import count_visual_tokens
-from .transforms import CLIP_MEAN, CLIP_STD, frames_to_pixel_values
+from .transforms import CLIP_MEAN, CLIP_STD, count_visual_tokens, frames_to_pixel_values
 
 # [T, H, W, 3] uint8 frames, [T, 4, S, S] pixel values already processed, or the path of a local video file
 Video = np.ndarray | torch.Tensor | str | os.PathLike

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .stab import crop_boxes, patch_valid_mask
+from ..transforms import crop_boxes, patch_valid_mask
 
 NUM_DISTILL_LAYERS = 9
 

@@ -1,14 +1,14 @@
 """A Triton matrix-vector kernel for the LLM's batch-1 decode step, which reads every weight once per token.
 
 Why: at batch 1 a 7B decode step is bound by reading 13.5 GB of weights. On an H100 (bench/decode_probe.py,
-bench/results/h100_decode_probe_9.json), over the 32 layers of a 7B model, cuBLAS read them at 2.6 TB/s (2.1 TB/s for
+bench/results/h100_decode_gemv.json), over the 32 layers of a 7B model, cuBLAS read them at 2.6 TB/s (2.1 TB/s for
 the 4096x4096 output projection) and `gemv` at 2.9 TB/s (3.0 for gate|up): a program owns a few output rows and walks
-along K with wide, pipelined loads. The compiled 64-token answer went from 453 to 425 ms on one host
-(h100_decode_ab_9.json). Same arithmetic as cuBLAS (float32 accumulation, bfloat16/float16 in and out); only the
-summation order differs.
+along K with wide, pipelined loads. The compiled 64-token answer took 425 ms with it and 453 ms with cuBLAS
+(`IMPL = "torch"`) on one host. Same arithmetic as cuBLAS (float32 accumulation, bfloat16/float16 in and out); only
+the summation order differs.
 
-A split-KV attention kernel for the step was measured too and dropped: 20% faster than SDPA alone, no faster than
-cuDNN inside the real compiled step (h100_decode_probe_9c.json).
+There is no attention kernel here: a split-KV kernel for the step was 20% faster than SDPA alone, but no faster
+than cuDNN inside the real compiled step (docs/speed.md, "Tried and not kept").
 
 `IMPL` picks the form: None (default) uses the kernel on CUDA tensors inside compiled code (the compiled decode step,
 replayed as a CUDA graph) when Triton is installed; eager decoding is bound by the host's kernel launches, where a

@@ -6,8 +6,8 @@ Two products of the fused STAB + projector are each followed by a pass that read
   (`linear_residual_pad`).
 Here one kernel does both: the epilogue applies the step to the float32 tile and rounds once. cuBLAS's main loop is
 faster (600-690 TFLOP/s against 370-470 for these kernels), so the fused form wins only by the pass it saves: about
-0.06 ms of 3.1 ms at 8 videos of the 7B STAB inside its CUDA graph (docs/speed.md, "Session 11"; bench/gemm_probe.py
-times them alone, bench/speed_probe.py inside the graph). They run where `tma_available` says: a GPU with TMA
+0.06 ms of 3.1 ms at 8 videos of the 7B STAB inside its CUDA graph (docs/speed.md; bench/gemm_probe.py times them
+alone, bench/speed_probe.py inside the graph). They run where `tma_available` says: a GPU with TMA
 (compute capability 9.0+), or Triton's interpreter for the CPU tests. They are launched directly, not as a
 `triton_op`: torch.compile traces a direct launch with its host-side TMA descriptors, and failed on descriptors made
 inside a `triton_op`.
@@ -254,7 +254,7 @@ def fused_linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, cfg: Conf
     return out
 
 
-# The configurations the package uses (bench/gemm_probe.py's best on an H100, h100_gemm_probe_10a.json): 128 x 256
+# The configurations the package uses (bench/gemm_probe.py's best on an H100, h100_gemm_epilogues.json): 128 x 256
 # tiles, K steps of 64, 8 warps, 3 stages, TMA loads; the GELU GEMM as a persistent grid.
 GELU_CONFIG = Config(128, 256, 64, 8, 3, 8, tma=True, persistent=True)
 PAD_CONFIG = Config(128, 256, 64, 8, 3, 8, tma=True, persistent=False)

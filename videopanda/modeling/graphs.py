@@ -3,7 +3,7 @@
 Why: for one 7B video the compiled STAB + projector is a few dozen short kernels, so its time is mostly launches. A
 CUDA graph replays them in one launch (0.55 ms on an H100, against 1.7-3.1 ms compiled). torch.compile's
 own graphs (mode "reduce-overhead") do the same but add guard checks and input bookkeeping on the host for every call,
-which showed as 0.2-0.3 ms more on the lent machines. Here a call costs one small fill and one replay.
+which showed as 0.2-0.3 ms more per call on the H100 hosts measured. Here a call costs one small fill and one replay.
 
 A graph is fixed to its input shape, dtype and the frames' crop boxes (static shapes inside the STAB), so the boxes
 must come from the host (`STAB.crop_boxes_for` on the processor's output); each new combination is captured once.
@@ -46,7 +46,7 @@ class GraphedEncoder:
         compile: run inductor on the encode before capturing (fewer, fused kernels in the graph).
         max_graphs: graphs kept (least recently used dropped); each holds its shape's activations.
         by_address: let the graphs read the caller's pixels where they are (where the STAB's unfold is the Triton
-            kernel); False copies them into each graph's own input, as before session 11.
+            kernel); False copies them into each graph's own input (0.08 ms more at 8 videos of the 7B STAB).
 
     The returned tensor is the graph's output buffer: the next call with the same shape and boxes overwrites it, so
     clone it to keep it. Off CUDA the encode simply runs (no graphs).
@@ -139,7 +139,7 @@ def _own_cublas_workspace() -> Iterator[None]:
     (cudagraph trees) do: the capture then allocates its workspace in the graph's private pool, and nothing outside
     the graph keeps using it. Without this, the workspace made during one capture stayed cached for the stream after
     its graph was dropped, and the next GraphedEncoder's replay failed with "CUDA error: unspecified launch failure"
-    (H100, torch 2.11; bench/fault_repro.py, docs/speed.md "Session 7")."""
+    (seen on an H100 with torch 2.11)."""
     torch._C._cuda_clearCublasWorkspaces()
     try:
         yield

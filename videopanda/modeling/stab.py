@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..transforms import count_visual_tokens, crop_boxes, patch_valid_mask  # noqa: F401  (geometry)
 from . import kernels
 
 
@@ -227,46 +228,6 @@ class _HostLayoutOutput(STABOutput):
     @property
     def tokens_per_frame(self) -> torch.Tensor:
         return torch.tensor([1 + h * (w + 1) for h, w in self._grid], dtype=torch.long)
-
-
-def crop_boxes(patch_mask: torch.Tensor, empty_side: int) -> torch.Tensor:
-    """Bounding box of the valid patches of each frame.
-
-    Args:
-        patch_mask: [n, G, G] bool, True where a patch is valid (inside the pasted frame).
-        empty_side: patch side kept for frames with no valid patch (the reference hard-codes 16).
-
-    Returns:
-        [n, 4] long (top, left, height, width) in patches. All-padding frames get (0, 0, s, s), s = min(side, G).
-    """
-    n, G, _ = patch_mask.shape
-    rows, cols = patch_mask.any(2), patch_mask.any(1)  # [n, G]
-    top, left = rows.int().argmax(1), cols.int().argmax(1)
-    bottom = G - rows.flip(1).int().argmax(1)
-    right = G - cols.flip(1).int().argmax(1)
-    boxes = torch.stack([top, left, bottom - top, right - left], 1)
-    empty = ~rows.any(1)
-    side = min(empty_side, G)
-    fill = torch.tensor([0, 0, side, side], device=boxes.device)
-    return torch.where(empty[:, None], fill, boxes)
-
-
-def patch_valid_mask(pixel_mask: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """[n, 1, S, S] pixel mask -> [n, G, G] bool, a patch is valid when its average mask is > 0.5."""
-    return F.avg_pool2d(pixel_mask.float(), patch_size, patch_size)[:, 0] > 0.5
-
-
-def count_visual_tokens(pixel_values: torch.Tensor, patch_size: int, conv_stride: int,
-                        empty_side: int = 16) -> list[int]:
-    """Visual tokens per video, as the STAB will produce them: sum over frames of 1 + h*(w+1).
-
-    Args:
-        pixel_values: [B, T, 4, S, S] (channel 3 is the valid-pixel mask).
-    """
-    B, T = pixel_values.shape[:2]
-    boxes = crop_boxes(patch_valid_mask(pixel_values[:, :, 3:].flatten(0, 1), patch_size), empty_side)
-    h, w = boxes[:, 2] // conv_stride, boxes[:, 3] // conv_stride
-    return (1 + h * (w + 1)).view(B, T).sum(1).tolist()
 
 
 CropBoxes = Sequence[Sequence[int]] | torch.Tensor | str
