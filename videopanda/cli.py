@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 from .eval import commands as eval_commands  # light: torch is imported when a command runs
+from .flags import UserError, add_model_source_flags, add_speed_flags, run
 from .serve import commands as serve_commands  # light: fastapi, uvicorn and gradio are imported when a command runs
 
 EPILOG = """examples:
@@ -32,10 +31,6 @@ EPILOG = """examples:
 """
 
 
-class UserError(Exception):
-    """Raised for input the user can fix; printed as one line."""
-
-
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     add_model_source_flags(p)
     p.add_argument("--frames", type=int, default=None, help="frames sampled per video (default: the model's, 8)")
@@ -47,26 +42,6 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     add_speed_flags(p, "static KV cache + compiled (CUDA-graph) decoding and compiled element-wise ops: the first "
                        "answer pays a one-time compilation (~1-2 min for a 7B), later ones are 4-6x faster (GPU; see "
                        "docs/speed.md)")
-
-
-def add_model_source_flags(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    """--model, --subfolder and --revision: the bundled model, a checkpoint folder or a hub id."""
-    p.add_argument("--model", default="videopanda-default",
-                   help="'videopanda-default' (bundled, CPU-friendly), a folder saved by videopanda, an official "
-                        "Video-Panda checkpoint folder, or a Hugging Face hub id of either, e.g. jh-yi/Video-Panda-7B "
-                        "(default: %(default)s)")
-    p.add_argument("--subfolder", default=None,
-                   help="folder inside the --model folder or hub repo (jh-yi/Video-Panda-7B: videopanda_fitu, the "
-                        "fine-tuned weights, unless videopanda_prtr1 is given)")
-    p.add_argument("--revision", default=None, help="hub branch, tag or commit of a hub id (default: main)")
-
-
-def add_speed_flags(p: argparse.ArgumentParser | argparse._ArgumentGroup, compile_help: str) -> None:
-    """--load-in and --compile, shared by ask/chat and eval (each says what compiling costs it)."""
-    p.add_argument("--load-in", choices=("8bit", "4bit"), default=None,
-                   help="quantize the LLM with bitsandbytes while loading (checkpoint folders such as the 7B; the "
-                        "STAB and projector stay 16-bit); needs pip install 'videopanda[quant]'")
-    p.add_argument("--compile", action="store_true", help=compile_help)
 
 
 def _read(args: argparse.Namespace):
@@ -335,26 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _quiet() -> None:
-    """Library chatter (log lines, deprecation notes) would bury the answer; -v brings it back. Download progress bars
-    stay (a hub id may mean gigabytes), and so do our own warnings."""
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    warnings.filterwarnings("ignore")
-    warnings.filterwarnings("default", module=r"videopanda(\.|$)")  # ours say why a fast path was turned off
-    logging.getLogger().setLevel(logging.ERROR)
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if not args.verbose:
-        _quiet()
-    try:
-        return args.func(args)
-    except (UserError, ValueError, OSError) as err:  # VideoDecodeError, CheckpointError are ValueErrors; full disks
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    return run(build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -150,7 +150,7 @@ def load(model: str | Path = DEFAULT_MODEL, *, device: str = "auto", dtype: str 
     check_quantization(quantization, dev)
     source = source or resolve_model(model, subfolder=subfolder, revision=revision)
     if source.kind == "default":
-        net, trained = load_default_model(dt)
+        net, trained = load_default_model(VideoPandaForCausalLM, dt)
         net.loading_report = {**source.describe(), "tensors": "bundled"}
         net = net.to(dev)
     elif quantization is None:

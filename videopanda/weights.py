@@ -194,18 +194,17 @@ def smollm2_dir() -> Path:
     return target
 
 
-def load_default_model(dtype: torch.dtype = torch.float32):
-    """The bundled default: STAB (`videopanda-default` variant) + SmolLM2-135M-Instruct. Returns (model, trained)."""
+def load_default_model(cls: type, dtype: torch.dtype = torch.float32):
+    """The bundled default: STAB (`videopanda-default` variant) + SmolLM2-135M-Instruct, built as `cls`
+    (`VideoPandaForCausalLM`, passed in so that this module never imports the model). Returns (model, trained)."""
     from transformers import AutoModelForCausalLM
-
-    from .modeling.videopanda import VideoPandaForCausalLM
 
     llm_dir = smollm2_dir()
     llm = AutoModelForCausalLM.from_pretrained(llm_dir, dtype=dtype)
     config = VideoPandaConfig(text_config=llm.config.to_dict(), video_token_index=default_video_token_id(),
                               **VARIANTS[DEFAULT_MODEL])
     torch.manual_seed(0)  # untrained visual weights are at least reproducible
-    model = VideoPandaForCausalLM(config, language_model=llm).to(dtype)
+    model = cls(config, language_model=llm).to(dtype)
     trained = DEFAULT_VISUAL_WEIGHTS.is_file()
     if trained:
         load_visual_weights(model, DEFAULT_VISUAL_WEIGHTS)
@@ -306,7 +305,7 @@ def load_model(cls, name: str | Path | ModelSource, **kwargs: Any):
     source = name if isinstance(name, ModelSource) else resolve_model(name, **hub)
     if source.kind == "default":
         dtype = kwargs.get("dtype")
-        model = load_default_model(dtype if isinstance(dtype, torch.dtype) else torch.float32)[0]
+        model = load_default_model(cls, dtype if isinstance(dtype, torch.dtype) else torch.float32)[0]
         report: dict[str, Any] = {"tensors": "bundled"}
     elif source.kind == "official":
         model, report = _load_official(cls, source.folder, **kwargs)

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..flags import add_model_source_flags, add_speed_flags, run
 from .judges import QA_RUBRIC, Judge, LocalJudge, OpenAIJudge, aggregate, judge_qa
 from .report import qa_markdown, vcg_markdown, write_report
 
@@ -65,11 +66,7 @@ def _add_judge_args(p: argparse.ArgumentParser, default: str) -> None:
 
 def _add_inference_args(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
     g = p.add_argument_group("inference")
-    g.add_argument("--model", default="videopanda-default",
-                   help="'videopanda-default', a checkpoint folder (ours or official) or a hub id such as "
-                        "jh-yi/Video-Panda-7B (default: %(default)s)")
-    g.add_argument("--subfolder", default=None, help="folder inside the --model folder or hub repo")
-    g.add_argument("--revision", default=None, help="hub branch, tag or commit of a hub id")
+    add_model_source_flags(g)
     g.add_argument("--batch-size", type=int, default=8, help="questions per generate call (default: %(default)s)")
     g.add_argument("--max-new-tokens", type=int, default=max_new_tokens, help="(default: %(default)s)")
     g.add_argument("--frames", type=int, default=None, help="frames per video (default: the model's)")
@@ -78,8 +75,6 @@ def _add_inference_args(p: argparse.ArgumentParser, max_new_tokens: int) -> None
                    help="how torchrun processes split the questions (default: %(default)s)")
     g.add_argument("--device", default="auto", help="auto (this rank's GPU under torchrun), cpu, cuda ...")
     g.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16 (default: %(default)s)")
-    from ..cli import add_speed_flags  # at call time: cli imports this module
-
     add_speed_flags(g, "static KV cache + compiled decoding and compiled element-wise ops (GPU): each new batch size "
                        "compiles once (~1 min for a 7B), then batches run faster (docs/speed.md)")
 
@@ -315,11 +310,10 @@ def register(eval_subparsers: argparse._SubParsersAction, *, videoqa: bool = Fal
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m videopanda.eval.commands [-v] SUB ...` is `videopanda [-v] eval SUB ...` (kept for torchrun -m)."""
-    from ..cli import main as cli_main
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    flags = argv[:1] if argv[:1] in (["-v"], ["--verbose"]) else []
-    return cli_main([*flags, "eval", *argv[len(flags):]])
+    parser = argparse.ArgumentParser(prog="videopanda eval", description="evaluation: videoqa, judge, vcgbench")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show library logs and warnings")
+    register(parser.add_subparsers(dest="eval_command", metavar="EVAL_COMMAND", required=True), videoqa=True)
+    return run(parser, argv)
 
 
 if __name__ == "__main__":

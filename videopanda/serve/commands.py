@@ -14,6 +14,7 @@ import os
 import sys
 from typing import Any
 
+from ..flags import run
 from . import DemoArgs, ServeArgs
 
 __all__ = ["cmd_demo", "cmd_serve", "main", "register"]
@@ -102,10 +103,11 @@ def _add_flags(parser: argparse.ArgumentParser, cls: type) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m videopanda.serve.commands serve|demo ...` is `videopanda serve|demo ...`."""
-    from ..cli import main as cli_main
-
-    return cli_main(argv)
+    """`python -m videopanda.serve.commands [-v] serve|demo ...` is `videopanda [-v] serve|demo ...`."""
+    parser = argparse.ArgumentParser(prog="videopanda", description="serve: the API; demo: the web page")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show library logs and warnings")
+    register(parser.add_subparsers(dest="command", metavar="COMMAND", required=True))
+    return run(parser, argv)
 
 
 if __name__ == "__main__":
