@@ -13,7 +13,9 @@ decoder returned:
 
 from __future__ import annotations
 
+import math
 import os
+import struct
 from collections.abc import Sequence
 from fractions import Fraction
 
@@ -219,3 +221,58 @@ def _write_audio(container, stream, start: int, stop: int) -> int:
         container.mux(stream.encode(frame))
         start += chunk
     return start
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Hostile inputs: files that name other files, and files that claim more than they hold
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def make_concat_playlist(path: str | os.PathLike, *targets: str) -> str:
+    """Write an FFmpeg concat playlist ("ffconcat") naming ``targets`` (relative paths resolve next to it)."""
+    path = str(path)
+    lines = ["ffconcat version 1.0"] + [f"file '{target}'" for target in targets]
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
+
+
+def make_hls_playlist(path: str | os.PathLike, *segments: str, seconds: float = 1.0) -> str:
+    """Write an HLS media playlist (.m3u8) whose segments are ``segments``."""
+    path = str(path)
+    lines = ["#EXTM3U", "#EXT-X-VERSION:3", f"#EXT-X-TARGETDURATION:{math.ceil(seconds)}", "#EXT-X-MEDIA-SEQUENCE:0"]
+    for segment in segments:
+        lines += [f"#EXTINF:{seconds:.3f},", segment]
+    with open(path, "w") as f:
+        f.write("\n".join(lines + ["#EXT-X-ENDLIST"]) + "\n")
+    return path
+
+
+def make_mjpeg_claiming_size(path: str | os.PathLike, claimed: tuple[int, int], *, frames: int = 2) -> str:
+    """Write a small MJPEG .avi of 64x48 frames whose headers claim ``claimed`` (width, height) instead.
+
+    The AVI main header, the stream's BITMAPINFOHEADER and every JPEG's start-of-frame marker are rewritten, so both
+    the container and the bitstream declare the large size while the file stays a few kilobytes: decoding it would
+    allocate frames of the claimed size.
+    """
+    path = str(path)
+    if not path.lower().endswith(".avi"):
+        raise ValueError(f"the claimed-size clip is an .avi, got {path!r}")
+    make_clip(path, frames=frames, codec="mjpeg", pattern="solid")
+    width, height = claimed
+    data = bytearray(open(path, "rb").read())
+    avih = data.index(b"avih") + 8
+    struct.pack_into("<II", data, avih + 32, width, height)  # dwWidth, dwHeight
+    strf = data.index(b"strf") + 8
+    struct.pack_into("<ii", data, strf + 4, width, height)  # biWidth, biHeight
+    marker = data.find(b"\xff\xc0")  # SOF0: length (2 bytes), precision (1), height (2), width (2), big-endian
+    patched = 0
+    while marker != -1:
+        struct.pack_into(">HH", data, marker + 5, height, width)
+        patched += 1
+        marker = data.find(b"\xff\xc0", marker + 2)
+    if patched < frames:
+        raise RuntimeError(f"found {patched} JPEG start-of-frame markers for {frames} frames")
+    with open(path, "wb") as f:
+        f.write(data)
+    return path
