@@ -6,6 +6,8 @@ import hashlib
 import json
 import math
 import re
+import subprocess
+import sys
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -98,6 +100,19 @@ def test_same_seed_gives_byte_identical_json_whatever_the_workers(dataset: Path,
     generate(tmp_path, 60, seed=3, workers=2, **TINY)
     for name in JSON_FILES:
         assert (tmp_path / name).read_bytes() == (dataset / name).read_bytes(), name
+
+
+@pytest.mark.slow
+def test_a_script_without_the_main_guard_fails_loudly_instead_of_hanging(tmp_path: Path) -> None:
+    """The spawn pool's workers import the main script: an unguarded call runs again in each of them. It must end
+    with an error that names the guard, and write no data set."""
+    script = tmp_path / "make_data.py"
+    script.write_text("from videopanda.data.synth import generate\n\n"
+                      'generate("out", n=4, seed=0, workers=2, num_frames=8, size=64, progress=False)\n')
+    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert 'if __name__ == "__main__":' in done.stderr.splitlines()[-1]
+    assert not (tmp_path / "out" / "train.json").exists()
 
 
 def test_different_seed_gives_different_json(dataset: Path, tmp_path: Path) -> None:

@@ -2,8 +2,10 @@
 
 An item: {"id": ..., "video": "rel/path.mp4" (or "image": ...), "conversations": [{"from": "human", "value":
 "<video>\\nQuestion?"}, {"from": "gpt", "value": "Answer."}, ...]}. Items with neither video nor image are text-only.
-Broken or missing media and over-long samples are skipped and counted (never replaced by a random other sample);
-`SkipCounter` reports them, and the recipe fails if more than `max_skip_fraction` of a pass is skipped.
+Broken or missing media, malformed entries (a turn without a string `value`, turns that are not objects, a `video`
+that is not a path, ...) and over-long samples are skipped and counted (never replaced by a random other sample);
+`SkipCounter` reports them, and the recipe fails if more than `max_skip_fraction` of a pass is skipped. A file that is
+not a JSON list, or in which no entry is well formed, is refused at load with one error.
 """
 
 from __future__ import annotations
@@ -40,34 +42,77 @@ class Skipped:
     reason: str
 
 
-def read_items(path: str | Path) -> list[dict[str, Any]]:
+def read_items(path: str | Path) -> list[Any]:
+    """The JSON list of a training file, entries unchecked (see `entry_problem`); anything but a list is an error."""
     try:
-        items = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as err:
+        items = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:  # ValueError: bad JSON (JSONDecodeError) or bad UTF-8 (UnicodeDecodeError)
         raise ValueError(f"{path}: cannot read training JSON ({err})") from None
-    if not isinstance(items, list) or not all(isinstance(i, dict) and "conversations" in i for i in items):
-        raise ValueError(f"{path}: expected a list of items with 'conversations'")
+    if not isinstance(items, list):
+        raise ValueError(f"{path}: expected a JSON list of LLaVA-format entries ({{\"id\", \"video\", "
+                         f"\"conversations\": [...]}}), got a JSON {_json_kind(items)}")
     return items
 
 
-def conversation_turns(item: dict[str, Any]) -> list[tuple[str, str]]:
-    """(question, answer) pairs with the placeholder removed (the processor puts it back in turn one)."""
-    conv = item["conversations"]
+def _json_kind(value: Any) -> str:
+    names = {dict: "object", list: "list", str: "string", bool: "boolean", int: "number", float: "number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
+def entry_problem(item: Any) -> str | None:
+    """Why a training entry cannot be used, from its JSON shape alone (no media is opened), or None if it can.
+
+    The reason has no colon: `SkipCounter` groups skips by the text after the last colon.
+    """
+    if not isinstance(item, dict):
+        return f"malformed entry, a JSON {_json_kind(item)} instead of an object"
+    for key in ("video", "image"):
+        if key in item and not isinstance(item[key], str):
+            return f"malformed entry, '{key}' is a JSON {_json_kind(item[key])} instead of a path"
+        if key in item and not item[key].strip():
+            return f"malformed entry, '{key}' is an empty path"
+    conv = item.get("conversations")
+    if not isinstance(conv, list):
+        return "malformed entry, no 'conversations' list" if conv is None else \
+            f"malformed entry, 'conversations' is a JSON {_json_kind(conv)} instead of a list"
     if len(conv) < 2 or len(conv) % 2:
-        raise ValueError(f"item {item.get('id')}: conversations must alternate human/gpt turns")
-    turns = []
-    for human, gpt in zip(conv[0::2], conv[1::2]):
-        if human.get("from") != "human" or gpt.get("from") != "gpt":
-            raise ValueError(f"item {item.get('id')}: expected human then gpt turns")
-        turns.append((PLACEHOLDER.sub(" ", human["value"]).strip(), gpt["value"].strip()))
-    return turns
+        return "conversations must alternate human/gpt turns"
+    for k, turn in enumerate(conv):
+        if not isinstance(turn, dict):
+            return f"malformed entry, a turn is a JSON {_json_kind(turn)} instead of an object"
+        if turn.get("from") != ("human", "gpt")[k % 2]:
+            return "expected human then gpt turns"
+        if "value" not in turn:
+            return "malformed entry, a turn has no 'value'"
+        if not isinstance(turn["value"], str):
+            return f"malformed entry, a turn's 'value' is a JSON {_json_kind(turn['value'])} instead of a string"
+    return None
+
+
+def _entry_name(item: Any, index: int | None) -> str:
+    ident = item.get("id") if isinstance(item, dict) else None
+    where = "item" if index is None else f"item {index}"
+    return where if ident is None else f"{where} (id {str(ident)[:60]})"
+
+
+def conversation_turns(item: dict[str, Any]) -> list[tuple[str, str]]:
+    """(question, answer) pairs with the placeholder removed (the processor puts it back in turn one).
+
+    Raises ValueError, naming the item, if the entry is malformed (`entry_problem`)."""
+    problem = entry_problem(item)
+    if problem is not None:
+        raise ValueError(f"{_entry_name(item, None)}: {problem}")
+    conv = item["conversations"]
+    return [(PLACEHOLDER.sub(" ", human["value"]).strip(), gpt["value"].strip())
+            for human, gpt in zip(conv[0::2], conv[1::2])]
 
 
 class ConversationDataset(torch.utils.data.Dataset):
     """Lazy video-QA conversations.
 
     Args:
-        json_path: the LLaVA-format list.
+        json_path: the LLaVA-format list. Malformed entries are found at load (`malformed`: index -> reason) and
+            come back as `Skipped`; a file with no well-formed entry is refused (ValueError).
         processor: tokenizer + frame preprocessing of the model being trained.
         media_root: folder the item paths are relative to (default: the JSON's folder).
         max_length: samples longer than this after visual expansion are skipped (the reference truncated before
@@ -82,7 +127,19 @@ class ConversationDataset(torch.utils.data.Dataset):
     def __init__(self, json_path: str | Path, processor: VideoPandaProcessor, *, media_root: str | Path | None = None,
                  max_length: int | None = None, flip: bool = False,
                  teacher_inputs: Callable[..., torch.Tensor] | None = None) -> None:
-        self.items = read_items(json_path)
+        items = read_items(json_path)
+        # Malformed entries are checked once here and skipped (and counted) when their turn comes; `items` holds an
+        # empty conversation in their place, so that code reading it (length estimates) needs no checks of its own.
+        self.malformed: dict[int, str] = {}
+        for index, item in enumerate(items):
+            problem = entry_problem(item)
+            if problem is not None:
+                self.malformed[index] = f"{_entry_name(item, index)}: {problem}"
+                items[index] = {"conversations": []}
+        if items and len(self.malformed) == len(items):
+            raise ValueError(f"{json_path}: none of the {len(items)} entries is a LLaVA-format training item (the "
+                             f"first one: {self.malformed[0]})")
+        self.items: list[dict[str, Any]] = items
         self.processor = processor
         self.root = Path(media_root) if media_root else Path(json_path).parent
         self.max_length = max_length
@@ -97,6 +154,8 @@ class ConversationDataset(torch.utils.data.Dataset):
         return sum(len(turn["value"].split()) for turn in self.items[index]["conversations"])
 
     def __getitem__(self, index: int) -> Sample | Skipped:
+        if index in self.malformed:
+            return Skipped(index, self.malformed[index])
         item = self.items[index]
         try:
             pixel_values, teacher = self._media(item)

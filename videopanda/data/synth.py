@@ -30,6 +30,8 @@ import os
 import time
 from collections import Counter
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -982,10 +984,18 @@ def _run_jobs(jobs: list[tuple], workers: int, progress: bool) -> list[tuple[lis
             results.append(_make_clip(job))
             bar.update()
     else:
-        with multiprocessing.get_context("spawn").Pool(workers) as pool:
-            for result in pool.imap(_make_clip, jobs, chunksize=max(1, min(32, len(jobs) // (workers * 8)))):
-                results.append(result)
-                bar.update()
+        chunksize = max(1, min(32, len(jobs) // (workers * 8)))
+        # concurrent.futures, not multiprocessing.Pool: a worker that dies (e.g. while re-importing an unguarded main
+        # script) breaks the executor with an error, where a Pool starts a new worker forever and the call hangs.
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            try:
+                for result in pool.map(_make_clip, jobs, chunksize=chunksize):
+                    results.append(result)
+                    bar.update()
+            except BrokenProcessPool as err:
+                raise RuntimeError(f"a synth worker process died ({err}). If generate(..., workers > 1) is called at "
+                                   'the top level of a script, put the call under `if __name__ == "__main__":` (the '
+                                   "workers are spawned and re-import the main script)") from None
     bar.close()
     return results
 
