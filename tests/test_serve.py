@@ -142,7 +142,9 @@ def test_help_texts() -> None:
     serve = run_commands("serve", "--help")
     assert serve.returncode == 0
     for words in ("--api-key", "--media-dir", "--max-upload-mb", "--max-queue", "--max-batch", "127.0.0.1",
-                  "examples:", "videopanda serve --media-dir", "curl http://127.0.0.1:8000/v1/chat/completions"):
+                  "--max-connections", "--header-timeout", "--body-timeout", "(default: 256)", "(default: 10.0)",
+                  "(default: 60.0)", "examples:", "videopanda serve --media-dir",
+                  "curl http://127.0.0.1:8000/v1/chat/completions"):
         assert words in serve.stdout, words
     demo = run_commands("demo", "--help")
     assert demo.returncode == 0 and "--port" in demo.stdout and "(default: 7860)" in demo.stdout
@@ -153,8 +155,11 @@ def test_help_texts() -> None:
     (["--media-dir", "/no/such/folder"], "--media-dir /no/such/folder: no such folder"),
     (["--max-queue", "0"], "--max-queue"),
     (["--max-upload-mb", "0"], "--max-upload-mb"),
-    (["--model", "/no/such/model"], "no such folder"),
+    (["--model", "/no/such/model"], "not a model folder"),
     (["--dtype", "int3"], "--dtype"),
+    (["--max-connections", "0"], "--max-connections"),
+    (["--header-timeout", "0"], "--header-timeout"),
+    (["--body-timeout", "inf"], "--body-timeout"),
 ])
 def test_bad_settings_fail_before_loading(flags: list[str], words: str) -> None:
     r = run_commands("serve", *flags)

@@ -53,13 +53,26 @@ class ServeArgs:
     media_dir: str | None = None
     """folder whose files requests may name by path or file:// URL; without it only data: URL uploads are accepted"""
     max_upload_mb: float = 64.0
-    """largest video or image a request may upload, in MiB (decoded size; the request body may be 4/3 of it)"""
+    """largest video or image a request may upload, in MiB (decoded size; the request body may be 4/3 of it plus
+    1 MiB)"""
     max_queue: int = 16
-    """requests that may wait for the model besides the batch being generated; more are answered 503"""
+    """requests that may wait for the model besides the batch being generated, counted from the moment their body
+    starts to arrive (so at most this many bodies are held in memory); more are answered 503"""
     max_batch: int = 4
     """non-streaming requests with compatible settings generated together in one batch"""
     max_tokens: int = 512
     """largest max_tokens a request may ask for, and the value used when it asks for none"""
+    max_connections: int = 256
+    """open connections at most; past it a new connection closes the oldest one still waiting for a request head,
+    or is answered 503 when every connection is busy with a request (the process's open-files limit is raised to
+    fit)"""
+    header_timeout: float = 10.0
+    """seconds a connection may take to send a complete request head, from when it opens or its previous answer
+    ends; then it is closed (idle keep-alive connections are closed after min(5, this) seconds)"""
+    body_timeout: float = 60.0
+    """seconds a request body may take to arrive in full (408 past it; a 64 MiB upload in 60 s needs about 12
+    Mbit/s: raise it for slow links, or put a buffering reverse proxy in front); also how long a client may leave a
+    streamed answer unread before it is dropped"""
     frames: int | None = None
     """frames sampled per video (default: the model's, 8)"""
     device: str = "auto"
@@ -77,6 +90,11 @@ class ServeArgs:
             raise ValueError(f"--max-upload-mb must be > 0, got {self.max_upload_mb}")
         if self.max_queue < 1 or self.max_batch < 1:
             raise ValueError(f"--max-queue and --max-batch must be >= 1, got {self.max_queue} and {self.max_batch}")
+        if self.max_connections < 1:
+            raise ValueError(f"--max-connections must be >= 1, got {self.max_connections}")
+        for flag, value in (("--header-timeout", self.header_timeout), ("--body-timeout", self.body_timeout)):
+            if not 0 < value < float("inf"):
+                raise ValueError(f"{flag} must be a number of seconds > 0, got {value}")
         if self.media_dir is not None and not os.path.isdir(self.media_dir):
             raise ValueError(f"--media-dir {self.media_dir}: no such folder")
         if self.api_key is not None and not self.api_key.strip():

@@ -6,11 +6,18 @@ A message's content mixes text parts and one video, as vLLM accepts it:
 `--media-dir`; `{"type": "image_url", ...}` is a 1-frame image. The video belongs to the first user message; earlier
 user/assistant turns become the history.
 
-Flow of a request: check the API key and the body size, validate the JSON, reserve a place in the queue (503 when
-full), decode the video in a thread (uploads go to a temp file that is always deleted), tokenise, then hand a `_Job`
-to the single `_Worker` thread. The worker owns the model: it batches queued non-streaming jobs with the same
-settings into one left-padded `model.generate`, and runs a streaming job alone with a streamer that feeds the
-response. A `StoppingCriteria` watches each job's cancel flag, so a client that goes away frees its slot at once.
+Flow of a request: check the API key and the declared body size, reserve a place in the queue (503 when full), read
+the body (413 past the limit, 408 past `--body-timeout`), check the JSON's shape (depth, number of values) before
+parsing it, validate it, refuse text that cannot fit the model's context from its length alone, then in a prepare
+thread count the text's tokens exactly, decode the video (each upload in a private temp folder that is always
+removed) and hand a `_Job` to the single `_Worker` thread. The worker owns the model: it batches queued
+non-streaming jobs with the same settings into one left-padded `model.generate`, and runs a streaming job alone with
+a streamer that feeds the response. A client that goes away while its body arrives, while it is prepared, while it
+waits in the queue or while it is generated gives its place back at once; a `StoppingCriteria` stops its generation.
+
+Connections: `guarded_h11_protocol` closes connections that send no complete request head within
+`--header-timeout`, and keeps at most `--max-connections` open (the oldest connection still waiting for a head
+makes room for a new one), so idle or slow sockets cannot lock good clients out.
 """
 
 from __future__ import annotations
@@ -19,43 +26,54 @@ import asyncio
 import base64
 import binascii
 import concurrent.futures
+import contextlib
 import hmac
 import json
 import logging
 import os
+import re
+import shutil
 import sys
 import tempfile
 import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 from urllib.parse import unquote, urlparse
 
+import anyio
 import numpy as np
 import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
 
 from ..inference import decoding_options
-from ..processing import VideoPandaProcessor
+from ..processing import PLACEHOLDER, VIDEO_TOKEN, VideoPandaProcessor
 from ..video import VideoDecodeError, is_image_path, load_image, load_video
 from . import ServeArgs
 
-__all__ = ["APIError", "create_app", "run_server"]
+__all__ = ["APIError", "Cancelled", "QuietLogs", "TextBudget", "UploadFolders", "check_json_shape", "create_app",
+           "guarded_h11_protocol", "run_server"]
 
 logger = logging.getLogger(__name__)
 
 MIB = 1 << 20
 MAX_FRAME_PIXELS = 3840 * 2160  # 4K; larger frames are refused before decoding (8 of them are 200 MB of RGB)
+MAX_JSON_DEPTH = 32  # a chat request nests 5 deep (body, messages, message, content part, video_url)
+MAX_JSON_TOKENS = 100_000  # strings, brackets and commas of a body: a 1,000-turn history is about 6,000
+MAX_PATH_CHARS = 4096  # a path or file:// URL longer than Linux's PATH_MAX names no file
+FALLBACK_CONTEXT = 32_768  # the text bound of a model whose config names no context length
 _BODY_SLACK = MIB  # the JSON around the base64 upload: text, history, settings
 _DISCONNECT_POLL_S = 0.25
+_ECHO_CHARS = 120  # how much of a client's value an error message repeats
 _MIME_SUFFIX = {"video/mp4": ".mp4", "video/webm": ".webm", "video/quicktime": ".mov", "video/x-matroska": ".mkv",
                 "video/x-msvideo": ".avi", "image/gif": ".gif", "image/png": ".png", "image/jpeg": ".jpg",
                 "image/webp": ".webp", "image/bmp": ".bmp"}
@@ -68,6 +86,19 @@ class APIError(Exception):
                  headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.kind, self.code, self.headers = status, message, kind, code, headers
+
+
+class _ClientGone(Exception):
+    """The client closed its connection before its answer: nothing can be sent, its place is already free."""
+
+
+def _short(value: str) -> str:
+    """A client's value as an error message repeats it: quoted, and cut to a few words."""
+    return repr(_short_plain(value))
+
+
+def _short_plain(value: str) -> str:
+    return value if len(value) <= _ECHO_CHARS else value[:_ECHO_CHARS] + "..."
 
 
 def _error_response(status: int, message: str, kind: str, code: str | None = None,
@@ -164,6 +195,9 @@ def parse_conversation(messages: Sequence[Message]) -> Conversation:
                             f"message; got {len(visuals)}" + (" (not in the first user message)" if visuals else ""))
     if not texts[-1]:
         raise APIError(400, "the last user message has no text: ask a question about the video")
+    if any(PLACEHOLDER.search(t) for t in texts):
+        raise APIError(400, "message text must not contain '<video>' or '<image>': they are the model's "
+                            "placeholders for the video; send the video as a video_url part")
     history = [(texts[k], texts[k + 1]) for k in range(0, len(texts) - 1, 2)]
     return Conversation(visuals[0][1], visuals[0][2], history, texts[-1])
 
@@ -196,40 +230,86 @@ def resolve_media_path(url: str, media_dir: str | None) -> str:
     if media_dir is None:
         raise APIError(403, "this server reads no local files: upload the video as a data: URL, or start the "
                             "server with --media-dir", code="media_dir_disabled")
+    if len(url) > MAX_PATH_CHARS:
+        raise APIError(400, f"the video URL is {len(url)} characters long; a path or file:// URL may have at most "
+                            f"{MAX_PATH_CHARS}")
     if url.startswith("file:"):
         parsed = urlparse(url)
         if parsed.netloc not in ("", "localhost"):
             raise APIError(400, f"file:// URLs must name a local file, not host {parsed.netloc!r}")
         raw = unquote(parsed.path)
     elif "://" in url:
-        raise APIError(400, f"only data: URLs and files inside the media folder are accepted, not {url.split(':')[0]}"
-                            ":// URLs (the server fetches nothing from the network)")
+        raise APIError(400, "only data: URLs and files inside the media folder are accepted, not "
+                            f"{_short(url.split(':')[0])}:// URLs (the server fetches nothing from the network)")
     else:
         raw = url
     root = os.path.realpath(media_dir)
     try:
         full = os.path.realpath(os.path.join(root, raw))  # an absolute `raw` replaces root, and is checked the same
     except (ValueError, OSError):
-        raise APIError(400, f"{url!r} is not a valid path") from None
+        raise APIError(400, f"{_short(url)} is not a valid path") from None
     if os.path.commonpath([root, full]) != root:
         raise APIError(403, f"{url}: outside the media folder", code="outside_media_dir")
     return full
 
 
+class Cancelled(Exception):
+    """The request's client went away; the work for it stops at the next step."""
+
+
+class UploadFolders:
+    """Each upload is written into a private, empty temp folder (`$TMPDIR/videopanda-upload-*`, mode 0700) that is
+    removed when its decode ends, however it ends; `remove_all` removes those still being decoded (at shutdown)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._folders: set[str] = set()
+
+    @contextlib.contextmanager
+    def folder(self) -> Iterator[str]:
+        with self._lock:
+            path = tempfile.mkdtemp(prefix="videopanda-upload-")
+            self._folders.add(path)
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+            with self._lock:
+                self._folders.discard(path)
+
+    def remove_all(self) -> None:
+        with self._lock:
+            folders, self._folders = self._folders, set()
+        for path in folders:
+            shutil.rmtree(path, ignore_errors=True)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._folders)
+
+
 def load_media(kind: str, url: str, *, media_dir: str | None, max_upload: int, num_frames: int,
+               uploads: UploadFolders | None = None, cancelled: threading.Event | None = None,
                ) -> tuple[np.ndarray, bool]:
-    """Frames ([T, H, W, 3] uint8) of the visual a request names, and whether it is an image."""
+    """Frames ([T, H, W, 3] uint8) of the visual a request names, and whether it is an image. `Cancelled` once
+    `cancelled` is set (checked before the upload is written and before it is decoded)."""
+
+    def check() -> None:
+        if cancelled is not None and cancelled.is_set():
+            raise Cancelled
+
     if url.startswith("data:"):
         mime, data = decode_data_url(url, max_upload)
-        fd, path = tempfile.mkstemp(prefix="videopanda-upload-", suffix=_MIME_SUFFIX.get(mime, ".bin"))
-        try:
-            with os.fdopen(fd, "wb") as f:
+        check()
+        with (uploads if uploads is not None else UploadFolders()).folder() as folder:
+            path = os.path.join(folder, "upload" + _MIME_SUFFIX.get(mime, ".bin"))
+            with open(path, "xb") as f:
                 f.write(data)
             del data
+            check()
             return _decode(path, kind == "image", f"the uploaded {kind}", num_frames), kind == "image"
-        finally:
-            os.unlink(path)
     path = resolve_media_path(url, media_dir)
+    check()
     image = kind == "image" or is_image_path(path)
     return _decode(path, image, url, num_frames), image
 
@@ -243,6 +323,95 @@ def _decode(path: str, image: bool, label: str, num_frames: int) -> np.ndarray:
         raise APIError(400, f"{label}: {err.reason}", code="bad_media") from None
 
 
+# -- text limits from the model's context ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TextBudget:
+    """How much text a prompt may hold, known from its length alone.
+
+    Every token stands for at most `chars_per_token` characters and `bytes_per_token` UTF-8 bytes of text (the
+    longest entry of the tokenizer's vocabulary, special tokens included), so a text of N characters needs at least
+    N / chars_per_token tokens. A conversation whose text is longer than `(context - max_tokens) * chars_per_token`
+    characters (or bytes) cannot fit, and is refused without being tokenised; shorter text is then counted exactly
+    (bounded work). For a tokenizer whose normaliser may shrink text (NFKC ...) or whose unknown-character token
+    may cover a run of characters, the bounds are taken 4 times larger.
+    """
+
+    context: int
+    chars_per_token: int
+    bytes_per_token: int
+
+    @classmethod
+    def of(cls, tokenizer: Any, context: int | None) -> TextBudget:
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        spec: dict[str, Any] = {}
+        if backend is not None:
+            vocab = list(backend.get_vocab(with_added_tokens=True))
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                spec = json.loads(backend.to_str())
+        else:
+            vocab = list(tokenizer.get_vocab())
+        vocab += [str(t) for t in getattr(tokenizer, "all_special_tokens", [])]
+        chars = max(map(len, vocab), default=1)
+        byte_level = any(p.get("type") == "ByteLevel" for p in _parts(spec.get("pre_tokenizer")))
+        if byte_level:  # one character of a byte-level token is one byte
+            added = [*getattr(tokenizer, "get_added_vocab", dict)(), *getattr(tokenizer, "all_special_tokens", [])]
+            nbytes = max([chars, *(len(str(t).encode("utf-8", "surrogatepass")) for t in added)])
+        else:  # sentencepiece style: "▁" stands for a space, "<0x0A>" for one byte
+            nbytes = max((len(t.replace("\u2581", " ").encode("utf-8", "surrogatepass")) for t in vocab), default=1)
+        model = spec.get("model") or {}
+        exact = (model.get("type") == "BPE" and (byte_level or bool(model.get("byte_fallback")))
+                 and all(_keeps_length(n) for n in _parts(spec.get("normalizer"))))
+        factor = 1 if exact else 4
+        return cls(context or FALLBACK_CONTEXT, max(1, chars) * factor, max(1, nbytes) * factor)
+
+    def check(self, texts: Sequence[str], max_tokens: int) -> None:
+        """400 when `texts` (the conversation's text) cannot fit in the context beside `max_tokens`, or is not
+        valid Unicode; O(1) for ASCII text, one pass over text that is short enough to be counted anyway."""
+        room = max(0, self.context - max_tokens)
+        chars = sum(map(len, texts))
+        if chars > room * self.chars_per_token:
+            raise self._refusal(f"{chars} characters")
+        nbytes = 0
+        for text in texts:
+            if text.isascii():
+                nbytes += len(text)
+                continue
+            try:
+                nbytes += len(text.encode("utf-8"))
+            except UnicodeEncodeError:
+                raise APIError(400, "message text is not valid Unicode: it holds a lone surrogate (a \\ud800-"
+                                    "\\udfff escape that is not half of a pair)") from None
+        if nbytes > room * self.bytes_per_token:
+            raise self._refusal(f"{nbytes} bytes of UTF-8")
+
+    def _refusal(self, size: str) -> APIError:
+        return APIError(400, f"the conversation's text ({size}) cannot fit in the model's context of {self.context} "
+                             f"tokens beside max_tokens (a token is at most {self.chars_per_token} characters for "
+                             "this tokenizer): shorten the question or the history, or lower max_tokens",
+                        code="context_length_exceeded")
+
+
+def _parts(spec: Any) -> list[dict[str, Any]]:
+    """The steps of a tokenizer.json normaliser or pre-tokeniser (a Sequence flattened; none: [])."""
+    if not isinstance(spec, dict):
+        return []
+    inner = spec.get("normalizers") or spec.get("pretokenizers")
+    if spec.get("type") == "Sequence" and isinstance(inner, list):
+        return [p for step in inner for p in _parts(step)]
+    return [spec]
+
+
+def _keeps_length(step: dict[str, Any]) -> bool:
+    """Whether a normaliser step can only keep or grow the text: Prepend, and Replace of a string by one no shorter
+    (sentencepiece's " " -> "▁")."""
+    if step.get("type") == "Prepend":
+        return True
+    if step.get("type") == "Replace":
+        pattern = step.get("pattern") or {}
+        return "String" in pattern and len(str(step.get("content", ""))) >= len(str(pattern["String"]))
+    return False
+
+
 # -- the worker that owns the model ------------------------------------------------------------------------------------
 @dataclass(eq=False)
 class _Job:
@@ -253,8 +422,9 @@ class _Job:
     temperature: float
     top_p: float
     ignore_eos: bool
-    prompt: str = ""
+    prompt: str = ""  # used when input_ids is None
     pixels: torch.Tensor | None = None  # [T, 4, S, S]
+    input_ids: list[int] | None = None  # the prompt's tokens, the video's placeholder ids included
     prompt_tokens: int = 0
     result: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
     cancelled: threading.Event = field(default_factory=threading.Event)
@@ -313,8 +483,10 @@ class QueueFull(Exception):
 class _Worker:
     """The one thread that runs the model; a bounded queue in front of it.
 
-    `waiting` counts admitted jobs that are not generating yet (decoding, tokenising or queued); `admit` refuses a
-    job when `waiting >= max_queue`. `lock` serialises the tokenizer, which request threads share with the worker.
+    `waiting` counts admitted requests that are not generating yet (their body arriving, being prepared, or queued);
+    `admit` refuses one when `waiting >= max_queue`. A request that fails or whose client goes away before it is
+    queued gives its place back with `abandon`; a queued one with `cancel`. The worker reads prompts as token ids
+    (counted in the request threads), so no tokenising happens here and no lock is shared with request threads.
     """
 
     def __init__(self, model: Any, processor: VideoPandaProcessor, *, max_queue: int, max_batch: int,
@@ -322,7 +494,6 @@ class _Worker:
         self.model, self.processor = model, processor
         self.max_queue, self.max_batch = max_queue, max_batch
         self.decoding = decoding  # inference.decoding_options: "compiled" with --compile
-        self.lock = threading.Lock()
         self._cond = threading.Condition()
         self._queue: deque[_Job] = deque()
         self._waiting = 0
@@ -342,19 +513,35 @@ class _Worker:
                 raise QueueFull
             self._waiting += 1
 
-    def abandon(self) -> None:
-        """An admitted job that failed before reaching the queue gives its place back."""
+    def abandon(self, gone: bool = False) -> None:
+        """An admitted request that failed, or whose client went away (`gone`), before reaching the queue gives its
+        place back."""
         with self._cond:
             self._waiting -= 1
+            self.stats["cancelled"] += gone
 
     def enqueue(self, job: _Job) -> None:
         with self._cond:
             self._queue.append(job)
             self._cond.notify()
 
+    def cancel(self, job: _Job) -> None:
+        """The job's client went away: a queued job leaves the queue (its place is free at once), a running one
+        stops at its next token; a finished one is left as it is."""
+        job.cancelled.set()
+        with self._cond:
+            try:
+                self._queue.remove(job)
+            except ValueError:  # running, finished, or never queued
+                return
+            self._waiting -= 1
+            self.stats["cancelled"] += 1
+        job.result.cancel()
+        job.emit(None)
+
     def status(self) -> dict[str, int]:
         with self._cond:
-            return {"waiting": self._waiting, "running": self._running, **self.stats}
+            return {"waiting": self._waiting, "queued": len(self._queue), "running": self._running, **self.stats}
 
     def close(self) -> None:
         with self._cond:
@@ -413,11 +600,16 @@ class _Worker:
     @torch.inference_mode()
     def _run(self, jobs: list[_Job]) -> None:
         proc, model = self.processor, self.model
-        with self.lock:
-            inputs = proc(videos=[j.pixels for j in jobs], text=[j.prompt for j in jobs])
-        width = inputs["input_ids"].shape[1]
-        inputs = inputs.to(model.device)
-        inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+        rows = [j.input_ids if j.input_ids is not None else proc.tokenize(j.prompt, [proc.count_tokens(j.pixels)])
+                for j in jobs]
+        width = max(map(len, rows))
+        input_ids = torch.full((len(rows), width), proc.tokenizer.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):  # left padding, as generation needs
+            input_ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
+            attention_mask[i, width - len(row):] = 1
+        inputs = {"input_ids": input_ids.to(model.device), "attention_mask": attention_mask.to(model.device),
+                  "pixel_values": torch.stack([j.pixels for j in jobs]).to(model.device, model.dtype)}
         first = jobs[0]
         max_new = max(j.max_tokens for j in jobs)
         kwargs: dict[str, Any] = dict(do_sample=False)
@@ -431,7 +623,7 @@ class _Worker:
                                  pad_token_id=proc.tokenizer.pad_token_id,
                                  stopping_criteria=StoppingCriteriaList([_CancelCheck(jobs)]), **kwargs, **speed)
         for job, row in zip(jobs, out[:, width:].tolist()):
-            job.pixels = None  # 6 MB a video at 224 px; the job object may outlive its request a little
+            job.pixels = job.input_ids = None  # 6 MB a video at 224 px; the job may outlive its request a little
             result = self._result(job, row)
             with self._cond:
                 self.stats["requests"] += 1
@@ -462,25 +654,43 @@ def create_app(model: Any, processor: VideoPandaProcessor, args: ServeArgs) -> F
     body_limit = (max_upload + 2) // 3 * 4 + _BODY_SLACK
     num_frames = args.frames or processor.config.num_frames
     context = getattr(model.config.text_config, "max_position_embeddings", None)
+    budget = TextBudget.of(processor.tokenizer, context)
+    processor.tokenize("warm-up", [])  # settles the tokenizer's state before request threads share it
+    uploads = UploadFolders()
+    # Decoding, preprocessing and token counting; as many threads as waiting places. A decode whose client went
+    # away runs to its end (or its decoder's budget) in the background, so at most this many run at once.
+    prepare_pool = concurrent.futures.ThreadPoolExecutor(max_workers=args.max_queue,
+                                                         thread_name_prefix="videopanda-prepare")
     created = int(time.time())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        yield
-        worker.close()
+        try:
+            yield
+        finally:
+            worker.close()
+            prepare_pool.shutdown(wait=False, cancel_futures=True)
+            uploads.remove_all()
 
     app = FastAPI(title="videopanda", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.worker = worker
+    app.state.worker, app.state.uploads, app.state.budget = worker, uploads, budget
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, err: APIError) -> JSONResponse:
         kind = {401: "authentication_error", 404: "not_found_error", 503: "server_busy"}.get(err.status, err.kind)
         return _error_response(err.status, err.message, kind, err.code, err.headers)
 
+    @app.exception_handler(_ClientGone)
+    async def _client_gone(request: Request, err: _ClientGone) -> Response:
+        client = request.client
+        logger.info("client %s went away %s; its place is free", f"{client.host}:{client.port}" if client else "?",
+                    err)
+        return Response(status_code=499)  # nobody reads it
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, err: Exception) -> JSONResponse:
         logger.exception("unexpected error")
-        return _error_response(500, f"internal error: {type(err).__name__}: {err}", "server_error")
+        return _error_response(500, f"internal error: {type(err).__name__}: {_short_plain(str(err))}", "server_error")
 
     def check_key(request: Request) -> None:
         if args.api_key is None:
@@ -492,6 +702,10 @@ def create_app(model: Any, processor: VideoPandaProcessor, args: ServeArgs) -> F
 
     def model_card() -> dict[str, Any]:
         return {"id": args.model, "object": "model", "created": created, "owned_by": "videopanda"}
+
+    def unknown_model(name: str) -> APIError:
+        return APIError(404, f"the model {_short(name)} does not exist; this server serves {args.model!r}",
+                        code="model_not_found")
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -506,34 +720,37 @@ def create_app(model: Any, processor: VideoPandaProcessor, args: ServeArgs) -> F
     async def get_model(model_id: str, request: Request) -> dict[str, Any]:
         check_key(request)
         if model_id != args.model:
-            raise APIError(404, f"the model {model_id!r} does not exist; this server serves {args.model!r}",
-                           code="model_not_found")
+            raise unknown_model(model_id)
         return model_card()
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
         check_key(request)
-        req = _parse_request(await _read_body(request, body_limit))
-        if req.model is not None and req.model != args.model:
-            raise APIError(404, f"the model {req.model!r} does not exist; this server serves {args.model!r}",
-                           code="model_not_found")
-        conv = parse_conversation(req.messages)
-        max_tokens = req.max_completion_tokens or req.max_tokens or args.max_tokens
-        if max_tokens > args.max_tokens:
-            raise APIError(400, f"max_tokens is {max_tokens}, more than this server allows ({args.max_tokens}; "
-                                "--max-tokens)")
-        job = _Job(stream=req.stream, max_tokens=max_tokens, temperature=req.temperature or 0.0,
-                   top_p=req.top_p or 1.0, ignore_eos=req.ignore_eos)
-        try:
+        _check_declared_length(request, body_limit)
+        try:  # the place is taken before the body is read: at most --max-queue bodies are held in memory
             worker.admit()
         except QueueFull:
             raise APIError(503, f"the server is busy ({args.max_queue} requests waiting; --max-queue): retry later",
                            code="queue_full", headers={"Retry-After": "1"}) from None
         try:
-            await run_in_threadpool(_prepare, job, conv, worker, num_frames, context,
-                                    media_dir=args.media_dir, max_upload=max_upload)
-        except BaseException:
-            worker.abandon()
+            body = await _read_body(request, body_limit, args.body_timeout)
+            req = await run_in_threadpool(_parse_request, body)
+            del body
+            if req.model is not None and req.model != args.model:
+                raise unknown_model(req.model)
+            conv = parse_conversation(req.messages)
+            max_tokens = req.max_completion_tokens or req.max_tokens or args.max_tokens
+            if max_tokens > args.max_tokens:
+                raise APIError(400, f"max_tokens is {max_tokens}, more than this server allows ({args.max_tokens}; "
+                                    "--max-tokens)")
+            budget.check([conv.question, *(t for turn in conv.history for t in turn)], max_tokens)
+            job = _Job(stream=req.stream, max_tokens=max_tokens, temperature=req.temperature or 0.0,
+                       top_p=req.top_p or 1.0, ignore_eos=req.ignore_eos)
+            await _watched(request, job, prepare_pool, lambda: _prepare(
+                job, conv, processor, num_frames, budget.context, media_dir=args.media_dir, max_upload=max_upload,
+                uploads=uploads))
+        except BaseException as err:
+            worker.abandon(gone=isinstance(err, _ClientGone))
             raise
         if job.stream:
             job.loop, job.events = asyncio.get_running_loop(), asyncio.Queue()
@@ -541,10 +758,10 @@ def create_app(model: Any, processor: VideoPandaProcessor, args: ServeArgs) -> F
         rid, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         if job.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return _JobResponse(_sse(job, rid, now, args.model, include_usage), job)
-        result = await _wait(request, job)
-        if result is None:  # the client went away; nobody reads this
-            return Response(status_code=499)
+            return _JobResponse(_sse(job, rid, now, args.model, include_usage), job, worker, args.body_timeout)
+        result = await _wait(request, job, worker)
+        if result is None:
+            raise _ClientGone("while its request waited or was generated")
         return JSONResponse({
             "id": rid, "object": "chat.completion", "created": now, "model": args.model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text},
@@ -554,34 +771,88 @@ def create_app(model: Any, processor: VideoPandaProcessor, args: ServeArgs) -> F
     return app
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 past `limit` bytes: by its Content-Length, and while it arrives."""
+def _check_declared_length(request: Request, limit: int) -> None:
+    """413 for a Content-Length above `limit`, before anything is read or reserved."""
     declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.isdigit():
-            raise APIError(400, "the Content-Length header is not a number")
-        if int(declared) > limit:
-            raise APIError(413, f"the request body ({int(declared) / MIB:.1f} MiB) is larger than this server "
-                                f"accepts ({limit / MIB:.1f} MiB; --max-upload-mb)", code="body_too_large")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise APIError(413, f"the request body is larger than this server accepts ({limit / MIB:.1f} MiB; "
-                                "--max-upload-mb)", code="body_too_large")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    if declared is None:
+        return
+    if not declared.isdigit():
+        raise APIError(400, "the Content-Length header is not a number")
+    if int(declared) > limit:
+        raise APIError(413, f"the request body ({int(declared) / MIB:.1f} MiB) is larger than this server "
+                            f"accepts ({limit / MIB:.1f} MiB; --max-upload-mb)", code="body_too_large",
+                       headers={"Connection": "close"})
 
 
-def _parse_request(body: bytes) -> ChatRequest:
+async def _read_body(request: Request, limit: int, timeout: float) -> bytearray:
+    """The request body: 413 past `limit` bytes, 408 when it has not all arrived `timeout` seconds after the
+    request's head, `_ClientGone` when the client hangs up first."""
+    body = bytearray()
     try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise APIError(400, f"the request body is not valid JSON ({err})") from None
+        with anyio.fail_after(timeout):
+            async for chunk in request.stream():
+                if len(body) + len(chunk) > limit:
+                    raise APIError(413, f"the request body is larger than this server accepts ({limit / MIB:.1f} "
+                                        "MiB; --max-upload-mb)", code="body_too_large", headers={"Connection": "close"})
+                body += chunk
+    except TimeoutError:
+        raise APIError(408, f"the request body did not arrive within {timeout:g} s (--body-timeout; {len(body)} "
+                            "bytes came)", code="body_timeout", headers={"Connection": "close"}) from None
+    except ClientDisconnect:
+        raise _ClientGone(f"while sending its body ({len(body)} bytes came)") from None
+    return body
+
+
+def check_json_shape(text: str, max_depth: int = MAX_JSON_DEPTH, max_tokens: int = MAX_JSON_TOKENS) -> None:
+    """400 when a JSON text nests deeper than `max_depth` or holds more than `max_tokens` strings, brackets and
+    commas, found before it is parsed, in time linear in its length: strings are skipped by the json module's own
+    C scanner, and the scan stops at the first limit passed. Invalid JSON is left for the parser to report."""
+    scan, skip = _JSON_STRUCTURE.search, json.decoder.scanstring
+    depth, count, pos = 0, 0, 0
+    while (found := scan(text, pos)) is not None:
+        count += 1
+        if count > max_tokens:
+            raise APIError(400, f"the request body holds more than {max_tokens} JSON values; a chat request needs "
+                                "far fewer", code="json_too_large")
+        char, pos = found.group(), found.end()
+        if char == '"':
+            try:
+                pos = skip(text, pos)[1]
+            except ValueError:  # an unterminated or invalid string
+                return
+        elif char in "[{":
+            depth += 1
+            if depth > max_depth:
+                raise APIError(400, f"the request body nests JSON more than {max_depth} levels deep; a chat request "
+                                    "needs 5", code="json_too_deep")
+        elif char in "]}":
+            depth -= 1
+
+
+_JSON_STRUCTURE = re.compile(r'["\[\]{},]')
+
+
+def _parse_request(body: bytes | bytearray) -> ChatRequest:
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise APIError(400, f"the request body is not valid JSON (not UTF-8 text: {err.reason} at byte "
+                            f"{err.start})") from None
+    if isinstance(body, bytearray):
+        body.clear()  # the caller's copy too: a large body is held once, not twice
+    check_json_shape(text)
+    try:
+        data = json.loads(text)
+    except RecursionError:
+        raise APIError(400, "the request body nests JSON too deeply", code="json_too_deep") from None
+    except ValueError as err:  # JSONDecodeError, and numbers too long to convert
+        raise APIError(400, f"the request body is not valid JSON ({_short(str(err))})") from None
+    del text
     try:
         req = ChatRequest.model_validate(data)
     except ValidationError as err:
-        where = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in err.errors()[:5])
+        where = "; ".join(f"{_short_plain('.'.join(map(str, e['loc'])) or 'body')}: {_short_plain(e['msg'])}"
+                          for e in err.errors(include_url=False, include_input=False)[:5])
         raise APIError(422, f"the request does not match the chat completions schema: {where}") from None
     unsupported = [name for name, bad in (("n > 1", req.n != 1), ("stop", bool(req.stop)), ("tools", bool(req.tools)),
                                           ("logprobs", bool(req.logprobs))) if bad]
@@ -590,24 +861,67 @@ def _parse_request(body: bytes) -> ChatRequest:
     return req
 
 
-def _prepare(job: _Job, conv: Conversation, worker: _Worker, num_frames: int, context: int | None, *,
-             media_dir: str | None, max_upload: int) -> None:
-    """Decode the visual, build the prompt and count its tokens (in a request thread, not the worker)."""
-    frames, image = load_media(conv.kind, conv.url, media_dir=media_dir, max_upload=max_upload, num_frames=num_frames)
-    proc = worker.processor
-    job.pixels = proc.preprocess(frames, image=image)
+def _prepare(job: _Job, conv: Conversation, proc: VideoPandaProcessor, num_frames: int, context: int, *,
+             media_dir: str | None, max_upload: int, uploads: UploadFolders) -> None:
+    """Count the prompt's text tokens, decode the visual, then fill in the job's pixels and token ids (in a prepare
+    thread; the text reaching here is short enough to be counted, see `TextBudget`). `Cancelled` between steps once
+    the client has gone."""
+
+    def check() -> None:
+        if job.cancelled.is_set():
+            raise Cancelled
+
+    prompt = proc.build_prompt(conv.question, conv.history)
+    text_ids = proc.tokenize(prompt, [0])  # the text only; the video's ids go at `at`
+    at = len(proc.tokenize(prompt[: prompt.index(VIDEO_TOKEN) + len(VIDEO_TOKEN)], [0]))
+    if len(text_ids) + job.max_tokens > context:
+        raise APIError(400, f"the conversation's text takes {len(text_ids)} tokens and the answer up to "
+                            f"{job.max_tokens}, more than the model's context of {context} tokens before the video "
+                            "is counted: shorten the conversation or max_tokens", code="context_length_exceeded")
+    check()
+    frames, image = load_media(conv.kind, conv.url, media_dir=media_dir, max_upload=max_upload,
+                               num_frames=num_frames, uploads=uploads, cancelled=job.cancelled)
+    check()
+    pixels = proc.preprocess(frames, image=image)
     del frames
-    with worker.lock:
-        job.prompt = proc.build_prompt(conv.question, conv.history)
-        job.prompt_tokens = len(proc.tokenize(job.prompt, [proc.count_tokens(job.pixels)]))
-    if context is not None and job.prompt_tokens + job.max_tokens > context:
-        raise APIError(400, f"the prompt takes {job.prompt_tokens} tokens (video included) and the answer up to "
+    ids = text_ids[:at] + [proc.video_token_index] * proc.count_tokens(pixels) + text_ids[at:]
+    if len(ids) + job.max_tokens > context:
+        raise APIError(400, f"the prompt takes {len(ids)} tokens (video included) and the answer up to "
                             f"{job.max_tokens}, more than the model's context of {context} tokens: shorten the "
                             "conversation or max_tokens", code="context_length_exceeded")
+    job.pixels, job.input_ids, job.prompt_tokens = pixels, ids, len(ids)
 
 
-async def _wait(request: Request, job: _Job) -> _Result | None:
-    """The job's result; None (and the job cancelled) if the client disconnects first."""
+async def _watched(request: Request, job: _Job, pool: concurrent.futures.Executor, work: Callable[[], None]) -> None:
+    """Run `work` in `pool`, watching the client: when it goes away, the job is cancelled (work not started yet
+    never starts; started work stops at its next step) and `_ClientGone` is raised at once."""
+    if await request.is_disconnected():  # gone while its body was parsed
+        raise _ClientGone("before its video was prepared")
+    future = asyncio.get_running_loop().run_in_executor(pool, work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({future}, timeout=_DISCONNECT_POLL_S)
+            if done:
+                try:
+                    return future.result()
+                except Cancelled:
+                    raise _ClientGone("while its video was prepared") from None
+            if await request.is_disconnected():
+                raise _ClientGone("while its video was prepared")
+    except BaseException:
+        job.cancelled.set()
+        future.cancel()
+        future.add_done_callback(_ignore_result)  # no "exception was never retrieved" warning
+        raise
+
+
+def _ignore_result(future: asyncio.Future) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+async def _wait(request: Request, job: _Job, worker: _Worker) -> _Result | None:
+    """The job's result; None (and the job cancelled, out of the queue) if the client disconnects first."""
     future = asyncio.wrap_future(job.result)
     try:
         while True:
@@ -615,10 +929,9 @@ async def _wait(request: Request, job: _Job) -> _Result | None:
             if done:
                 return future.result()
             if await request.is_disconnected():
-                job.cancelled.set()
                 return None
     finally:
-        job.cancelled.set()  # no-op once finished; stops generation if this handler is cancelled
+        worker.cancel(job)  # no-op once finished; frees a queued job's place; stops a running one
 
 
 def _usage(result: _Result) -> dict[str, int]:
@@ -652,17 +965,187 @@ async def _sse(job: _Job, rid: str, created: int, model: str, include_usage: boo
 
 
 class _JobResponse(StreamingResponse):
-    """A server-sent-events response that cancels its job however it ends (done, client gone, error)."""
+    """A server-sent-events response that cancels its job however it ends (done, client gone, error): a job still
+    queued leaves the queue, a running one stops. A client that leaves a chunk unread for `send_timeout` seconds
+    (its socket's buffers full) is dropped, so a reader that never reads cannot hold its connection for good."""
 
-    def __init__(self, content: AsyncIterator[str], job: _Job) -> None:
+    def __init__(self, content: AsyncIterator[str], job: _Job, worker: _Worker, send_timeout: float) -> None:
         super().__init__(content, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-        self.job = job
+        self.job, self.worker, self.send_timeout = job, worker, send_timeout
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        dropped = False
+
+        async def send_in_time(message: Any) -> None:
+            # Past the timeout the rest is not sent: the job stops, the stream ends, and the server closes the
+            # connection of a response that did not complete.
+            nonlocal dropped
+            if dropped:
+                return
+            with anyio.move_on_after(self.send_timeout) as waited:
+                await send(message)
+            if waited.cancelled_caught:
+                dropped = True
+                self.worker.cancel(self.job)
+                logger.info("dropped a client that left its streamed answer unread for %g s (--body-timeout)",
+                            self.send_timeout)
+
         try:
-            await super().__call__(scope, receive, send)
+            await super().__call__(scope, receive, send_in_time)
         finally:
-            self.job.cancelled.set()
+            self.worker.cancel(self.job)
+
+
+# -- connections and logs ----------------------------------------------------------------------------------------------
+def guarded_h11_protocol(max_connections: int, header_timeout: float) -> type[asyncio.Protocol]:
+    """uvicorn's h11 protocol (`uvicorn.Config(http=...)`) with two guards against idle and slow sockets:
+
+    - a connection must send a complete request head within `header_timeout` seconds of opening, or of the end of
+      its previous response (a kept-alive connection, or one still sending a body the server did not read); else it
+      is closed without an answer;
+    - at most `max_connections` are open: past that, a new connection closes the oldest one that is waiting for a
+      request head, or, when every connection is busy with a request, is answered 503 and closed.
+
+    The state is per server: each call makes a new class.
+    """
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    hooks = ("connection_made", "data_received", "on_response_complete", "connection_lost")
+    if not all(callable(getattr(H11Protocol, name, None)) for name in hooks) or \
+            not {"cycle", "conn", "transport", "loop"} <= set(H11Protocol.__init__.__code__.co_names) | \
+            set(H11Protocol.connection_made.__code__.co_names):
+        logger.warning("this uvicorn's h11 protocol is not the one the connection guards were written for: serving "
+                       "without --max-connections and --header-timeout (put a reverse proxy in front)")
+        return H11Protocol
+    waiting: dict[Any, None] = {}  # connections waiting for a request head, oldest first
+    live: set[Any] = set()  # open connections that are not being closed
+    message = (f"the server has {max_connections} connections open, each busy with a request (--max-connections): "
+               "retry later")
+    body = json.dumps({"error": {"message": message, "type": "server_busy", "param": None,
+                                 "code": "too_many_connections"}}).encode()
+    busy = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n"
+            b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+
+    class GuardedH11Protocol(H11Protocol):
+        _timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            if len(live) >= max_connections:
+                oldest = next(iter(waiting), None)
+                if oldest is None:
+                    logger.warning("refused a connection: %d open, each busy with a request (--max-connections)",
+                                   len(live))
+                    transport.write(busy)
+                    transport.close()
+                    return
+                oldest._close("it was the oldest waiting for a request head, and --max-connections was reached")
+            live.add(self)
+            self._follow()
+
+        def data_received(self, data: bytes) -> None:
+            if self in live:
+                super().data_received(data)
+                self._follow()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._follow()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._stop_waiting()
+            live.discard(self)
+            super().connection_lost(exc)
+
+        def _follow(self) -> None:
+            """Start the head timer when the connection has no request in progress; stop it when one has begun."""
+            idle = (self.cycle is None or self.cycle.response_complete) and not self.transport.is_closing()
+            if idle and self not in waiting:
+                waiting[self] = None
+                self._timer = self.loop.call_later(header_timeout, self._close,
+                                                   f"it sent no complete request head within {header_timeout:g} s "
+                                                   "(--header-timeout)")
+            elif not idle and self in waiting:
+                self._stop_waiting()
+
+        def _stop_waiting(self) -> None:
+            waiting.pop(self, None)
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+
+        def _close(self, why: str) -> None:
+            self._stop_waiting()
+            live.discard(self)
+            if not self.transport.is_closing():
+                with contextlib.suppress(h11.LocalProtocolError):
+                    self.conn.send(h11.ConnectionClosed())
+                self.transport.close()
+            logger.info("closed a connection: %s", why)
+
+    return GuardedH11Protocol
+
+
+class QuietLogs(logging.Filter):
+    """Lets through at most one record a second per message (its logger and format string); the next one let
+    through says how many were dropped. Keeps a hostile client from filling the disk with log lines."""
+
+    def __init__(self, every_s: float = 1.0) -> None:
+        super().__init__()
+        self.every_s = every_s
+        self._lock = threading.Lock()
+        self._last: dict[tuple[str, str], float] = {}
+        self._dropped: dict[tuple[str, str], int] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.name, str(record.msg)[:200])
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last.get(key, -self.every_s) < self.every_s:
+                self._dropped[key] = self._dropped.get(key, 0) + 1
+                return False
+            if len(self._last) > 1000:  # format strings are few; this only bounds the memory
+                self._last.clear()
+            self._last[key] = now
+            dropped = self._dropped.pop(key, 0)
+        if dropped:
+            record.msg = f"{record.getMessage()} (and {dropped} more like it in the last seconds)"
+            record.args = None
+        return True
+
+
+def _setup_logging() -> None:
+    """Our log lines on stderr, one line each, rate-limited; uvicorn's and asyncio's rate-limited too."""
+    quiet = QuietLogs()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("videopanda serve: %(levelname)s: %(message)s"))
+    handler.addFilter(quiet)
+    ours = logging.getLogger("videopanda.serve")
+    ours.addHandler(handler)
+    ours.setLevel(logging.INFO)
+    ours.propagate = False
+    for name in ("uvicorn.error", "asyncio"):
+        logging.getLogger(name).addFilter(quiet)
+
+
+def _raise_open_files_limit(needed: int) -> None:
+    """Raise the soft limit of open files to `needed` if it is lower (the hard limit permitting), so that
+    --max-connections sockets never make accept() fail."""
+    try:
+        import resource
+    except ImportError:  # not Unix
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = target
+    if soft < needed:
+        print(f"warning: --max-connections needs about {needed} open files and this process may open {soft} "
+              "(ulimit -n): lower --max-connections", file=sys.stderr, flush=True)
 
 
 # -- entry point -------------------------------------------------------------------------------------------------------
@@ -679,10 +1162,15 @@ def run_server(args: ServeArgs) -> None:
     if args.frames is not None:
         processor.config.num_frames = args.frames
     app = create_app(model, processor, args)
+    _raise_open_files_limit(args.max_connections + 256)  # the model's files, the log, the listening socket ...
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", lifespan="on",
+                            http=guarded_h11_protocol(args.max_connections, args.header_timeout),
+                            timeout_keep_alive=min(5, args.header_timeout), timeout_graceful_shutdown=5)
+    _setup_logging()
     where = f"http://{args.host}:{args.port}/v1"
     print(f"serving {args.model} at {where} (API key: {'required' if args.api_key else 'none'}; local files: "
           f"{args.media_dir or 'none, uploads only'})", file=sys.stderr, flush=True)
     if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:
         print(f"warning: --host {args.host} opens the server to the network without an API key (--api-key)",
               file=sys.stderr, flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=5)
+    uvicorn.Server(config).run()
