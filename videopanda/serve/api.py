@@ -67,6 +67,9 @@ logger = logging.getLogger(__name__)
 
 MIB = 1 << 20
 MAX_FRAME_PIXELS = 3840 * 2160  # 4K; larger frames are refused before decoding (8 of them are 200 MB of RGB)
+# One request's decode may not take more than this (a clip of many frames behind one keyframe): 2,000 frames are a
+# minute of 30 fps video after the nearest keyframe, far more than sampling a real clip needs.
+MAX_DECODED_FRAMES, DECODE_BUDGET_S = 2000, 15.0
 MAX_JSON_DEPTH = 32  # a chat request nests 5 deep (body, messages, message, content part, video_url)
 MAX_JSON_TOKENS = 100_000  # strings, brackets and commas of a body: a 1,000-turn history is about 6,000
 MAX_PATH_CHARS = 4096  # a path or file:// URL longer than Linux's PATH_MAX names no file
@@ -318,7 +321,8 @@ def _decode(path: str, image: bool, label: str, num_frames: int) -> np.ndarray:
     try:
         if image:
             return load_image(path, max_pixels=MAX_FRAME_PIXELS)
-        return load_video(path, num_frames, max_pixels=MAX_FRAME_PIXELS)
+        return load_video(path, num_frames, max_pixels=MAX_FRAME_PIXELS, max_decoded_frames=MAX_DECODED_FRAMES,
+                          time_budget_s=DECODE_BUDGET_S)
     except VideoDecodeError as err:  # the message names our temp file; the reason alone is what the client needs
         raise APIError(400, f"{label}: {err.reason}", code="bad_media") from None
 
