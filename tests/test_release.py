@@ -232,3 +232,19 @@ def test_training_from_the_official_layout_ends_in_a_folder_that_reloads_with_th
     assert not torch.equal(own["video_projector.0.weight"], start["video_projector.0.weight"])
     assert torch.equal(own["video_tower.lmhra1.pos_embed.0.running_var"],
                        trained["video_tower.lmhra1.pos_embed.0.running_var"])
+
+
+def test_training_from_the_hub_id_ends_in_a_folder_that_ask_answers_from(release, offline, tmp_path, capsys,
+                                                                          cli_inputs):
+    from videopanda.cli import main
+    from videopanda.data.synth import generate
+
+    generate(tmp_path / "data", n=4, seed=0, num_frames=8, size=64, progress=False)
+    out = tmp_path / "run"
+    assert main(["-v", "train", "--model", REPO, "--data", str(tmp_path / "data/train.json"), "--out", str(out),
+                 "--steps", "1", "--batch-size", "2", "--num-workers", "0", "--stage", "finetune"]) == 0
+    capsys.readouterr()
+    assert main(["ask", str(cli_inputs["plain"]), "What is the man doing?", "--model", str(out / "final"),
+                 "--max-new-tokens", "3", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["source"]["kind"] == "ours" and result["new_tokens"] >= 1
