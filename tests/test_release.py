@@ -244,7 +244,7 @@ def test_training_from_the_hub_id_ends_in_a_folder_that_ask_answers_from(release
     assert main(["-v", "train", "--model", REPO, "--data", str(tmp_path / "data/train.json"), "--out", str(out),
                  "--steps", "1", "--batch-size", "2", "--num-workers", "0", "--stage", "finetune"]) == 0
     capsys.readouterr()
-    assert main(["ask", str(cli_inputs["plain"]), "What is the man doing?", "--model", str(out / "final"),
+    assert main(["-v", "ask", str(cli_inputs["plain"]), "What is the man doing?", "--model", str(out / "final"),
                  "--max-new-tokens", "3", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["source"]["kind"] == "ours" and result["new_tokens"] >= 1

@@ -61,6 +61,7 @@ def test_quiet_logs() -> None:
     log = logging.getLogger("videopanda.test_quiet_logs")
     log.addHandler(handler)
     log.propagate = False
+    log.setLevel(logging.INFO)  # whatever an earlier in-process CLI call did to the root logger
     try:
         for i in range(1000):
             log.warning("client %d went away", i)

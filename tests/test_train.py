@@ -476,7 +476,7 @@ def test_training_from_the_default_model_ends_in_a_folder_that_ask_loads(setup, 
     assert (final / "visual.safetensors").is_file() and (final / "lora.safetensors").is_file()
     capsys.readouterr()
     clip = next((setup.data.parent / "videos").glob("*.mp4"))
-    assert main(["ask", str(clip), "How many objects are there?", "--model", str(final), "--json",
+    assert main(["-v", "ask", str(clip), "How many objects are there?", "--model", str(final), "--json",
                  "--max-new-tokens", "4"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["source"]["kind"] == "ours" and result["new_tokens"] >= 1
@@ -528,7 +528,7 @@ def test_a_model_too_large_for_this_cpu_is_refused_before_loading(tmp_path, caps
     (folder / "config.json").write_text(json.dumps({**official_config(1024), **seven_b}))
     (folder / "model.safetensors").write_bytes(b"")  # never opened: the check comes first
     start = time.perf_counter()
-    assert main(["train", "--model", str(folder), "--data", "synth:0", "--steps", "1",
+    assert main(["-v", "train", "--model", str(folder), "--data", "synth:0", "--steps", "1",
                  "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: training") and "GiB" in err and "6.7" in err and "--lora-r" in err
