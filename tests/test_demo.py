@@ -32,7 +32,7 @@ sync_api = pytest.importorskip(
     "playwright.sync_api",
     reason="the playwright package is missing: pip install playwright (never `playwright install`: the test uses "
            "/usr/bin/chromium)")
-pytest.importorskip("gradio", reason="gradio is missing: pip install 'videopanda[serve]'")
+pytest.importorskip("gradio", reason="gradio is missing: pip install 'videopanda[demo]'")
 httpx = pytest.importorskip("httpx")
 
 
