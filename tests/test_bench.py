@@ -140,12 +140,13 @@ def _floor_probe():
 def test_floor_probe_times_the_products_the_fused_7b_encode_runs():
     """The floor in docs/speed.md is only about this model if the probe's shapes are the fused STAB's: its token
     counts, and every product's K and N as the folded weights hold them."""
+    from videopanda.fast import FusedSTAB
     from videopanda.modeling.stab import count_visual_tokens
 
     fp = _floor_probe()
     stab, projector = bench._visual_encoder("videopanda-7b", 4096, "cpu", torch.float32)
-    stab.fuse()
-    la = stab.local_attention
+    stab = FusedSTAB(stab)
+    la = stab.stab.local_attention
     s = fp.shapes(2)
     full = torch.ones(2, 8, 4, 448, 448)  # every pixel valid, as the bench's videos
     assert s["llm"] == sum(count_visual_tokens(full, stab.patch_size, stab.conv_stride))

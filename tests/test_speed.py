@@ -76,14 +76,14 @@ def test_lean_greedy_loop_gives_the_default_greedy_tokens(model, mode):
 def test_compiled_mode_encodes_through_the_graphed_encoder():
     """With the fused STAB, "compiled" single requests encode the video through a `GraphedEncoder` kept on the model
     (CUDA graphs on a GPU; the plain encode here) and give the default greedy tokens."""
-    fused = tiny_model().optimize_for_inference()
+    fused = tiny_model().eval()
     for seed in (0, 1):
         inputs = batch(seed, 1)
         del inputs["attention_mask"]
         want = fused.generate(**inputs, max_new_tokens=8, do_sample=False)
         got = generate(fused, inputs, max_new_tokens=8, decoding="compiled")
         assert torch.equal(got, want), seed
-    assert fused._videopanda_graphed_encoder.stab is fused.video_tower
+    assert fused._videopanda_graphed_encoder.stab.stab is fused.video_tower
 
 
 def test_a_concurrent_call_gets_a_fresh_cache(model):

@@ -362,8 +362,10 @@ def build_model(llm: str, device: Any, dtype: Any, fuse_llm: bool | None = None)
     with _default_dtype(dtype), torch.device(device):
         model = VideoPandaForCausalLM(config)
     model = model.to(device, dtype).eval()
-    if hasattr(model, "optimize_for_inference"):
-        model.optimize_for_inference(fuse_llm=fuse_llm)  # as `inference.load` does: the fused STAB
+    if fuse_llm if fuse_llm is not None else torch.device(device).type == "cuda":
+        from .fast import fuse_projections
+
+        fuse_projections(model.language_model)
     model.generation_config.pad_token_id = 0
     return model, VideoPandaProcessor(synthetic_tokenizer(text["vocab_size"]), config), stab
 
@@ -427,10 +429,15 @@ def bench_stab(s: dict[str, Any], clock: Clock, device: Any, dtype: Any, log: Ca
             impls.append(("reference", reference))
         for impl, fn in impls:
             rows += _time_batches(s, clock, inputs, fn, name, impl, stab, log)
-        if hasattr(stab, "fuse"):
-            with torch.no_grad():
-                stab.fuse()
-            rows += _time_batches(s, clock, inputs, ours, name, "ours-fused", stab, log)
+        from .fast import FusedSTAB
+
+        with torch.no_grad():
+            stab = FusedSTAB(stab)
+
+        def ours(px: torch.Tensor, stab=stab, projector=projector) -> torch.Tensor:  # noqa: F811  (the fused form)
+            return projector(stab(px).tokens)
+
+        rows += _time_batches(s, clock, inputs, ours, name, "ours-fused", stab, log)
         if s["compile"] and name == s["stab_configs"][-1] and device.type == "cuda":
             # GraphedEncoder first: a form timed after other CUDA graphs of the same process ran 0.1-0.15 ms slower
             # at 8 videos than timed first (docs/speed.md, "Order effects"), and a user runs one form, not both
@@ -481,7 +488,7 @@ def _graphed(stab: Any, projector: Any, inputs: dict) -> Callable:
 def _graphed_manual(stab: Any, projector: Any, inputs: dict) -> Callable:
     """The same encode captured by `modeling.graphs.GraphedEncoder`: one CUDA graph per batch size, replayed with one
     input copy and one launch (no torch.compile bookkeeping on the host per call)."""
-    from .modeling.graphs import GraphedEncoder
+    from .fast import GraphedEncoder
 
     encoder = GraphedEncoder(stab, projector, max_graphs=len(inputs))
     boxes = _host_boxes(stab, inputs)

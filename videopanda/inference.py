@@ -162,8 +162,10 @@ def load(model: str | Path = DEFAULT_MODEL, *, device: str = "auto", dtype: str 
         trained = True
     net.visual_weights_trained = trained
     net.eval()
-    if hasattr(net, "optimize_for_inference"):  # the fused STAB: same function, fewer and larger kernels. Not
-        net.optimize_for_inference()  # compiled: for one video that gains nothing on an H100 (2.65 vs 2.68 ms)
+    if dev.type == "cuda":  # the LLM's q/k/v and gate/up fused (checked at load; quantized layers stay as they are)
+        from .fast import fuse_projections
+
+        fuse_projections(net.language_model)
     return net, VideoPandaProcessor.from_pretrained(source.folder or DEFAULT_MODEL)
 
 
@@ -245,7 +247,7 @@ def _compile_pointwise_once(model: torch.nn.Module) -> None:
     docs/speed.md). Once per model."""
     if model.device.type != "cuda" or model.__dict__.get("_videopanda_pointwise"):
         return
-    from .modeling.fused_llm import compile_pointwise
+    from .fast import compile_pointwise
 
     compile_pointwise(getattr(model, "language_model", model))
     model._videopanda_pointwise = True
@@ -297,7 +299,7 @@ def greedy_generate(model: VideoPandaForCausalLM, input_ids: torch.Tensor, pixel
     cache = {model.cache_keyword: _reusable_static_cache(model, 1, n + max_new_tokens)}
     if streamer is not None:
         streamer.put(input_ids.cpu())
-    if compiled and model.video_tower.fused and isinstance(pixel_values, torch.Tensor) and pixel_values.ndim == 5:
+    if compiled and isinstance(pixel_values, torch.Tensor) and pixel_values.ndim == 5:
         embeds = model.embed_inputs(input_ids, None, visual=_graphed_visual(model, pixel_values))
         logits = model(inputs_embeds=embeds, use_cache=True, logits_to_keep=1, **cache)
     else:
@@ -339,13 +341,13 @@ def _graphed_visual(model: VideoPandaForCausalLM, pixel_values: torch.Tensor) ->
     projector replayed as one CUDA graph per input shape and crop layout (7B, one video on an H100: 0.62 ms against
     2-3.5 ms for the launch-bound eager encode; docs/speed.md), elsewhere the plain encode. The crop boxes are read
     once here (one small copy to the host, as the eager STAB reads them)."""
-    from .modeling.graphs import GraphedEncoder
+    from .fast import FusedSTAB, GraphedEncoder
 
     encoder = getattr(model, "_videopanda_graphed_encoder", None)
     if encoder is None:
-        encoder = GraphedEncoder(model.video_tower, model.video_projector, compile=pixel_values.is_cuda)
+        encoder = GraphedEncoder(FusedSTAB(model.video_tower), model.video_projector, compile=pixel_values.is_cuda)
         model._videopanda_graphed_encoder = encoder
-    return encoder(pixel_values, model.video_tower.crop_boxes_for(pixel_values))
+    return encoder(pixel_values, encoder.stab.crop_boxes_for(pixel_values))
 
 
 class _TokenReadback:

@@ -111,53 +111,21 @@ class VideoPandaForCausalLM(VideoPandaPreTrainedModel, GenerationMixin):
         self.language_model.set_output_embeddings(value)
 
     # -- vision -------------------------------------------------------------------------------------------------------
-    def optimize_for_inference(self, compile: bool = False, mode: str | None = None,
-                               fuse_llm: bool | None = None) -> VideoPandaForCausalLM:
-        """Eval mode, the STAB fused (`STAB.fuse()`: same outputs, faster), the LLM's q/k/v and gate/up projections
-        fused (`fused_llm.fuse_projections`: same dot products in fewer, larger kernels; by default on CUDA, where a
-        7B decode step is bound by reading weights), and optionally the STAB and projector compiled in place
-        (`nn.Module.compile`, static shapes; state_dict keys unchanged). Call it after the model is on its device
-        (the fused LLM matrices are not moved by `.to()`). Returns self.
-
-        Args:
-            compile: also `torch.compile` the visual encode (first call per input shape compiles).
-            mode: torch.compile mode, e.g. "reduce-overhead" (CUDA graphs) or "max-autotune-no-cudagraphs".
-            fuse_llm: fuse the LLM projections (default: when the model is on a CUDA device). The fused LLM is
-                first checked against transformers' own forwards on a few probe tokens (`fused_llm.verify_fused`);
-                if they differ it stays plain, with a warning. The outcome: `self.language_model.fused_llm_check`.
-        Training afterwards raises until `self.video_tower.unfuse()`.
-        """
-        self.eval()
-        self.video_tower.fuse()
-        if fuse_llm if fuse_llm is not None else self.device.type == "cuda":
-            from .fused_llm import fuse_projections
-
-            fuse_projections(self.language_model)
-        if compile:
-            self.video_tower.compile(mode=mode, dynamic=False)
-            self.video_projector.compile(mode=mode, dynamic=False)
-        return self
-
-    def encode_video_flat(self, pixel_values: torch.Tensor | list[torch.Tensor],
-                          crop_boxes: Any = None) -> tuple[torch.Tensor, list[int]]:
+    def encode_video_flat(self, pixel_values: torch.Tensor | list[torch.Tensor]) -> tuple[torch.Tensor, list[int]]:
         """Projected visual tokens of a batch, flat in LLM order: ([N_total, D], tokens per video).
 
         `pixel_values` is [B, T, 4, S, S], or a list of [T_b, 4, S, S] when frame counts differ (images mixed with
-        videos); a list is run as one STAB batch per distinct T. `crop_boxes` (tensor input only): the frames'
-        boxes read on the host beforehand (`video_tower.crop_boxes_for(pixel_values)` on the processor's output), so
-        the fused STAB needs no host sync; with `optimize_for_inference(compile=True, mode="reduce-overhead")` the
-        whole encode is then replayed as CUDA graphs (docs/speed.md).
+        videos); a list is run as one STAB batch per distinct T. The inference form of this encode (fused STAB,
+        CUDA graphs, no host sync) is `videopanda.fast.FastEncoder`.
         """
         if isinstance(pixel_values, torch.Tensor):
             if pixel_values.ndim == 4:  # [B, 4, S, S] images
                 pixel_values = pixel_values[:, None]
             _check_pixel_values(pixel_values)
             weight = self.video_projector[0].weight  # processors give float32; a bf16 model computes in bf16
-            out = self.video_tower(pixel_values.to(device=weight.device, dtype=weight.dtype), crop_boxes=crop_boxes)
+            out = self.video_tower(pixel_values.to(device=weight.device, dtype=weight.dtype))
             per_video = out.tokens_per_frame.view(pixel_values.shape[0], -1).sum(1).tolist()
             return self.video_projector(out.tokens), per_video
-        if crop_boxes is not None:
-            raise ValueError("crop_boxes is for a [B, T, 4, S, S] tensor of pixel values, not a list of videos")
         by_length: dict[int, list[int]] = {}
         for i, video in enumerate(pixel_values):
             by_length.setdefault(video.shape[0], []).append(i)
@@ -168,19 +136,17 @@ class VideoPandaForCausalLM(VideoPandaPreTrainedModel, GenerationMixin):
                 parts[i] = part
         return torch.cat(parts), [p.shape[0] for p in parts]
 
-    def encode_video(self, pixel_values: torch.Tensor | list[torch.Tensor],
-                     crop_boxes: Any = None) -> torch.Tensor | list[torch.Tensor]:
+    def encode_video(self, pixel_values: torch.Tensor | list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
         """Projected visual tokens in the exact order they enter the LLM.
 
         Args:
             pixel_values: [B, T, 4, S, S] from `VideoPandaProcessor` ([B, 4, S, S] for images, or a list of
                 [T_b, 4, S, S]).
-            crop_boxes: optional host-side crop boxes of a tensor input (see `encode_video_flat`).
 
         Returns:
             [B, N, D] with N = sum over frames of 1 + h*(w+1); a list of [N_b, D] when videos differ in N.
         """
-        tokens, per_video = self.encode_video_flat(pixel_values, crop_boxes)
+        tokens, per_video = self.encode_video_flat(pixel_values)
         parts = list(tokens.split(per_video))
         return torch.stack(parts) if len(set(per_video)) == 1 else parts
 

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import decode_kernels, fast_check
+from .options import FastOptions
 
 FUSABLE_ATTENTION = ("LlamaAttention",)  # forward below mirrors transformers' LlamaAttention.forward
 FUSABLE_MLP = ("LlamaMLP",)
@@ -110,7 +111,7 @@ def _attention_forward(self, hidden_states: torch.Tensor, position_embeddings: t
     lib = sys.modules[type(self).__module__]
     input_shape = hidden_states.shape[:-1]
     hidden_shape = (*input_shape, -1, self.head_dim)
-    q, k, v = decode_kernels.linear(hidden_states, self._fused_qkv_weight, self._fused_qkv_bias) \
+    q, k, v = decode_kernels.linear(hidden_states, self._fused_qkv_weight, self._fused_qkv_bias, self._fused_gemv) \
         .split(self._fused_qkv_sizes, -1)
     q, k, v = (t.view(hidden_shape) for t in (q, k, v))  # [B, L, heads, D]
     cos, sin = position_embeddings
@@ -124,21 +125,25 @@ def _attention_forward(self, hidden_states: torch.Tensor, position_embeddings: t
     pads = _left_pads(attention_mask, q.shape[2]) if self.config._attn_implementation == "sdpa" else None
     if pads is not None:  # a left-padded prefill (batched generation): causal flash attention row by row
         out = _ragged_causal_attention(q, k, v, pads, self.scaling)
-        return _project(self.o_proj, out.reshape(*input_shape, -1)), None
+        return _project(self.o_proj, out.reshape(*input_shape, -1), self._fused_gemv), None
     attention = lib.ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation,
                                                           lib.eager_attention_forward)
     out, weights = attention(self, q, k, v, attention_mask, dropout=0.0 if not self.training else
                              self.attention_dropout, scaling=self.scaling, **kwargs)
-    return _project(self.o_proj, out.reshape(*input_shape, -1).contiguous()), weights
+    return _project(self.o_proj, out.reshape(*input_shape, -1).contiguous(), self._fused_gemv), weights
 
 
-def _project(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _project(layer: nn.Module, x: torch.Tensor, gemv: str) -> torch.Tensor:
     """`layer(x)`, through `decode_kernels.linear` for a plain nn.Linear (a one-row input then reads the weights
-    with the matrix-vector kernel); quantized and other layers keep their own forward."""
+    with the matrix-vector kernel, as `gemv` allows); quantized and other layers keep their own forward."""
     if type(layer) is nn.Linear:
-        return decode_kernels.linear(x, layer.weight, layer.bias)
+        return decode_kernels.linear(x, layer.weight, layer.bias, gemv)
     return layer(x)
 
+
+def _head_forward(self, x: torch.Tensor) -> torch.Tensor:
+    """The LM head's forward: the logits of a decode step through `decode_kernels.linear` too."""
+    return decode_kernels.linear(x, self.weight, self.bias, self._fused_gemv)
 
 
 _NO_PADS = object()
@@ -186,9 +191,11 @@ def _ragged_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
 
 
 def _mlp_forward(self, x: torch.Tensor) -> torch.Tensor:
-    gate, up = decode_kernels.linear(x, self._fused_gate_up_weight, self._fused_gate_up_bias).chunk(2, -1)
+    gate, up = decode_kernels.linear(x, self._fused_gate_up_weight, self._fused_gate_up_bias, self._fused_gemv) \
+        .chunk(2, -1)
     act_mul = getattr(self, "_act_mul", None)
-    return _project(self.down_proj, act_mul(gate, up) if act_mul is not None else self.act_fn(gate) * up)
+    return _project(self.down_proj, act_mul(gate, up) if act_mul is not None else self.act_fn(gate) * up,
+                    self._fused_gemv)
 
 
 def _silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
@@ -206,21 +213,34 @@ def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor
 def _rms_norm_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
     # a plain function called from a bound method: torch 2.11's dynamo cannot inline a compiled unbound method that
     # MethodType re-binds inside the compiled decode step
-    return _compiled(_rms_norm)(hidden_states, self.weight, self.variance_epsilon)
+    return self._rms_norm_fn(hidden_states, self.weight, self.variance_epsilon)
 
 
-_COMPILED: dict[object, Callable] = {}
+class CompiledOps:
+    """The compiled element-wise functions of `compile_pointwise`, one per function, shared by every block and
+    model that is given this object. The caller owns it (e.g. one per loaded model), so compiled graphs live as long
+    as the caller keeps them, not for the whole process.
 
+    Each function is compiled with automatic dynamic shapes: the first call compiles for its exact shapes, the first
+    call with another batch size or prompt length recompiles once with just those sizes symbolic, and that graph then
+    serves every length (a 1-token decode step gets its own). Not `dynamic=True`: that makes the head count and width
+    symbolic too, and the index arithmetic of the rotary kernel (divisions by runtime sizes) made it 5x slower than
+    its memory traffic."""
 
-def _compiled(fn: Callable) -> Callable:
-    """`fn` compiled once per process with automatic dynamic shapes: the first call compiles for its exact shapes,
-    the first call with another batch size or prompt length recompiles once with just those sizes symbolic, and
-    that graph then serves every length (a 1-token decode step gets its own). Not `dynamic=True`: that makes the
-    head count and width symbolic too, and the index arithmetic of the rotary kernel (divisions by runtime sizes)
-    made it 5x slower than its memory traffic."""
-    if fn not in _COMPILED:
-        _COMPILED[fn] = torch.compile(_as_function(fn))
-    return _COMPILED[fn]
+    def __init__(self) -> None:
+        self._fns: dict[object, Callable] = {}
+
+    def __len__(self) -> int:
+        return len(self._fns)
+
+    def get(self, fn: Callable) -> Callable:
+        """`fn` compiled (once per object)."""
+        if fn not in self._fns:
+            self._fns[fn] = torch.compile(_as_function(fn))
+        return self._fns[fn]
+
+    def clear(self) -> None:
+        self._fns.clear()
 
 
 def _as_function(fn: Callable) -> Callable:
@@ -236,28 +256,30 @@ def _as_function(fn: Callable) -> Callable:
     return call
 
 
-def compile_pointwise(model: nn.Module) -> int:
+def compile_pointwise(model: nn.Module, compiled: CompiledOps | None = None) -> int:
     """Compile the element-wise parts of every fused LLaMA block of `model` (after `fuse_projections`): RMSNorm,
     rotary embedding, SiLU(gate) * up. Same operations in the same dtypes, one kernel each. Returns how many
-    modules changed. The first call of each new shape kind compiles (seconds); compiled decode steps trace through.
+    modules changed. `compiled`: the caller's cache of compiled functions (a fresh one when omitted). The first call
+    of each new shape kind compiles (seconds); compiled decode steps trace through.
     Checked like `fuse_projections` (`verify_fused`, the functions run eagerly): if the model then differs from the
     library's, every fast path is undone with a warning and it returns 0.
     """
     if _turned_off(model):
         return 0
+    compiled = compiled if compiled is not None else CompiledOps()
     changed = 0
     for module in model.modules():
         name = type(module).__name__
-        if name == "LlamaRMSNorm" and not hasattr(module, "_compiled_forward"):
-            module._compiled_forward = True
+        if name == "LlamaRMSNorm" and not hasattr(module, "_rms_norm_fn"):
+            module._rms_norm_fn = compiled.get(_rms_norm)
             _patch(module, _rms_norm_forward)
             changed += 1
         elif hasattr(module, "_fused_qkv_weight") and not hasattr(module, "_rope"):
-            module._rope = _compiled(sys.modules[type(module).__module__].apply_rotary_pos_emb)
+            module._rope = compiled.get(sys.modules[type(module).__module__].apply_rotary_pos_emb)
             changed += 1
         elif hasattr(module, "_fused_gate_up_weight") and not hasattr(module, "_act_mul") and \
                 getattr(module.config, "hidden_act", None) == "silu":
-            module._act_mul = _compiled(_silu_mul)
+            module._act_mul = compiled.get(_silu_mul)
             changed += 1
     fused = any(hasattr(m, "_fused_qkv_weight") or hasattr(m, "_fused_gate_up_weight") for m in model.modules())
     what = "compiled LLM pointwise ops" + (" and fused projections" if fused else "")
@@ -273,11 +295,11 @@ def _attention_keyword(module: nn.Module) -> str | None:
     return _cache_argument(type(module).forward)
 
 
-def fuse_projections(model: nn.Module) -> int:
+def fuse_projections(model: nn.Module, options: FastOptions = FastOptions()) -> int:
     """Fuse q/k/v and gate/up in every LLaMA attention and MLP block of `model`, in place; returns how many blocks
     were fused. Blocks of other architectures and quantized layers are left alone, and so are attention blocks whose
     forward no longer has the signature mirrored here (with a warning). Inference only: the fused weights do not
-    require gradients.
+    require gradients. `options.gemv` picks the form of the batch-1 decode-step products (`decode_kernels.linear`).
 
     The fused model is then compared with the library's forwards on a small probe (`verify_fused`); if they differ,
     the fusion is undone with a warning and it returns 0. The outcome is kept as `model.fused_llm_check`."""
@@ -296,6 +318,7 @@ def fuse_projections(model: nn.Module) -> int:
                 unmirrored.add(type(module))
                 continue
             module._fused_cache_names = (keyword, *(n for n in fast_check.CACHE_ARGUMENTS if n != keyword))
+            module._fused_gemv = options.gemv
             module._fused_update_kwargs = _update_takes_kwargs()
             module._fused_qkv_sizes = [m.out_features for m in parts]
             module._fused_qkv_weight, module._fused_qkv_bias = _fuse(parts)
@@ -306,6 +329,7 @@ def fuse_projections(model: nn.Module) -> int:
             if not _plain(*parts) or parts[0].out_features != parts[1].out_features:
                 continue
             module._fused_gate_up_weight, module._fused_gate_up_bias = _fuse(parts)
+            module._fused_gemv = options.gemv
             _patch(module, _mlp_forward)
             fused += 1
     for cls in unmirrored:
@@ -314,15 +338,16 @@ def fuse_projections(model: nn.Module) -> int:
                       "stay plain", stacklevel=2)
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if fused and type(head) is nn.Linear and "forward" not in head.__dict__:  # the logits of a decode step too
-        _patch(head, _project)
+        head._fused_gemv = options.gemv
+        _patch(head, _head_forward)
     return fused if not fused or verify_fused(model, "fused LLM projections") else 0
 
 
 # -- the check, and undoing ------------------------------------------------------------------------------------------
 _PATCHED = "_videopanda_patched"  # marks a module whose `forward` this file replaced
 _FAST_ATTRIBUTES = ("_fused_qkv_sizes", "_fused_qkv_weight", "_fused_qkv_bias", "_fused_cache_names",
-                    "_fused_update_kwargs", "_fused_gate_up_weight", "_fused_gate_up_bias", "_rope", "_act_mul",
-                    "_compiled_forward", _PATCHED)
+                    "_fused_update_kwargs", "_fused_gate_up_weight", "_fused_gate_up_bias", "_fused_gemv", "_rope",
+                    "_act_mul", "_rms_norm_fn", _PATCHED)
 
 
 def _patch(module: nn.Module, forward: Callable) -> None:

@@ -4,17 +4,17 @@ Why: at batch 1 a 7B decode step is bound by reading 13.5 GB of weights. On an H
 bench/results/h100_decode_gemv.json), over the 32 layers of a 7B model, cuBLAS read them at 2.6 TB/s (2.1 TB/s for
 the 4096x4096 output projection) and `gemv` at 2.9 TB/s (3.0 for gate|up): a program owns a few output rows and walks
 along K with wide, pipelined loads. The compiled 64-token answer took 425 ms with it and 453 ms with cuBLAS
-(`IMPL = "torch"`) on one host. Same arithmetic as cuBLAS (float32 accumulation, bfloat16/float16 in and out); only
-the summation order differs.
+(`FastOptions.gemv = "torch"`) on one host. Same arithmetic as cuBLAS (float32 accumulation, bfloat16/float16 in and
+out); only the summation order differs.
 
 There is no attention kernel here: a split-KV kernel for the step was 20% faster than SDPA alone, but no faster
 than cuDNN inside the real compiled step (docs/speed.md, "Tried and not kept").
 
-`IMPL` picks the form: None (default) uses the kernel on CUDA tensors inside compiled code (the compiled decode step,
-replayed as a CUDA graph) when Triton is installed; eager decoding is bound by the host's kernel launches, where a
-Triton launch from Python costs more than cuBLAS's and the faster read cannot show. "triton" uses it everywhere (the
-tests run it eagerly under Triton's interpreter), "torch" never. `modeling/fused_llm.py` calls `linear` from
-the fused LLaMA blocks and the LM head.
+`linear`'s `impl` (`FastOptions.gemv`) picks the form: "auto" uses the kernel on CUDA tensors inside compiled code (the
+compiled decode step, replayed as a CUDA graph) when Triton is installed; eager decoding is bound by the host's kernel
+launches, where a Triton launch from Python costs more than cuBLAS's and the faster read cannot show. "triton" uses it
+everywhere (the tests run it eagerly under Triton's interpreter), "torch" never. `fast/llm.py` calls `linear` from
+the fused LLaMA blocks and the LM head, with the impl chosen when they were fused.
 """
 
 from __future__ import annotations
@@ -27,13 +27,13 @@ from .kernels import triton
 if triton is not None:
     import triton.language as tl
 
-IMPL: str | None = None
+IMPLS = ("auto", "triton", "torch")
 
 
-def _use(x: torch.Tensor) -> bool:
-    if IMPL not in (None, "triton", "torch"):
-        raise ValueError(f"decode_kernels.IMPL must be None, 'triton' or 'torch', got {IMPL!r}")
-    return triton is not None and (IMPL == "triton" or (IMPL is None and x.is_cuda and torch.compiler.is_compiling()))
+def _use(x: torch.Tensor, impl: str) -> bool:
+    if impl not in IMPLS:
+        raise ValueError(f"the gemv form must be one of {IMPLS}, got {impl!r}")
+    return triton is not None and (impl == "triton" or (impl == "auto" and x.is_cuda and torch.compiler.is_compiling()))
 
 
 def _gemv_config(n: int, k: int) -> tuple[int, int, int, int] | None:
@@ -47,9 +47,11 @@ def _gemv_config(n: int, k: int) -> tuple[int, int, int, int] | None:
     return None
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """`F.linear(x, weight, bias)`, through `gemv` when x holds one row (a batch-1 decode step) and the shapes fit."""
-    if x.numel() == x.shape[-1] and weight.dtype == x.dtype and weight.is_contiguous() and _use(x) and \
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, impl: str = "auto"
+           ) -> torch.Tensor:
+    """`F.linear(x, weight, bias)`, through `gemv` when x holds one row (a batch-1 decode step), the shapes fit and
+    `impl` ("auto", "triton" or "torch": `FastOptions.gemv`) allows it."""
+    if x.numel() == x.shape[-1] and weight.dtype == x.dtype and weight.is_contiguous() and _use(x, impl) and \
             x.dtype in (torch.bfloat16, torch.float16) and _gemv_config(*weight.shape) is not None:
         return gemv(x.reshape(-1), weight, bias).view(*x.shape[:-1], weight.shape[0])
     return F.linear(x, weight, bias)

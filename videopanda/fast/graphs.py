@@ -6,12 +6,12 @@ own graphs (mode "reduce-overhead") do the same but add guard checks and input b
 which showed as 0.2-0.3 ms more per call on the H100 hosts measured. Here a call costs one small fill and one replay.
 
 A graph is fixed to its input shape, dtype and the frames' crop boxes (static shapes inside the STAB), so the boxes
-must come from the host (`STAB.crop_boxes_for` on the processor's output); each new combination is captured once.
+must come from the host (`FusedSTAB.crop_boxes_for` on the processor's output); each new combination is captured once.
 
 The graph does not copy the caller's pixels (103 MB at 8 videos of the 7B STAB, 0.08 ms): its first kernel, the
 patch unfold, reads them at an address held in a one-element device tensor (`kernels.patch_unfold_at`), which a call
-sets with one small fill. Where the STAB's unfold is not the Triton kernel, a call copies the pixels into the graph's
-input instead.
+sets with one small fill. Where the FusedSTAB's unfold is not the Triton kernel, a call copies the pixels into the
+graph's input instead.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from . import kernels
+from .stab import FusedSTAB
 
 
 @dataclass
@@ -41,7 +42,7 @@ class GraphedEncoder:
     `VideoPandaForCausalLM.encode_video_flat` returns them, replayed from a CUDA graph on a GPU.
 
     Args:
-        stab: the fused STAB (`STAB.fuse()`, e.g. after `optimize_for_inference()`).
+        stab: the fused STAB (`FusedSTAB`).
         projector: the projector (`model.video_projector`).
         compile: run inductor on the encode before capturing (fewer, fused kernels in the graph).
         max_graphs: graphs kept (least recently used dropped); each holds its shape's activations.
@@ -52,10 +53,11 @@ class GraphedEncoder:
     clone it to keep it. Off CUDA the encode simply runs (no graphs).
     """
 
-    def __init__(self, stab: nn.Module, projector: nn.Module, *, compile: bool = True, max_graphs: int = 4,
+    def __init__(self, stab: FusedSTAB, projector: nn.Module, *, compile: bool = True, max_graphs: int = 4,
                  by_address: bool = True) -> None:
-        if not getattr(stab, "fused", False):
-            raise ValueError("GraphedEncoder needs the fused STAB (stab.fuse() or model.optimize_for_inference())")
+        if not isinstance(stab, FusedSTAB):
+            raise ValueError(f"GraphedEncoder needs a FusedSTAB (videopanda.fast.FusedSTAB(stab)), got "
+                             f"{type(stab).__name__}")
         if max_graphs < 1:
             raise ValueError(f"max_graphs must be >= 1, got {max_graphs}")
         self.stab, self.projector, self.max_graphs, self.by_address = stab, projector, max_graphs, by_address
@@ -68,11 +70,11 @@ class GraphedEncoder:
 
     def _project(self, tokens: torch.Tensor) -> torch.Tensor:
         """The projector; for many tokens (several videos) on a GPU with TMA, its first layer and exact GELU as one
-        GEMM (`gemm_kernels.linear_gelu`; the STAB's `gemm_impl` switches it too). Off CUDA, i.e. under Triton's
-        interpreter with gemm_impl="triton" (the tests), at any token count."""
+        GEMM (`gemm_kernels.linear_gelu`; the FusedSTAB's `FastOptions.gemm` switches it too). Off CUDA, i.e. under
+        Triton's interpreter with FastOptions.gemm="triton" (the tests), at any token count."""
         p = self.projector
         if isinstance(p, nn.Sequential) and len(p) == 3 and isinstance(p[0], nn.Linear) and \
-                isinstance(p[1], nn.GELU) and p[1].approximate == "none" and self.stab._gemm_form(tokens) == "triton":
+                isinstance(p[1], nn.GELU) and p[1].approximate == "none" and self.stab.gemm_form(tokens) == "triton":
             from . import gemm_kernels
 
             if tokens.shape[0] >= gemm_kernels.GELU_MIN_ROWS or not tokens.is_cuda:
@@ -111,7 +113,7 @@ class GraphedEncoder:
         """Warm up on a side stream (compilation, Triton and cuBLAS set-up happen outside the capture), then
         capture one call that reads the pixels at an address tensor, or else from a static copy."""
         with torch.cuda.device(pixel_values.device):
-            by_address = self.by_address and self.stab.unfold_impl in (None, "triton") and \
+            by_address = self.by_address and self.stab.options.unfold in ("auto", "triton") and \
                 pixel_values.dtype.is_floating_point and kernels.available(pixel_values)
             if by_address:
                 static = pixel_values.contiguous()
