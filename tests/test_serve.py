@@ -155,7 +155,7 @@ def test_help_texts() -> None:
     (["--media-dir", "/no/such/folder"], "--media-dir /no/such/folder: no such folder"),
     (["--max-queue", "0"], "--max-queue"),
     (["--max-upload-mb", "0"], "--max-upload-mb"),
-    (["--model", "/no/such/model"], "not a model folder"),
+    (["--model", "/no/such/model"], "/no/such/model: no such folder, and not a hub id"),
     (["--dtype", "int3"], "--dtype"),
     (["--max-connections", "0"], "--max-connections"),
     (["--header-timeout", "0"], "--header-timeout"),
@@ -168,7 +168,8 @@ def test_bad_settings_fail_before_loading(flags: list[str], words: str) -> None:
 
 
 def test_media_paths(tmp_path: Path) -> None:
-    from videopanda.serve.api import APIError, resolve_media_path
+    from videopanda.serve.errors import APIError
+    from videopanda.serve.media import resolve_media_path
 
     root = tmp_path / "media"
     (root / "sub").mkdir(parents=True)
@@ -194,7 +195,8 @@ def test_media_paths(tmp_path: Path) -> None:
 
 
 def test_data_url_limits() -> None:
-    from videopanda.serve.api import APIError, decode_data_url
+    from videopanda.serve.errors import APIError
+    from videopanda.serve.media import decode_data_url
 
     assert decode_data_url(data_url(b"12345678"), 8) == ("video/mp4", b"12345678")
     assert decode_data_url("data:video/mp4;base64,MTIz\nNDU2", 8)[1] == b"123456"  # line breaks are allowed
@@ -407,7 +409,7 @@ def test_compile_flag_and_static_cache_worker_answers_the_same() -> None:
     import torch
 
     from videopanda import inference
-    from videopanda.serve.api import _Job, _Worker
+    from videopanda.serve.worker import _Job, _Worker
     from videopanda.video import load_video
 
     assert "--compile" in run_commands("serve", "--help").stdout

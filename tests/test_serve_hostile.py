@@ -35,7 +35,8 @@ MAX_QUEUE, MAX_CONNECTIONS, HEADER_TIMEOUT, BODY_TIMEOUT = 3, 64, 2, 4
 
 # -- fast ----------------------------------------------------------------------------------------------------------
 def test_json_shape_check() -> None:
-    from videopanda.serve.api import APIError, check_json_shape
+    from videopanda.serve.errors import APIError
+    from videopanda.serve.schema import check_json_shape
 
     good = json.dumps({"messages": ask("data:video/mp4;base64,AAAA", 'a "quoted" [question], {with} \\ escapes')})
     check_json_shape(good)
@@ -52,7 +53,7 @@ def test_json_shape_check() -> None:
 
 
 def test_quiet_logs() -> None:
-    from videopanda.serve.api import QuietLogs
+    from videopanda.serve.logs import QuietLogs
 
     records = []
     handler = logging.Handler()
@@ -81,22 +82,23 @@ def private_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_upload_folder_removed_when_the_server_stops_mid_decode(private_tmp: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    from videopanda.serve import api
+    from videopanda.serve import media
+    from videopanda.serve.errors import APIError
 
     started, release = threading.Event(), threading.Event()
 
     def slow_decode(path: str, image: bool, label: str, num_frames: int) -> None:
         started.set()
         release.wait(10)
-        raise api.APIError(400, "stopped")
+        raise APIError(400, "stopped")
 
-    monkeypatch.setattr(api, "_decode", slow_decode)
-    uploads = api.UploadFolders()
+    monkeypatch.setattr(media, "_decode", slow_decode)
+    uploads = media.UploadFolders()
 
     def upload() -> None:
-        with contextlib.suppress(api.APIError):
-            api.load_media("video", data_url(SAMPLE.read_bytes()), media_dir=None, max_upload=1 << 20,
-                           num_frames=8, uploads=uploads)
+        with contextlib.suppress(APIError):
+            media.load_media("video", data_url(SAMPLE.read_bytes()), media_dir=None, max_upload=1 << 20,
+                             num_frames=8, uploads=uploads)
 
     thread = threading.Thread(target=upload)
     thread.start()
@@ -114,13 +116,13 @@ def test_upload_folder_removed_when_the_server_stops_mid_decode(private_tmp: Pat
 
 
 def test_no_upload_written_for_a_client_already_gone(private_tmp: Path) -> None:
-    from videopanda.serve import api
+    from videopanda.serve import media
 
     gone = threading.Event()
     gone.set()
-    with pytest.raises(api.Cancelled):
-        api.load_media("video", data_url(SAMPLE.read_bytes()), media_dir=None, max_upload=1 << 20, num_frames=8,
-                       uploads=api.UploadFolders(), cancelled=gone)
+    with pytest.raises(media.Cancelled):
+        media.load_media("video", data_url(SAMPLE.read_bytes()), media_dir=None, max_upload=1 << 20, num_frames=8,
+                         uploads=media.UploadFolders(), cancelled=gone)
     assert not list(private_tmp.iterdir())
 
 
@@ -129,9 +131,10 @@ def test_a_stream_left_unread_is_dropped() -> None:
     cancelled and the response ends, incomplete, instead of waiting for it for good."""
     import asyncio
 
-    from videopanda.serve import api
+    from videopanda.serve.streaming import _JobResponse
+    from videopanda.serve.worker import _Job
 
-    job = api._Job(stream=True, max_tokens=8, temperature=0.0, top_p=1.0, ignore_eos=False)
+    job = _Job(stream=True, max_tokens=8, temperature=0.0, top_p=1.0, ignore_eos=False)
     cancelled: list = []
 
     class Worker:
@@ -153,7 +156,7 @@ def test_a_stream_left_unread_is_dropped() -> None:
         await asyncio.sleep(3600)
         return {"type": "http.disconnect"}
 
-    response = api._JobResponse(content(), job, Worker(), send_timeout=0.3)
+    response = _JobResponse(content(), job, Worker(), send_timeout=0.3)
     start = time.monotonic()
     asyncio.run(asyncio.wait_for(response({"type": "http", "asgi": {"spec_version": "2.3"}}, receive, send), 10))
     assert time.monotonic() - start < 3
