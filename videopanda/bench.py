@@ -37,20 +37,17 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from .configuration import TEXT_CONFIGS
+
 SECTIONS = ("stab", "vit", "generate", "eval", "memory")
 LLMS = ("default", "default-random", "7b-random", "tiny")
 DECODINGS = ("dynamic", "static", "compiled")
 STAB_CONFIGS = {"default": "videopanda-default", "7b": "videopanda-7b", "tiny": "videopanda-tiny"}
 
-# Shapes of the random-weight LLMs (LLaMA architecture).
-SMOLLM2_135M = dict(model_type="llama", hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                    num_attention_heads=9, num_key_value_heads=3, head_dim=64, vocab_size=49152,
-                    max_position_embeddings=8192, rms_norm_eps=1e-5, tie_word_embeddings=True)
-LLAMA_7B = dict(model_type="llama", hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-                num_attention_heads=32, num_key_value_heads=32, vocab_size=32000, max_position_embeddings=4096,
-                rms_norm_eps=1e-5, tie_word_embeddings=False)
-TINY_LLM = dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                num_key_value_heads=2, vocab_size=512, max_position_embeddings=4096)
+# Shapes of the random-weight LLMs (LLaMA architecture): those of the named variants.
+SMOLLM2_135M = TEXT_CONFIGS["videopanda-default"]
+LLAMA_7B = TEXT_CONFIGS["videopanda-7b"]
+TINY_LLM = TEXT_CONFIGS["videopanda-tiny"]
 RANDOM_LLMS = {"default-random": (SMOLLM2_135M, "default"), "7b-random": (LLAMA_7B, "7b"), "tiny": (TINY_LLM, "tiny")}
 VIT_CONFIGS = {  # CLIP ViT-L/14 at 224 (LLaVA's and LanguageBind's encoder), and a tiny one for tests
     "large": dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
