@@ -6,6 +6,8 @@ import argparse
 import importlib.util
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -127,36 +129,44 @@ def test_a_broken_device_keeps_the_rows_measured_before_it(tmp_path, monkeypatch
     assert "unspecified launch failure" in result["errors"][-1]["error"]
 
 
-def _floor_probe():
-    """bench/floor_probe.py by path (bench/ is no package; it imports bench/gemm_probe.py, which needs Triton)."""
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def floor_probe(*argv: str) -> subprocess.CompletedProcess[str]:
+    """`python bench/floor_probe.py ARGS...` from the repository root, as users run it, with this checkout's package.
+    It imports bench/gemm_probe.py, which needs Triton."""
     pytest.importorskip("triton")
-    path = Path(__file__).resolve().parent.parent / "bench" / "floor_probe.py"
-    spec = importlib.util.spec_from_file_location("floor_probe", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    return subprocess.run([sys.executable, "bench/floor_probe.py", *argv], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
 
 
-def test_floor_probe_times_the_products_the_fused_7b_encode_runs():
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="bench/floor_probe.py times CUDA kernels: a GPU only")
+def test_floor_probe_times_the_products_the_fused_7b_encode_runs(tmp_path):
     """The floor in docs/speed.md is only about this model if the probe's shapes are the fused STAB's: its token
     counts, and every product's K and N as the folded weights hold them."""
+    from videopanda.configuration import variant_config
     from videopanda.fast import FusedSTAB
-    from videopanda.modeling.stab import count_visual_tokens
+    from videopanda.modeling.stab import STAB, count_visual_tokens
 
-    fp = _floor_probe()
-    stab, projector = bench._visual_encoder("videopanda-7b", 4096, "cpu", torch.float32)
-    stab = FusedSTAB(stab)
+    out = tmp_path / "floor.json"
+    run = floor_probe("--videos", "2", "--rounds", "1", "--out", str(out))
+    assert run.returncode == 0, run.stderr
+    result = json.loads(out.read_text())
+    config = variant_config("videopanda-7b")
+    stab = FusedSTAB(STAB.from_config(config).eval())
     la = stab.stab.local_attention
-    s = fp.shapes(2)
+    s = result["shapes"]
     full = torch.ones(2, 8, 4, 448, 448)  # every pixel valid, as the bench's videos
     assert s["llm"] == sum(count_visual_tokens(full, stab.patch_size, stab.conv_stride))
     assert s["tokens"] == 2 * 8 * (448 // stab.patch_size) ** 2 and s["windows"] == s["tokens"] // 4
     weights = [stab._fold_patch_w, stab._fold_patch_lste_w, stab._fold_lste_w2, la.kv[1].weight, la.q[1].weight,
-               la.proj.weight, projector[0].weight, projector[2].weight]
+               la.proj.weight]
+    C, D = config.stab_hidden_size, config.llm_hidden_size  # the mlp2x_gelu projector: C -> D -> D
     rows = [s["tokens"]] * 4 + [s["windows"]] * 2 + [s["llm"]] * 2
-    assert [(M, K, N) for _, M, K, N, _ in fp.gemms(s)] == [(m, w.shape[1], w.shape[0]) for m, w in
-                                                             zip(rows, weights)]
-    assert [bias for *_, bias in fp.gemms(s)] == [False, False, True, False, False, True, True, True]
+    assert [(r["M"], r["K"], r["N"]) for r in result["gemms"]] == [
+        (m, k, n) for m, (k, n) in zip(rows, [(w.shape[1], w.shape[0]) for w in weights] + [(C, D), (D, D)])]
+    assert [r["bias"] for r in result["gemms"]] == [False, False, True, False, False, True, True, True]
     assert la.proj.bias is not None and la.kv[1].bias is None and la.q[1].bias is None
 
 
@@ -165,9 +175,7 @@ def test_floor_probe_times_the_products_the_fused_7b_encode_runs():
     (["--cutlass-modes", "plain,fast"], "not fast"),
     (["--cutlass-dir", "/nonexistent"], "is not a CUTLASS tree"),
 ])
-def test_floor_probe_refuses_bad_arguments_before_touching_a_gpu(argv, message, tmp_path, capsys):
-    fp = _floor_probe()
-    with pytest.raises(SystemExit) as exit_info:
-        fp.main([*argv, "--out", str(tmp_path / "floor.json")])
-    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+def test_floor_probe_refuses_bad_arguments_before_touching_a_gpu(argv, message, tmp_path):
+    run = floor_probe(*argv, "--out", str(tmp_path / "floor.json"))
+    assert run.returncode == 2 and message in run.stderr
     assert not (tmp_path / "floor.json").exists()
