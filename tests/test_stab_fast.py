@@ -1,15 +1,17 @@
-"""STAB.fuse(): the inference fast form computes the same function as the straightforward STAB."""
+"""videopanda.fast.FusedSTAB: the inference form computes the same function as the straightforward STAB."""
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 
 import pytest
 import torch
 
 from videopanda import VARIANTS, VideoPandaConfig, VideoPandaForCausalLM
-from videopanda.modeling import kernels
+from videopanda.fast import FastEncoder, FastOptions, FusedSTAB, GraphedEncoder, kernels
 from videopanda.modeling.stab import STAB
+
+TRITON = FastOptions(unfold="triton", dpe="triton", lsd="triton", pool="triton")  # the GPU kernels, interpreted
 
 # (B, T, canvas, per-video boxes (top, left, h, w) in pixels, trailing empty frames per video)
 CASES = {
@@ -60,23 +62,22 @@ def make_input(B: int, T: int, canvas: int, boxes: list[tuple[int, int, int, int
 
 
 def run_both(stab: STAB, px: torch.Tensor, **kw):
-    fused = copy.deepcopy(stab).fuse()
+    fused = FusedSTAB(stab)
     with torch.no_grad():
         return stab(px), fused(px, **kw)
 
 
-@pytest.mark.parametrize("dpe_impl,lsd_impl", [("conv", "plain"), ("shift", "plain"), ("triton", "triton")])
+@pytest.mark.parametrize("dpe,lsd", [("conv", "plain"), ("shift", "plain"), ("triton", "triton")])
 @pytest.mark.parametrize("case", list(CASES))
-def test_fused_equals_unfused(case, dpe_impl, lsd_impl):
+def test_fused_equals_unfused(case, dpe, lsd):
     """Every form of the fused dpe and LSD; "triton" are the GPU kernels run by Triton's interpreter (conftest sets
     TRITON_INTERPRET=1 on machines without CUDA)."""
-    if dpe_impl == "triton" and not kernels.available(torch.empty(0)):
+    if dpe == "triton" and not kernels.available(torch.empty(0)):
         pytest.skip("Triton is not installed")
     stab = make_stab()
-    fused = copy.deepcopy(stab).fuse()
-    fused.dpe_impl, fused.lsd_impl = dpe_impl, lsd_impl
-    fused.unfold_impl = "triton" if dpe_impl == "triton" else "torch"
-    fused.pool_impl = "triton" if dpe_impl == "triton" else "plain"
+    triton = dpe == "triton"
+    fused = FusedSTAB(stab, FastOptions(dpe=dpe, lsd=lsd, unfold="triton" if triton else "torch",
+                                        pool="triton" if triton else "plain"))
     px = make_input(*CASES[case])
     with torch.no_grad():
         want, got = stab(px), fused(px)
@@ -207,9 +208,7 @@ def test_bfloat16_error_is_that_of_the_unfused_path(kernels_impl, gpu_rounding):
     px = make_input(*CASES["wide_and_tall"], dtype=torch.float32)
     truth = make_stab()(px.double()).tokens.detach()
     errors = {}
-    fused = make_stab(torch.bfloat16).fuse()
-    if kernels_impl == "triton":
-        fused.dpe_impl = fused.lsd_impl = fused.unfold_impl = fused.pool_impl = "triton"
+    fused = FusedSTAB(make_stab(torch.bfloat16), TRITON if kernels_impl == "triton" else FastOptions())
     for name, stab in (("unfused", make_stab(torch.bfloat16)), ("fused", fused)):
         with torch.no_grad():
             errors[name] = (stab(px).tokens.double() - truth).abs().mean().item()
@@ -220,11 +219,11 @@ def test_bfloat16_error_is_that_of_the_unfused_path(kernels_impl, gpu_rounding):
 def test_pixels_read_at_an_address_equal_pixels_passed(dtype):
     """`pixel_address` (how GraphedEncoder's graphs read the caller's pixels without copying them): the unfold
     reads the pixels at the address a device tensor holds, and a stand-in tensor only gives their shape and dtype;
-    the tokens are those of passing the pixels. Without the fused form and given boxes it is refused."""
+    the tokens are those of passing the pixels. Without given boxes or the Triton unfold it is refused."""
     if not kernels.available(torch.empty(0)):
         pytest.skip("Triton is not installed")
     stab = make_stab().to(dtype)
-    fused = copy.deepcopy(stab).fuse()
+    fused = FusedSTAB(stab)
     px = make_input(*CASES["padded_frames"], dtype=dtype)
     boxes = fused.crop_boxes_for(px)
     address = torch.tensor([px.data_ptr()], dtype=torch.int64)
@@ -239,18 +238,14 @@ def test_pixels_read_at_an_address_equal_pixels_passed(dtype):
                            fused(other, crop_boxes=boxes).tokens)
         with pytest.raises(ValueError, match="pixel_address"):
             fused(stand_in, pixel_address=address)
-        with pytest.raises(ValueError, match="pixel_address"):
-            stab(stand_in, crop_boxes=boxes, pixel_address=address)
         with pytest.raises(ValueError, match="not torch.uint8"):
             kernels.patch_unfold_at(address, list(px.shape[1:]), torch.uint8, 4, 48, dtype)
-        fused.unfold_impl = "torch"
         with pytest.raises(ValueError, match="Triton unfold"):
-            fused(stand_in, crop_boxes=boxes, pixel_address=address)
+            FusedSTAB(stab, FastOptions(unfold="torch"))(stand_in, crop_boxes=boxes, pixel_address=address)
 
 
 def test_crop_box_hints():
-    stab = make_stab()
-    fused = copy.deepcopy(stab).fuse()
+    fused = FusedSTAB(make_stab())
     px = make_input(*CASES["T6_mixed"])
     with torch.no_grad():
         want = fused(px)
@@ -269,7 +264,7 @@ def test_crop_box_hints():
 def test_given_boxes_need_no_data():
     """With the crop boxes given, nothing reads tensor values on the host (meta tensors have none): the device
     path is free of host syncs."""
-    fused = make_stab(torch.float32).fuse().to("meta")
+    fused = FusedSTAB(make_stab(torch.float32)).to("meta")
     px = torch.empty(2, 8, 4, 112, 112, device="meta")
     with torch.no_grad():
         out = fused(px, crop_boxes="full")
@@ -279,34 +274,42 @@ def test_given_boxes_need_no_data():
         assert out.tokens_per_frame.tolist() == [21] * 8 + [11] * 5 + [21] * 3
 
 
-def test_fuse_is_inference_only_and_reversible():
+def test_fused_stab_shares_the_weights_and_is_inference_only():
     stab = make_stab(torch.float32)
     keys = list(stab.state_dict())
-    assert stab.fuse() is stab and stab.fused
-    assert list(stab.state_dict()) == keys  # folded tensors are not saved
-    with pytest.raises(RuntimeError, match="unfuse"):
-        stab.train()
-    stab.eval()  # allowed
-    stab.unfuse().train()
-    assert not any(name.startswith("_fold_") for name, _ in stab.named_buffers())
+    fused = FusedSTAB(stab)
+    assert fused.stab is stab and list(stab.state_dict()) == keys  # the STAB is untouched, its keys unchanged
+    assert {p.data_ptr() for p in fused.parameters()} == {p.data_ptr() for p in stab.parameters()}  # no copy
+    with pytest.raises(RuntimeError, match="inference only"):
+        fused.train()
+    fused.eval()  # allowed
+    stab.train()  # the STAB itself still trains
     stab(make_input(*CASES["square"], dtype=torch.float32)).tokens.sum().backward()
     assert stab.patch_embedding.weight.grad is not None
+    with pytest.raises(RuntimeError, match="training mode"), torch.no_grad():
+        fused(make_input(*CASES["square"], dtype=torch.float32))
 
 
-def test_loading_weights_refolds_and_to_dtype_carries_the_folds():
+def test_changed_weights_are_refolded():
+    """New weights in the STAB (a load, an in-place update, a new dtype) make the folds stale: an eager call folds
+    again, so the fused tokens follow the STAB's."""
     px = make_input(*CASES["padded_frames"])
-    fused = make_stab().fuse()
+    stab = make_stab()
+    fused = FusedSTAB(stab)
     other = make_stab()
     with torch.no_grad():
         for p in other.parameters():
             p.mul_(1.1)
         other.lmhra1.pos_embed[0].running_var.mul_(1.5)
-    fused.load_state_dict(other.state_dict())
-    want, got = other(px), fused(px)
-    assert (got.tokens - want.tokens).abs().max() < 1e-12
-    fused.float()
-    assert fused._fold_patch_lste_w.dtype == torch.float32
-    assert (fused(px.float()).tokens.double() - want.tokens).abs().max() < 1e-4
+    stab.load_state_dict(other.state_dict())
+    with torch.no_grad():
+        want, got = other(px), fused(px)
+        assert (got.tokens - want.tokens).abs().max() < 1e-12
+        stab.split_embedding.add_(1.0)  # in place, as an optimiser step
+        assert (fused(px).tokens - stab(px).tokens).abs().max() < 1e-12
+        fused.float()
+        assert fused._fold_patch_lste_w.dtype == torch.float32
+        assert (fused(px.float()).tokens.double() - stab.double()(px).tokens).abs().max() < 1e-4
 
 
 def test_dynamo_traces_the_fast_path_without_graph_breaks():
@@ -323,7 +326,7 @@ def test_dynamo_traces_the_fast_path_without_graph_breaks():
         return aot_eager(gm, example_inputs)
 
     stab = make_stab(torch.float32)
-    fused = copy.deepcopy(stab).fuse()
+    fused = FusedSTAB(stab)
     px = make_input(*CASES["padded_frames"], dtype=torch.float32)
     torch._dynamo.reset()
     compiled = torch.compile(fused, fullgraph=True, dynamic=False, backend=backend)
@@ -350,7 +353,7 @@ def test_inductor_compiles_the_fast_path():
     import torch._dynamo
 
     stab = make_stab(torch.float32)
-    fused = copy.deepcopy(stab).fuse()
+    fused = FusedSTAB(stab)
     px = make_input(1, 5, 112, [(0, 0, 112, 112)], 0, dtype=torch.float32)
     torch._dynamo.reset()
     compiled = torch.compile(fused, fullgraph=True, dynamic=False)
@@ -360,79 +363,81 @@ def test_inductor_compiles_the_fast_path():
     assert (got - want).abs().max() < 2e-5
 
 
-def test_model_optimize_for_inference():
-    text = dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                num_key_value_heads=2, vocab_size=300, max_position_embeddings=2048)
+def tiny_model(layers: int = 2) -> VideoPandaForCausalLM:
+    text = dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
+                num_attention_heads=4, num_key_value_heads=2, vocab_size=300, max_position_embeddings=2048)
     torch.manual_seed(0)
     model = VideoPandaForCausalLM(VideoPandaConfig(text_config=text, **VARIANTS["videopanda-tiny"])).eval()
     with torch.no_grad():  # wake the zero-initialised STAB branches
         for p in model.video_tower.parameters():
             p.add_(0.05 * torch.randn_like(p))
+    return model
+
+
+def test_fast_encoder_gives_the_models_encode():
+    """FastEncoder: the model's encode_video_flat through the FusedSTAB, for a tensor (with and without host boxes),
+    images and a list of videos of different lengths; the model stays plain and trainable."""
+    model = tiny_model()
+    encoder = FastEncoder(model)
+    assert encoder.stab.stab is model.video_tower and encoder.projector is model.video_projector
     px = make_input(*CASES["wide_and_tall"], dtype=torch.float32)
+    mixed = [px[0], px[1, :3], px[1, 0:1]]
     with torch.no_grad():
-        want = model.encode_video(px)
-        assert model.optimize_for_inference() is model and model.video_tower.fused
-        got = model.encode_video(px)
-        hinted = model.encode_video(px, crop_boxes=model.video_tower.crop_boxes_for(px))  # boxes read on the host
-    assert all((g - w).abs().max() < 1e-5 for g, w in zip(got, want))
-    assert all(torch.equal(h, g) for h, g in zip(hinted, got))
+        for inputs, extra in ((px, {}), (px, {"crop_boxes": encoder.stab.crop_boxes_for(px)}), (px[:, 0], {}),
+                              (mixed, {})):
+            want, want_per_video = model.encode_video_flat(inputs)
+            got, per_video = encoder(inputs, **extra)
+            assert per_video == want_per_video and (got - want).abs().max() < 1e-5
     with pytest.raises(ValueError, match="crop_boxes"):
-        model.encode_video(list(px), crop_boxes="full")
-    with pytest.raises(RuntimeError, match="unfuse"):
-        model.train()
+        encoder(list(px), crop_boxes="full")
+    with pytest.raises(ValueError, match="pixel_values must be"):
+        encoder(px[:, :, :3])
+    model.train()  # the plain model is untouched by the fast form
 
 
 def test_graphed_encoder_checks_and_runs_the_encode_off_cuda():
-    """GraphedEncoder (CUDA graphs on a GPU): needs the fused STAB; off CUDA it runs the same encode, with the host
+    """GraphedEncoder (CUDA graphs on a GPU): needs the FusedSTAB; off CUDA it runs the same encode, with the host
     crop boxes, and gives encode_video_flat's tokens."""
-    from videopanda.modeling.graphs import GraphedEncoder
-
-    text = dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
-                num_key_value_heads=2, vocab_size=300, max_position_embeddings=2048)
-    torch.manual_seed(0)
-    model = VideoPandaForCausalLM(VideoPandaConfig(text_config=text, **VARIANTS["videopanda-tiny"])).eval()
-    with pytest.raises(ValueError, match="fused"):
+    model = tiny_model(layers=1)
+    with pytest.raises(ValueError, match="FusedSTAB"):
         GraphedEncoder(model.video_tower, model.video_projector)
-    model.optimize_for_inference()
-    encoder = GraphedEncoder(model.video_tower, model.video_projector, compile=False)
+    stab = FusedSTAB(model.video_tower)
+    encoder = GraphedEncoder(stab, model.video_projector, compile=False)
     px = make_input(*CASES["wide_and_tall"], dtype=torch.float32)
     with torch.no_grad():
-        want, _ = model.encode_video_flat(px)
-    got = encoder(px, model.video_tower.crop_boxes_for(px))
-    assert torch.equal(got, want)
+        want, _ = FastEncoder(model)(px)
+        plain, _ = model.encode_video_flat(px)
+    got = encoder(px, stab.crop_boxes_for(px))
+    assert torch.equal(got, want) and (got - plain).abs().max() < 1e-5
 
 
 @pytest.mark.parametrize("case", ["square", "padded_frames"])
 def test_fused_epilogue_gemms_equal_matmul_then_pass(case, scalar_index):
-    """gemm_impl="triton": the LSTE's second conv with the residual add and the dpe's zero border as one TMA GEMM
+    """FastOptions.gemm="triton": the LSTE's second conv with the residual add and the dpe's zero border as one TMA GEMM
     (gemm_kernels.linear_residual_pad), and in GraphedEncoder the projector's first layer with its exact GELU
     (gemm_kernels.linear_gelu), run by Triton's interpreter in float32; the tokens are those of cuBLAS + the separate
     passes, and of the straightforward STAB."""
-    from videopanda.modeling import gemm_kernels
-    from videopanda.modeling.graphs import GraphedEncoder
+    from videopanda.fast import gemm_kernels
 
     if not kernels.available(torch.empty(0)) or not gemm_kernels.tma_available(torch.empty(0)):
         pytest.skip("needs Triton with tensor descriptors (its interpreter on CPU)")
     stab = make_stab(torch.float32)
-    fused = copy.deepcopy(stab).fuse()
-    fused.dpe_impl = fused.lsd_impl = fused.unfold_impl = fused.pool_impl = "triton"
+    fused = FusedSTAB(stab, dataclasses.replace(TRITON, gemm="torch"))
     projector = torch.nn.Sequential(torch.nn.Linear(32, 48), torch.nn.GELU(), torch.nn.Linear(48, 48))
     px = make_input(*CASES[case], dtype=torch.float32)
     boxes = fused.crop_boxes_for(px)
     with torch.no_grad():
         want = stab(px).tokens
-        fused.gemm_impl = "torch"
         plain = GraphedEncoder(fused, projector, compile=False)(px, boxes)
-        fused.gemm_impl = "triton"
+        fused = FusedSTAB(stab, dataclasses.replace(TRITON, gemm="triton"))
         got_tokens = fused(px, crop_boxes=boxes).tokens
         got = GraphedEncoder(fused, projector, compile=False)(px, boxes)
     assert (got_tokens - want).abs().max() < 1e-4
     assert (got - plain).abs().max() < 1e-4 and (got - projector(want)).abs().max() < 1e-4
 
 
-@pytest.mark.parametrize("attr", ["dpe_impl", "lsd_impl", "unfold_impl", "pool_impl", "gemm_impl"])
-def test_unknown_kernel_form_is_refused(attr):
-    fused = make_stab().fuse()
-    setattr(fused, attr, "cudnn-magic")
-    with pytest.raises(ValueError, match=attr), torch.no_grad():
-        fused(make_input(*CASES["square"]))
+@pytest.mark.parametrize("field", ["unfold", "dpe", "lsd", "pool", "gemm", "gemv"])
+def test_unknown_kernel_form_is_refused(field):
+    with pytest.raises(ValueError, match=f"FastOptions.{field} must be one of 'auto'"):
+        FastOptions(**{field: "cudnn-magic"})
+    assert getattr(FastOptions.all("triton"), field) == "triton"

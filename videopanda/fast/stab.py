@@ -7,7 +7,9 @@ patch embedding is one matmul over unfolded 14x14 patches; everything runs chann
 known on the host (`crop_boxes=`) the call needs no host sync. `FastOptions` picks the form of each kernel.
 
 The FusedSTAB shares the STAB's parameters (no copy); the folded constants are non-persistent buffers computed at
-construction. After the STAB's weights change (a load, a training step), call `refold()`.
+construction. An eager call first checks that the STAB's tensors are those folded (same storage, no in-place change
+since: a load, an optimiser step, `.to()`) and folds again if not; compiled code skips that check, so call `refold()`
+after changing the weights of a compiled or graphed encoder.
 
 Shape legend as in `modeling/stab.py`: B videos, T frames, C channels, G patch-grid side, n frames in a group,
 I the LSTE's inner width.
@@ -52,7 +54,7 @@ class FusedSTAB(nn.Module):
     Args:
         stab: the STAB (its weights loaded and its dtype and device chosen: the folds are made from them).
         options: the form of each kernel (`FastOptions`).
-    Inference only: `train()` raises. The STAB itself stays trainable; refold after changing its weights.
+    Inference only: `train()` raises. The STAB itself stays trainable.
     """
 
     def __init__(self, stab: STAB, options: FastOptions = FastOptions()) -> None:
@@ -64,6 +66,7 @@ class FusedSTAB(nn.Module):
         self.dim, self.num_heads, self.patch_size = stab.dim, stab.num_heads, stab.patch_size
         self.conv_stride, self.chunk_size, self.empty_frame_patches = \
             stab.conv_stride, stab.chunk_size, stab.empty_frame_patches
+        self._folded_from: tuple = ()
         self.refold()
         super().train(False)
 
@@ -89,7 +92,9 @@ class FusedSTAB(nn.Module):
         """
         if self.stab.training:
             raise RuntimeError("the STAB under this FusedSTAB is in training mode (dropout on, BatchNorm statistics "
-                               "changing); put it in eval mode and refold()")
+                               "changing); put it in eval mode")
+        if not torch.compiler.is_compiling() and self._folded_from != self._weights_key():
+            self.refold()
         if pixel_address is not None and crop_boxes is None:
             raise ValueError("pixel_address needs given crop_boxes")
         B, T, _, S, _ = pixel_values.shape
@@ -120,10 +125,20 @@ class FusedSTAB(nn.Module):
             raise ValueError(f"crop_boxes has {len(boxes)} boxes for {frames} frames")
         return boxes
 
+    def _weights_key(self) -> tuple:
+        """Where the STAB's tensors are and how often each was changed in place: differs once its weights change."""
+        # inference tensors (made under torch.inference_mode) keep no version counter
+        return tuple((t.data_ptr(), -1 if t.is_inference() else t._version)
+                     for t in (*self.stab.parameters(), *self.stab.buffers()))
+
     @torch.no_grad()
     def refold(self) -> None:
         """Compute the folded constants from the STAB's current weights (in float32 at least, stored in the
-        parameter dtype). Call it after those weights, their dtype or their device change."""
+        parameter dtype). Eager calls do it themselves when the weights changed; compiled code does not."""
+        self._fold()
+        self._folded_from = self._weights_key()
+
+    def _fold(self) -> None:
         dtype = self.stab.patch_embedding.weight.dtype
         wide = torch.promote_types(dtype, torch.float32)
         C, heads = self.dim, self.num_heads
