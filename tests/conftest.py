@@ -221,7 +221,12 @@ def smollm2_tokenizer():
 
 # -- the tiny model: the "videopanda-tiny" variant (videopanda/configuration.py), random weights -------------------
 def _fingerprint(model: torch.nn.Module) -> tuple[dict, dict[str, torch.Tensor]]:
-    return model.config.to_dict(), {k: v.detach().clone() for k, v in model.state_dict().items()}
+    """The model's config, less what `save_pretrained` records in it (architectures, dtype), and its weights."""
+    config = model.config.to_dict()
+    for fields in (config, config["text_config"]):
+        for name in ("architectures", "dtype"):
+            fields.pop(name, None)
+    return config, {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 @pytest.fixture(scope="session")

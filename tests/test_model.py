@@ -8,18 +8,16 @@ from official_checkpoint import write_official_checkpoint
 from transformers import AutoModelForCausalLM
 
 from videopanda import VARIANTS, VideoPandaConfig, VideoPandaForCausalLM
+from videopanda.configuration import variant_config
 from videopanda.weights import CheckpointError
 
-TEXT = dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, vocab_size=300, max_position_embeddings=2048, tie_word_embeddings=True)
-VID = 299  # placeholder id (inside the vocab here; it works outside it too)
+VID = 49152  # the tiny model's placeholder id, one past its vocabulary (inside it works too: see the tied model)
 
 
 @pytest.fixture(scope="module")
-def model() -> VideoPandaForCausalLM:
-    torch.manual_seed(0)
-    config = VideoPandaConfig(text_config=TEXT, video_token_index=VID, **VARIANTS["videopanda-tiny"])
-    return VideoPandaForCausalLM(config).eval()
+def model(tiny_model) -> VideoPandaForCausalLM:
+    assert tiny_model.config.video_token_index == VID
+    return tiny_model
 
 
 def video(T: int = 8, box: tuple[int, int, int, int] = (0, 0, 112, 112), seed: int = 0) -> torch.Tensor:
@@ -114,6 +112,25 @@ def test_save_and_load_round_trip(model, tmp_path):
                           again(input_ids=ids, pixel_values=px).logits, atol=1e-5)
 
 
+def test_tied_model_with_a_placeholder_inside_the_vocabulary_round_trips(tmp_path):
+    """SmolLM2 (the default LLM) ties its input and output embeddings; a placeholder id may also be a real token."""
+    torch.manual_seed(0)
+    inside = 299
+    config = variant_config("videopanda-tiny", text_config={"tie_word_embeddings": True}, video_token_index=inside)
+    tied = VideoPandaForCausalLM(config).eval()
+    assert tied.get_output_embeddings().weight is tied.get_input_embeddings().weight
+    ids = torch.tensor([[5, 6, 7, *[inside] * 168, 8, 9]])
+    px = video()[None]
+    embeds = tied.embed_inputs(ids, px)
+    assert torch.equal(embeds[0, 3:3 + 168], tied.encode_video(px)[0])
+    assert torch.equal(embeds[0, :3], tied.get_input_embeddings()(ids[0, :3]))
+    tied.save_pretrained(tmp_path)
+    again = VideoPandaForCausalLM.from_pretrained(tmp_path).eval()
+    assert again.get_output_embeddings().weight is again.get_input_embeddings().weight
+    assert torch.allclose(tied(input_ids=ids, pixel_values=px).logits, again(input_ids=ids, pixel_values=px).logits,
+                          atol=1e-5)
+
+
 @pytest.mark.parametrize(("fmt", "model_type"), [("bin-sharded", "videopanda"), ("safetensors", "videopanda"),
                                                   ("safetensors", "eve")])
 def test_official_checkpoint_loads_strictly(tmp_path, fmt, model_type):
@@ -146,9 +163,9 @@ def test_official_checkpoint_with_unknown_key_fails(tmp_path):
 
 def test_config_validates_itself():
     with pytest.raises(ValueError, match="stab_hidden_size"):
-        VideoPandaConfig(text_config=TEXT, stab_hidden_size=30, stab_num_heads=4)
+        variant_config("videopanda-tiny", stab_hidden_size=30, stab_num_heads=4)
     with pytest.raises(ValueError, match="image_size"):
-        VideoPandaConfig(text_config=TEXT, image_size=100, teacher_image_size=56)
+        variant_config("videopanda-tiny", image_size=100, teacher_image_size=56)
 
 
 @pytest.mark.parametrize("text", [
