@@ -1,4 +1,5 @@
-"""The `videopanda` command. Sub-commands are registered in `COMMANDS`; each has its own --help.
+"""The `videopanda` command. `COMMANDS` is its table: each row gives a sub-command's words, its function (whose
+docstring is the help), its flags and its examples; `build_parser` makes the parser from the rows.
 
 Bad input (a missing or broken video, a bad model folder, a question that does not fit) prints one line starting
 with "error:" on stderr and exits with status 2; no traceback.
@@ -10,11 +11,20 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 from .eval import commands as eval_commands  # light: torch is imported when a command runs
-from .flags import UserError, add_model_source_flags, add_speed_flags, run
+from .flags import (
+    Command,
+    UserError,
+    add_dataclass_flags,
+    add_device_flags,
+    add_model_source_flags,
+    add_speed_flags,
+    check_generation,
+    run,
+)
+from .flags import build_parser as _build_parser
 from .serve import commands as serve_commands  # light: fastapi, uvicorn and gradio are imported when a command runs
 
 EPILOG = """examples:
@@ -31,39 +41,44 @@ EPILOG = """examples:
 """
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
+def _video_flags(p: argparse.ArgumentParser) -> None:
+    """The flags of ask and chat: which model, how to sample and how long, where to run, how fast."""
     add_model_source_flags(p)
     p.add_argument("--frames", type=int, default=None, help="frames sampled per video (default: the model's, 8)")
     p.add_argument("--max-new-tokens", type=int, default=128, help="longest answer in tokens (default: %(default)s)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy, as the paper (default: %(default)s)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (default: %(default)s)")
-    p.add_argument("--dtype", default="auto",
-                   help="auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16, float16 (default: %(default)s)")
+    add_device_flags(p)
     add_speed_flags(p, "static KV cache + compiled (CUDA-graph) decoding and compiled element-wise ops: the first "
                        "answer pays a one-time compilation (~1-2 min for a 7B), later ones are 4-6x faster (GPU; see "
                        "docs/speed.md)")
+
+
+def ask_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("video", help="video file (mp4, mkv, webm, avi, mov, gif) or image (jpg, png, ...)")
+    p.add_argument("question")
+    _video_flags(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object (answer and stats), no streaming")
+
+
+def chat_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("video", help="video file or image")
+    _video_flags(p)
 
 
 def _read(args: argparse.Namespace):
     """Check the arguments and decode the video before loading any model, so bad input fails in a second."""
     from .video import load_visual
 
-    if args.frames is not None and not 1 <= args.frames <= 256:
-        raise UserError(f"--frames must be between 1 and 256, got {args.frames}")
-    if args.max_new_tokens < 1:
-        raise UserError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    if not 0 <= args.temperature <= 2:  # the server's range (OpenAI's)
-        raise UserError(f"--temperature must be between 0 (greedy) and 2, got {args.temperature}")
-    from .inference import resolve_device
+    check_generation(frames=args.frames, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                     dtype=args.dtype)
+    from .runtime import resolve_device
 
     resolve_device(args.device)
-    if args.dtype not in ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16"):
-        raise UserError(f"--dtype must be auto, float32, bfloat16 or float16; got {args.dtype!r}")
     return load_visual(args.video, args.frames or 8)
 
 
 def _load(args: argparse.Namespace):
-    from . import inference
+    from .engine import Engine
     from .weights import resolve_model
 
     source = resolve_model(args.model, subfolder=args.subfolder, revision=args.revision)  # downloads, with progress
@@ -71,17 +86,17 @@ def _load(args: argparse.Namespace):
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # transformers' "loading weights" bars
-    model, processor = inference.load(args.model, device=args.device, dtype=args.dtype, quantization=args.load_in,
-                                      source=source)
+    engine = Engine.load(args.model, device=args.device, dtype=args.dtype, quantization=args.load_in, source=source,
+                         decoding=_decoding(args))
     if args.frames is not None:
-        processor.config.num_frames = args.frames
+        engine.processor.config.num_frames = args.frames
     if source.kind == "default":
         print("note: the bundled default model was trained on synthetic clips of moving shapes only; for real footage "
               "use the released 7B (--model jh-yi/Video-Panda-7B)", file=sys.stderr)
-    if not model.visual_weights_trained:
+    if not engine.visual_weights_trained:
         print("note: the default model's visual weights (STAB + projector) are untrained in this version, so its "
               "answers do not depend on the video yet", file=sys.stderr)
-    return model, processor
+    return engine
 
 
 SOURCE_FIELDS = ("name", "kind", "folder", "repo_id", "subfolder", "revision")
@@ -96,21 +111,20 @@ def cmd_ask(args: argparse.Namespace) -> int:
     frames = _read(args)
     from transformers import TextStreamer
 
-    from . import inference
     from .video import is_image_path
 
-    model, processor = _load(args)
+    engine = _load(args)
+    processor = engine.processor
     streamer = None if args.json else TextStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
-    result = inference.answer(model, processor, frames, args.question, image=is_image_path(args.video),
-                              max_new_tokens=args.max_new_tokens, temperature=args.temperature, streamer=streamer,
-                              decoding=_decoding(args))
+    result = engine.answer(frames, args.question, image=is_image_path(args.video),
+                           max_new_tokens=args.max_new_tokens, temperature=args.temperature, streamer=streamer)
     if args.json:
         print(json.dumps({"answer": result.text, "question": args.question, "video": str(args.video),
                           "model": str(args.model), "frames": processor.config.num_frames,
                           "visual_tokens": result.visual_tokens, "prompt_tokens": result.prompt_tokens,
                           "new_tokens": result.new_tokens, "seconds": round(result.seconds, 3),
-                          "visual_weights_trained": model.visual_weights_trained,
-                          "source": {k: v for k, v in model.loading_report.items() if k in SOURCE_FIELDS}}))
+                          "visual_weights_trained": engine.visual_weights_trained,
+                          "source": {k: v for k, v in engine.loading_report.items() if k in SOURCE_FIELDS}}))
     return 0
 
 
@@ -119,10 +133,11 @@ def cmd_chat(args: argparse.Namespace) -> int:
     frames = _read(args)
     from transformers import TextStreamer
 
-    from . import inference
+    from .engine import ContextLengthError
     from .video import is_image_path
 
-    model, processor = _load(args)
+    engine = _load(args)
+    processor = engine.processor
     history: list[tuple[str, str]] = []
     interactive = sys.stdin.isatty()
     print(f"chatting about {args.video}; /reset clears the history, /exit or Ctrl-D quits", file=sys.stderr)
@@ -140,10 +155,10 @@ def cmd_chat(args: argparse.Namespace) -> int:
             continue
         streamer = TextStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
         try:
-            result = inference.answer(model, processor, frames, question, history, image=is_image_path(args.video),
-                                      max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                                      streamer=streamer, decoding=_decoding(args))
-        except inference.ContextLengthError as err:
+            result = engine.answer(frames, question, history, image=is_image_path(args.video),
+                                   max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                   streamer=streamer)
+        except ContextLengthError as err:
             print(f"error: {err}; /reset starts over", file=sys.stderr)
             continue
         history.append((question, result.text))
@@ -154,16 +169,16 @@ def cmd_convert(args: argparse.Namespace) -> int:
     our config.json and the processor's files, loadable with from_pretrained and the Auto classes."""
     import torch
 
-    from . import inference
     from .modeling.videopanda import VideoPandaForCausalLM
     from .processing import VideoPandaProcessor
+    from .runtime import resolve_dtype
     from .weights import resolve_model, verify_saved
 
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.overwrite:
         raise UserError(f"{out} exists and is not empty; pass --overwrite to replace what it holds")
     source = resolve_model(args.model, subfolder=args.subfolder, revision=args.revision)
-    dtype = "auto" if args.dtype == "auto" else inference.resolve_dtype(args.dtype, torch.device("cpu"))
+    dtype = "auto" if args.dtype == "auto" else resolve_dtype(args.dtype, torch.device("cpu"))
     model = VideoPandaForCausalLM.from_pretrained(source, dtype=dtype)
     processor = VideoPandaProcessor.from_pretrained(source.folder or source.name)
     model.save_pretrained(out)
@@ -206,108 +221,67 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _dataclass_flags(parser: argparse.ArgumentParser, cls: type) -> None:
-    """One --flag per dataclass field; the attribute docstrings become the help text."""
-    import ast
-    import dataclasses
-    import inspect
-
-    body = ast.parse(inspect.getsource(cls)).body[0].body
-    docs = {a.target.id: b.value.value for a, b in zip(body, body[1:])
-            if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant)}
-    for f in dataclasses.fields(cls):
-        flag = "--" + f.name.replace("_", "-")
-        required = f.default is dataclasses.MISSING
-        default = None if required else f.default
-        kind = str(f.type)
-        help_text = docs.get(f.name, "") + ("" if required else " (default: %(default)s)")
-        if kind == "bool" and f.default:  # on by default: --flag / --no-flag
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=True, help=help_text)
-        elif kind == "bool":
-            parser.add_argument(flag, action="store_true", help=help_text.replace(" (default: %(default)s)", ""))
-        else:
-            conv = int if kind == "int" else float if "float" in kind else str
-            parser.add_argument(flag, dest=f.name, type=conv, default=default, required=required, help=help_text)
+def convert_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="official checkpoint folder, hub id (jh-yi/Video-Panda-7B), one of our folders or "
+                                 "'videopanda-default'")
+    p.add_argument("out", help="folder to write (refused if it exists and is not empty, unless --overwrite)")
+    p.add_argument("--subfolder", default=None, help="folder inside the model folder or hub repo")
+    p.add_argument("--revision", default=None, help="hub branch, tag or commit of a hub id")
+    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
+                   help="dtype of the written weights (default: %(default)s, the checkpoint's own)")
+    p.add_argument("--overwrite", action="store_true", help="write into a folder that is not empty")
 
 
-COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"ask": cmd_ask, "chat": cmd_chat,
-                                                            "convert": cmd_convert,
-                                                            "data synth": cmd_data_synth, "train": cmd_train,
-                                                            "eval videoqa": eval_commands.cmd_videoqa,
-                                                            "eval judge": eval_commands.cmd_judge,
-                                                            "eval vcgbench": eval_commands.cmd_vcgbench,
-                                                            "serve": serve_commands.cmd_serve,
-                                                            "demo": serve_commands.cmd_demo, "bench": cmd_bench}
+def train_flags(p: argparse.ArgumentParser) -> None:
+    from .train.args import TrainArgs  # standard library only: --help stays instant
+
+    add_dataclass_flags(p, TrainArgs)
+
+
+def synth_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--n", type=int, required=True, help="number of clips")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.add_argument("--frames", type=int, default=16, help="frames per clip (default: %(default)s)")
+    p.add_argument("--size", type=int, default=128, help="frame side in pixels (default: %(default)s)")
+    p.add_argument("--fps", type=int, default=8, help="frame rate (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: all cores)")
+
+
+def bench_flags(p: argparse.ArgumentParser) -> None:
+    from .bench import add_arguments
+
+    add_arguments(p)
+
+
+# The command table: every sub-command's place, function (its docstring is the help), flags and examples.
+COMMANDS: tuple[Command, ...] = (
+    Command(("ask",), cmd_ask, ask_flags,
+            '  videopanda ask clip.mp4 "What is the man doing?"\n'
+            '  videopanda ask clip.mp4 "How many objects are there?" --json\n'
+            '  videopanda ask clip.mp4 "..." --model jh-yi/Video-Panda-7B --device cuda   # the released 7B\n'),
+    Command(("chat",), cmd_chat, chat_flags, "  videopanda chat clip.mp4\n"),
+    Command(("convert",), cmd_convert, convert_flags,
+            "  videopanda convert jh-yi/Video-Panda-7B ./videopanda-7b-fitu\n"
+            "  videopanda convert ./Video-Panda-7B/videopanda_prtr1 ./videopanda-7b-prtr1 --dtype bfloat16\n"),
+    Command(("data", "synth"), cmd_data_synth, synth_flags,
+            "  videopanda data synth --out data/synth --n 2000 --seed 0\n"),
+    Command(("train",), cmd_train, train_flags,
+            "  videopanda train --stage finetune --data data/synth/train.json --out runs/default --lora-r 32 "
+            "--steps 2000\n"),
+    *eval_commands.COMMANDS,
+    *serve_commands.COMMANDS,
+    Command(("bench",), cmd_bench, bench_flags,
+            "  videopanda bench --device cpu --out bench/results/cpu_default.json\n"
+            "  videopanda bench --device cuda --llm default-random,7b-random --compile \\\n"
+            "      --out bench/results/h100.json\n"),
+)
+GROUPS = {"data": "data sets: synth", "eval": eval_commands.EVAL_HELP}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="videopanda", description="Video-Panda: encoder-free video-language model.",
-                                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-v", "--verbose", action="store_true", help="show library logs and warnings")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    ask = sub.add_parser("ask", help=cmd_ask.__doc__, description=cmd_ask.__doc__)
-    ask.add_argument("video", help="video file (mp4, mkv, webm, avi, mov, gif) or image (jpg, png, ...)")
-    ask.add_argument("question")
-    _add_model_args(ask)
-    ask.add_argument("--json", action="store_true", help="print one JSON object (answer and stats), no streaming")
-    ask.set_defaults(func=cmd_ask)
-
-    chat = sub.add_parser("chat", help=cmd_chat.__doc__, description=cmd_chat.__doc__)
-    chat.add_argument("video", help="video file or image")
-    _add_model_args(chat)
-    chat.set_defaults(func=cmd_chat)
-
-    convert = sub.add_parser("convert", help=cmd_convert.__doc__.split(":")[0], description=cmd_convert.__doc__,
-                             epilog="examples:\n  videopanda convert jh-yi/Video-Panda-7B ./videopanda-7b-fitu\n"
-                                    "  videopanda convert ./Video-Panda-7B/videopanda_prtr1 ./videopanda-7b-prtr1 "
-                                    "--dtype bfloat16",
-                             formatter_class=argparse.RawDescriptionHelpFormatter)
-    convert.add_argument("model", help="official checkpoint folder, hub id (jh-yi/Video-Panda-7B), one of our folders "
-                                       "or 'videopanda-default'")
-    convert.add_argument("out", help="folder to write (refused if it exists and is not empty, unless --overwrite)")
-    convert.add_argument("--subfolder", default=None, help="folder inside the model folder or hub repo")
-    convert.add_argument("--revision", default=None, help="hub branch, tag or commit of a hub id")
-    convert.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
-                         help="dtype of the written weights (default: %(default)s, the checkpoint's own)")
-    convert.add_argument("--overwrite", action="store_true", help="write into a folder that is not empty")
-    convert.set_defaults(func=cmd_convert)
-
-    from .train.args import TrainArgs
-
-    train = sub.add_parser("train", help=cmd_train.__doc__, description=cmd_train.__doc__,
-                           epilog="example: videopanda train --stage finetune --data data/synth/train.json "
-                                  "--out runs/default --lora-r 32 --steps 2000")
-    _dataclass_flags(train, TrainArgs)
-    train.set_defaults(func=cmd_train)
-
-    ev = sub.add_parser("eval", help="evaluation: videoqa, judge, vcgbench")
-    ev_sub = ev.add_subparsers(dest="eval_command", metavar="EVAL_COMMAND", required=True)
-    eval_commands.register(ev_sub, videoqa=True)
-    serve_commands.register(sub)
-
-    from .bench import add_arguments as add_bench_args
-
-    bench = sub.add_parser("bench", help=cmd_bench.__doc__.split(";")[0], description=cmd_bench.__doc__,
-                           epilog="examples:\n  videopanda bench --device cpu --out bench/results/cpu_default.json\n"
-                                  "  videopanda bench --device cuda --llm default-random,7b-random --compile "
-                                  "--out bench/results/h100.json",
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_bench_args(bench)
-    bench.set_defaults(func=cmd_bench)
-
-    data = sub.add_parser("data", help="data sets: synth")
-    data_sub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
-    synth = data_sub.add_parser("synth", help=cmd_data_synth.__doc__, description=cmd_data_synth.__doc__)
-    synth.add_argument("--out", required=True, help="output folder")
-    synth.add_argument("--n", type=int, required=True, help="number of clips")
-    synth.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    synth.add_argument("--frames", type=int, default=16, help="frames per clip (default: %(default)s)")
-    synth.add_argument("--size", type=int, default=128, help="frame side in pixels (default: %(default)s)")
-    synth.add_argument("--fps", type=int, default=8, help="frame rate (default: %(default)s)")
-    synth.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: all cores)")
-    synth.set_defaults(func=cmd_data_synth)
-    return parser
+    return _build_parser(COMMANDS, prog="videopanda", description="Video-Panda: encoder-free video-language model.",
+                         epilog=EPILOG, groups=GROUPS)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,9 +1,10 @@
 """The evaluation sub-commands: `videopanda eval judge`, `videopanda eval vcgbench` (and a sharded, judged
 `videopanda eval videoqa`).
 
-`register(eval_subparsers)` adds them to the `videopanda eval` parser of cli.py; `python -m videopanda.eval.commands`
-runs them without it (the same flags). Every command writes `results.json` and `report.md` (ours beside the paper's
-numbers) to its --out folder. Under torchrun the inference is sharded (sharding.py) and rank 0 judges and reports.
+`COMMANDS` holds their rows of the command table (cli.py reads them); `python -m videopanda.eval.commands` runs them
+without cli.py (the same rows, the same flags). Every command writes `results.json` and `report.md` (ours beside the
+paper's numbers) to its --out folder. Under torchrun the inference is sharded (sharding.py) and rank 0 judges and
+reports.
 
 Bad input raises ValueError / FileNotFoundError (printed as one "error:" line, exit status 2, by the caller).
 """
@@ -11,6 +12,7 @@ Bad input raises ValueError / FileNotFoundError (printed as one "error:" line, e
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -18,11 +20,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..flags import add_model_source_flags, add_speed_flags, run
+from ..flags import (
+    Command,
+    add_device_flags,
+    add_model_source_flags,
+    add_speed_flags,
+    build_parser,
+    check_generation,
+    run,
+)
 from .judges import QA_RUBRIC, Judge, LocalJudge, OpenAIJudge, aggregate, judge_qa
 from .report import qa_markdown, vcg_markdown, write_report
 
-__all__ = ["build_judge", "cmd_judge", "cmd_vcgbench", "cmd_videoqa", "main", "register"]
+__all__ = ["COMMANDS", "build_judge", "cmd_judge", "cmd_vcgbench", "cmd_videoqa", "main"]
 
 DATASETS = ("msvd", "msrvtt", "tgif", "activitynet", "synth")
 GROUP_KEYS = ("family", "type")  # tried in order by --group-by auto
@@ -73,8 +83,7 @@ def _add_inference_args(p: argparse.ArgumentParser, max_new_tokens: int) -> None
     g.add_argument("--num-workers", type=int, default=2, help="video decoding threads (default: %(default)s)")
     g.add_argument("--shard", choices=("contiguous", "strided"), default="contiguous",
                    help="how torchrun processes split the questions (default: %(default)s)")
-    g.add_argument("--device", default="auto", help="auto (this rank's GPU under torchrun), cpu, cuda ...")
-    g.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16 (default: %(default)s)")
+    add_device_flags(g, "auto (this rank's GPU under torchrun), cpu, cuda ... (default: %(default)s)")
     add_speed_flags(g, "static KV cache + compiled decoding and compiled element-wise ops (GPU): each new batch size "
                        "compiles once (~1 min for a 7B), then batches run faster (docs/speed.md)")
 
@@ -98,10 +107,9 @@ def build_judge(args: argparse.Namespace) -> Judge | None:
 
 
 def _inference_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    if args.batch_size < 1 or args.max_new_tokens < 1 or args.num_workers < 0:
-        raise ValueError("--batch-size and --max-new-tokens must be >= 1 and --num-workers >= 0")
-    if args.frames is not None and not 1 <= args.frames <= 256:
-        raise ValueError(f"--frames must be between 1 and 256, got {args.frames}")
+    if args.batch_size < 1 or args.num_workers < 0:
+        raise ValueError("--batch-size must be >= 1 and --num-workers >= 0")
+    check_generation(frames=args.frames, max_new_tokens=args.max_new_tokens, dtype=args.dtype)
     return dict(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, num_frames=args.frames,
                 num_workers=args.num_workers, strategy=args.shard, decoding="compiled" if args.compile else "auto")
 
@@ -180,10 +188,10 @@ def cmd_videoqa(args: argparse.Namespace) -> int:
     from .sharding import close, sharded_videoqa, world
     from .videoqa import merge_and_score, read_qa
 
+    kwargs = _inference_kwargs(args)  # the flags first: a bad one fails before any file is read
     items = read_qa(args.questions, args.answers)
     if not Path(args.video_dir).is_dir():
         raise FileNotFoundError(f"--video-dir {args.video_dir}: no such folder")
-    kwargs = _inference_kwargs(args)
     judge = build_judge(args) if args.judge == "openai" else None  # fail before inference on a missing key
     model, processor = _load_model(args)
     out = Path(args.out)
@@ -264,11 +272,8 @@ def cmd_vcgbench(args: argparse.Namespace) -> int:
     return 0
 
 
-# -- registration ------------------------------------------------------------------------------------------------------
-def register(eval_subparsers: argparse._SubParsersAction, *, videoqa: bool = False) -> None:
-    """Add `judge` and `vcgbench` (and, with videoqa=True, this module's sharded and judged `videoqa`) to the
-    sub-parsers of `videopanda eval`."""
-    judge = eval_subparsers.add_parser("judge", help=cmd_judge.__doc__, description=cmd_judge.__doc__)
+# -- the rows of the command table -------------------------------------------------------------------------------------
+def judge_flags(judge: argparse.ArgumentParser) -> None:
     judge.add_argument("--pred", nargs="+", required=True, help="prediction JSONL file(s), e.g. one per shard")
     judge.add_argument("--out", required=True, help="output folder")
     judge.add_argument("--questions", default=None, help="test_q.json: score against this set (missing counted)")
@@ -278,9 +283,9 @@ def register(eval_subparsers: argparse._SubParsersAction, *, videoqa: bool = Fal
     judge.add_argument("--group-by", default="auto", help="field to break scores down by: auto (family or type), "
                                                           "a field name, or none (default: auto)")
     _add_judge_args(judge, "openai")
-    judge.set_defaults(func=cmd_judge)
 
-    vcg = eval_subparsers.add_parser("vcgbench", help=cmd_vcgbench.__doc__, description=cmd_vcgbench.__doc__)
+
+def vcgbench_flags(vcg: argparse.ArgumentParser) -> None:
     vcg.add_argument("--generic", default=None, help="generic_qa.json (correctness, detail, context)")
     vcg.add_argument("--temporal", default=None, help="temporal_qa.json (temporal)")
     vcg.add_argument("--consistency", default=None, help="consistency_qa.json (consistency)")
@@ -291,29 +296,39 @@ def register(eval_subparsers: argparse._SubParsersAction, *, videoqa: bool = Fal
                      help="predict: answers only; score: judge the answers already in --out (default: all)")
     _add_inference_args(vcg, max_new_tokens=1024)
     _add_judge_args(vcg, "openai")
-    vcg.set_defaults(func=cmd_vcgbench)
 
-    if videoqa:
-        vqa = eval_subparsers.add_parser("videoqa", help=cmd_videoqa.__doc__, description=cmd_videoqa.__doc__)
-        vqa.add_argument("--dataset", default="msvd", choices=DATASETS,
-                         help="file naming of the benchmark (activitynet adds 'v_') (default: %(default)s)")
-        vqa.add_argument("--questions", required=True, help="test_q.json")
-        vqa.add_argument("--answers", required=True, help="test_a.json (aligned with the questions by index)")
-        vqa.add_argument("--video-dir", required=True, help="folder of the videos")
-        vqa.add_argument("--out", required=True, help="output folder: predictions.jsonl (resumable), results.json, "
-                                                      "report.md")
-        vqa.add_argument("--group-by", default="auto", help="field to break scores down by (default: auto)")
-        _add_inference_args(vqa, max_new_tokens=32)
-        _add_judge_args(vqa, "none")
-        vqa.set_defaults(func=cmd_videoqa)
+
+def videoqa_flags(vqa: argparse.ArgumentParser) -> None:
+    vqa.add_argument("--dataset", default="msvd", choices=DATASETS,
+                     help="file naming of the benchmark (activitynet adds 'v_') (default: %(default)s)")
+    vqa.add_argument("--questions", required=True, help="test_q.json")
+    vqa.add_argument("--answers", required=True, help="test_a.json (aligned with the questions by index)")
+    vqa.add_argument("--video-dir", required=True, help="folder of the videos")
+    vqa.add_argument("--out", required=True, help="output folder: predictions.jsonl (resumable), results.json, "
+                                                  "report.md")
+    vqa.add_argument("--group-by", default="auto", help="field to break scores down by (default: auto)")
+    _add_inference_args(vqa, max_new_tokens=32)
+    _add_judge_args(vqa, "none")
+
+
+COMMANDS = (
+    Command(("eval", "videoqa"), cmd_videoqa, videoqa_flags,
+            "  videopanda eval videoqa --dataset msvd --questions test_q.json --answers test_a.json \\\n"
+            "      --video-dir videos/ --out runs/msvd\n"
+            "  torchrun --nproc_per_node 8 -m videopanda.eval.commands videoqa ...   # sharded over 8 GPUs\n"),
+    Command(("eval", "judge"), cmd_judge, judge_flags,
+            "  videopanda eval judge --pred runs/msvd/predictions.jsonl --out runs/msvd_judged --dataset msvd\n"),
+    Command(("eval", "vcgbench"), cmd_vcgbench, vcgbench_flags,
+            "  videopanda eval vcgbench --generic generic_qa.json --temporal temporal_qa.json \\\n"
+            "      --consistency consistency_qa.json --video-dir videos/ --out runs/vcg\n"),
+)
+EVAL_HELP = "evaluation: videoqa, judge, vcgbench"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m videopanda.eval.commands [-v] SUB ...` is `videopanda [-v] eval SUB ...` (kept for torchrun -m)."""
-    parser = argparse.ArgumentParser(prog="videopanda eval", description="evaluation: videoqa, judge, vcgbench")
-    parser.add_argument("-v", "--verbose", action="store_true", help="show library logs and warnings")
-    register(parser.add_subparsers(dest="eval_command", metavar="EVAL_COMMAND", required=True), videoqa=True)
-    return run(parser, argv)
+    rows = [dataclasses.replace(c, path=c.path[1:]) for c in COMMANDS]
+    return run(build_parser(rows, prog="videopanda eval", description=EVAL_HELP), argv)
 
 
 if __name__ == "__main__":

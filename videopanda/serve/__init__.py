@@ -10,27 +10,16 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from ..flags import check_generation
+
 __all__ = ["DemoArgs", "ServeArgs"]
 
-_DTYPES = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
-
-
-def _check_model(model: str) -> None:
-    if model != "videopanda-default" and not os.path.isfile(os.path.join(model, "config.json")):
-        raise ValueError(f"--model {model}: not a model folder (no config.json); pass a checkpoint folder or "
-                         "'videopanda-default'")
-
-
-def _check_common(model: str, port: int, frames: int | None, max_tokens: int, dtype: str) -> None:
-    _check_model(model)
+def _check_common(port: int, frames: int | None, max_tokens: int, dtype: str) -> None:
+    """The model name is checked when the server or page starts (`weights.resolve_model`: the bundled model, a
+    folder or a hub id), before anything loads."""
     if not 0 <= port <= 65535:
         raise ValueError(f"--port must be between 0 and 65535, got {port}")
-    if frames is not None and not 1 <= frames <= 256:
-        raise ValueError(f"--frames must be between 1 and 256, got {frames}")
-    if max_tokens < 1:
-        raise ValueError(f"--max-tokens must be >= 1, got {max_tokens}")
-    if dtype not in _DTYPES:
-        raise ValueError(f"--dtype must be one of {', '.join(_DTYPES)}; got {dtype!r}")
+    check_generation(frames=frames, max_new_tokens=max_tokens, dtype=dtype, max_tokens_flag="--max-tokens")
 
 
 @dataclass
@@ -85,7 +74,7 @@ class ServeArgs:
     times faster (docs/speed.md)"""
 
     def __post_init__(self) -> None:
-        _check_common(self.model, self.port, self.frames, self.max_tokens, self.dtype)
+        _check_common(self.port, self.frames, self.max_tokens, self.dtype)
         if not self.max_upload_mb > 0:
             raise ValueError(f"--max-upload-mb must be > 0, got {self.max_upload_mb}")
         if self.max_queue < 1 or self.max_batch < 1:
@@ -128,6 +117,6 @@ class DemoArgs:
     """auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16, float16"""
 
     def __post_init__(self) -> None:
-        _check_common(self.model, self.port, self.frames, self.max_tokens, self.dtype)
+        _check_common(self.port, self.frames, self.max_tokens, self.dtype)
         if not self.max_upload_mb > 0:
             raise ValueError(f"--max-upload-mb must be > 0, got {self.max_upload_mb}")
