@@ -17,9 +17,6 @@ import numpy as np
 import pytest
 
 from videopanda.data.synth import (
-    _PHRASES,
-    _WIDE_BG_RANGE,
-    _WIDE_PHRASES,
     BACKGROUNDS,
     COLOURS,
     DIRECTIONS,
@@ -28,7 +25,6 @@ from videopanda.data.synth import (
     WIDE_BACKGROUNDS,
     Scene,
     SceneObject,
-    _background_image,
     caption,
     generate,
     make_questions,
@@ -36,6 +32,9 @@ from videopanda.data.synth import (
     sample_scene,
     write_video,
 )
+from videopanda.data.synth.questions import _PHRASES, _WIDE_PHRASES
+from videopanda.data.synth.render import _background_image
+from videopanda.data.synth.scene import _WIDE_BG_RANGE
 
 JSON_FILES = ("train.json", "val.json", "test_q.json", "test_a.json", "meta.json")
 TINY = {"num_frames": 8, "size": 64, "progress": False}
