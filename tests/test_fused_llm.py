@@ -1,4 +1,4 @@
-"""Fused q/k/v and gate/up projections (modeling/fused_llm.py): same outputs, same memory, same state_dict."""
+"""Fused q/k/v and gate/up projections (fast/llm.py): same outputs, same memory, same state_dict."""
 
 import contextlib
 import copy
@@ -10,8 +10,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from videopanda.modeling import fast_check, fused_llm
-from videopanda.modeling.fused_llm import fuse_projections
+from videopanda.fast import CompiledOps, fast_check, fuse_projections
+from videopanda.fast import llm as fused_llm
 
 
 def _tiny(bias: bool = False) -> LlamaForCausalLM:
@@ -75,7 +75,7 @@ def test_quantized_or_foreign_layers_are_left_alone():
     assert not hasattr(attn, "_fused_qkv_weight") and "forward" not in attn.__dict__
 
 
-def test_optimize_for_inference_fuses_the_video_models_llm_on_request_with_the_same_answer():
+def test_bench_fuses_the_video_models_llm_on_request_with_the_same_answer():
     """What `inference.load` does on a GPU, forced on CPU: the whole video model answers the same."""
     from videopanda import bench
 
@@ -91,15 +91,17 @@ def test_optimize_for_inference_fuses_the_video_models_llm_on_request_with_the_s
 def test_compiled_pointwise_gives_the_same_logits_for_any_length_and_inside_a_compiled_step():
     """compile_pointwise (RMSNorm, rotary, SiLU * up compiled with dynamic shapes) keeps the function; a second prompt
     length reuses the graph; the compiled greedy decode step (fullgraph) traces through it."""
-    from videopanda.modeling.fused_llm import compile_pointwise
+    from videopanda.fast import compile_pointwise
 
     model = _tiny()
     ids = {n: torch.randint(0, 97, (2, n)) for n in (7, 13, 21)}
     with torch.no_grad():
         before = {n: model(x).logits for n, x in ids.items()}
     fuse_projections(model)
-    assert compile_pointwise(model) == 2 * 2 + 2 * 2 + 1  # per layer 2 norms, rope, act; the final norm
-    assert compile_pointwise(model) == 0
+    compiled = CompiledOps()
+    assert compile_pointwise(model, compiled) == 2 * 2 + 2 * 2 + 1  # per layer 2 norms, rope, act; the final norm
+    assert len(compiled) == 3  # one compiled function each, shared by every block: the caller's cache
+    assert compile_pointwise(model, compiled) == 0
     torch._dynamo.reset()
     graphs = []
     with torch.no_grad():
@@ -114,8 +116,8 @@ def test_compiled_decoding_with_compiled_pointwise_answers_the_same():
     """What `--compile` does on a GPU (fused projections + compiled pointwise ops + the compiled decode step),
     forced on CPU with the tiny video model: the same greedy tokens as plain dynamic decoding."""
     from videopanda import bench, inference
+    from videopanda.fast import compile_pointwise
     from videopanda.inference import generate
-    from videopanda.modeling.fused_llm import compile_pointwise
 
     inference._COMPILED_STEP.clear()  # a fresh trace of the decode step, through the compiled pointwise functions
     torch._dynamo.reset()
@@ -145,7 +147,6 @@ def test_left_padded_prefill_takes_the_ragged_causal_path_with_the_same_results(
     static cache, GQA) the same tokens, as the library's masked attention."""
     from unittest import mock
 
-    from videopanda.modeling import fused_llm
 
     torch.manual_seed(0)
     model = _tiny()  # 4 query heads, 2 key/value heads
@@ -177,7 +178,7 @@ def test_left_padded_prefill_takes_the_ragged_causal_path_with_the_same_results(
     torch.testing.assert_close(got[real], want[real], rtol=1e-5, atol=1e-5)
 
 
-# -- the load-time check (fused_llm.verify_fused, modeling/fast_check.py) --------------------------------------------
+# -- the load-time check (fast.llm.verify_fused, fast/fast_check.py) --------------------------------------------
 @contextlib.contextmanager
 def _no_warnings():
     """No warning but the deprecation notes of other libraries."""
@@ -190,7 +191,7 @@ def _no_warnings():
 def test_the_check_passes_silently_on_the_installed_transformers():
     """Fusing and compiling the pointwise ops of a healthy model warns about nothing, and the recorded check shows
     float32 agreement (the same dot products, summed in another order at most)."""
-    from videopanda.modeling.fused_llm import compile_pointwise
+    from videopanda.fast import compile_pointwise
 
     model = _tiny(bias=True)
     with _no_warnings():
@@ -293,7 +294,7 @@ def test_the_check_catches_a_library_whose_rms_norm_computes_otherwise(monkeypat
     same way, and every fast path (the fused projections too) is undone."""
     from transformers.models.llama import modeling_llama
 
-    from videopanda.modeling.fused_llm import compile_pointwise
+    from videopanda.fast import compile_pointwise
 
     original = modeling_llama.LlamaRMSNorm.forward
 
