@@ -7,11 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from videopanda import VARIANTS, VideoPandaConfig, VideoPandaForCausalLM, VideoPandaProcessor, load_video
+from videopanda import VideoPandaConfig, VideoPandaProcessor, load_video
+from videopanda.configuration import variant_config
 from videopanda.processing import VIDEOPANDA_V1_SYSTEM
-
-TEXT = dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
-            num_key_value_heads=2, vocab_size=49152, max_position_embeddings=8192)
 
 
 @pytest.fixture(scope="module")
@@ -20,8 +18,8 @@ def tokenizer(smollm2_tokenizer):
 
 
 def tiny_config(fmt: str = "chat_template") -> VideoPandaConfig:
-    return VideoPandaConfig(text_config=TEXT, video_token_index=49152,
-                            **{**VARIANTS["videopanda-tiny"], "prompt_format": fmt})
+    """A fresh config of the tiny variant (the tests may change it), placeholder 49152 as `tiny_model`'s."""
+    return variant_config("videopanda-tiny", video_token_index=49152, prompt_format=fmt)
 
 
 def processor(tokenizer, fmt: str = "chat_template") -> VideoPandaProcessor:
@@ -47,10 +45,9 @@ def test_chat_template_prompt_puts_the_video_in_the_first_user_turn(tokenizer):
     assert text.index("A ball.") < text.index("Which way?")
 
 
-def test_placeholders_match_the_model_token_count(tokenizer):
-    p = processor(tokenizer)
-    torch.manual_seed(0)
-    model = VideoPandaForCausalLM(tiny_config()).eval()
+def test_placeholders_match_the_model_token_count(tokenizer, tiny_model):
+    model = tiny_model
+    p = VideoPandaProcessor(tokenizer, model.config)
     for clip in (frames(), frames(1), frames(8, 64, 36)):
         inputs = p(videos=clip, text="What is it?")
         image = p(images=clip[:1], text="What is it?")
