@@ -1,7 +1,7 @@
 """The package's import graph, parsed (not imported): no cycles, and dependencies point one way.
 
-cli / serve / eval / train / bench -> inference -> modeling, processing, video -> transforms, configuration. Imports
-inside functions count too: a lazy import that goes upward is still an upward dependency.
+cli / serve / eval / train / bench -> inference -> fast -> modeling, processing, video -> transforms, configuration.
+Imports inside functions count too: a lazy import that goes upward is still an upward dependency.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "videopanda"
 # what each lower layer may import from the package (besides itself)
 ALLOWED = {
+    # the inference forms (fused STAB, Triton kernels, LLM fusions) are built from the plain model, never the reverse
+    "videopanda.fast": ("videopanda.fast", "videopanda.modeling", "videopanda.configuration", "videopanda.transforms"),
     "videopanda.modeling": ("videopanda.modeling", "videopanda.configuration", "videopanda.transforms",
                             "videopanda.weights"),
     "videopanda.transforms": (),
@@ -100,9 +102,29 @@ def test_lower_layers_never_import_upward():
     assert wrong == []
 
 
+def test_the_model_package_holds_no_fast_path():
+    """modeling/ is the trainable, reference-exact model: no Triton and nothing of videopanda.fast, even lazily."""
+    wrong = []
+    for path in (PACKAGE / "modeling").rglob("*.py"):
+        package = ["videopanda", "modeling"]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = ".".join(package[:len(package) - node.level + 1]) if node.level else ""
+                target = ".".join(p for p in (base, node.module) if p)
+                names = [target, *(f"{target}.{a.name}" for a in node.names)]
+            else:
+                continue
+            wrong += [(path.name, n) for n in names if n.split(".")[0] == "triton" or
+                      n == "videopanda.fast" or n.startswith("videopanda.fast.")]
+    assert wrong == []
+
+
 def test_the_checks_see_a_cycle_and_an_upward_import():
     """The graph reader itself: a made-up cycle is found, and the real graph holds the edges we know of."""
     assert cycles({"a": {"b"}, "b": {"a"}, "c": set()}) == [["a", "b"]]
     edges = graph()
     assert "videopanda.modeling.stab" in edges["videopanda.modeling.videopanda"]
+    assert "videopanda.modeling.stab" in edges["videopanda.fast.stab"]
     assert "videopanda.flags" in edges["videopanda.cli"]
