@@ -234,13 +234,12 @@ def test_ablation_class_tokens():
 @pytest.mark.parametrize("name", list(ABLATIONS))
 def test_ablated_model_agrees_with_the_processor_and_reloads(name, tmp_path):
 
-    from videopanda import VARIANTS, VideoPandaConfig, VideoPandaForCausalLM
+    from videopanda import VideoPandaForCausalLM
+    from videopanda.configuration import variant_config
     from videopanda.video_processing import VideoPandaVideoProcessor
 
-    text = dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=1,
-                num_attention_heads=4, num_key_value_heads=2, vocab_size=300, max_position_embeddings=4096)
     switches = {CONFIG_NAMES[k]: v for k, v in ABLATIONS[name][0].items()}
-    config = VideoPandaConfig(text_config=text, **VARIANTS["videopanda-tiny"], **switches)
+    config = variant_config("videopanda-tiny", **switches)
     model = VideoPandaForCausalLM(config).eval()
     processor = VideoPandaVideoProcessor.from_config(config)
     videos = [box_input(1, 8, 112, [(28, 0, 56, 112)], empty=2)[0], box_input(1, 1, 112, [(0, 0, 112, 112)])[0]]
