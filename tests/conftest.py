@@ -1,4 +1,6 @@
-"""Shared fixtures: test inputs (good and bad videos, images) generated once per session with tests/clips.py.
+"""Shared fixtures: test inputs (good and bad videos, images) generated once per session with tests/clips.py, the
+loopback judge server, SmolLM2's tokenizer and the tiny model (`tiny_model`, `tiny_processor`) of the
+"videopanda-tiny" variant.
 
 pytest puts tests/ on sys.path (rootdir-relative "prepend" import mode, no __init__.py), so ``clips`` imports here
 exactly as it does in tests/test_video.py.
