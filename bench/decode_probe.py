@@ -13,7 +13,7 @@ nothing stays in the 50 MB L2):
   against a split-KV Triton kernel (flash-decoding: splits of the keys in parallel, then a combine).
 
 Reports GB/s and the largest difference from the cuBLAS / SDPA result. The package's matrix-vector kernel
-(modeling/decode_kernels.py, whose block sizes come from this probe) is timed beside them. The split-KV attention
+(fast/decode_kernels.py, whose block sizes come from this probe) is timed beside them. The split-KV attention
 kernel is not in the package: alone it beats SDPA, but inside the compiled decode step cuDNN's kernel does as well
 (docs/speed.md, "Tried and not kept"). Result on an H100: bench/results/h100_decode_gemv.json.
 """
@@ -32,7 +32,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from videopanda.modeling import decode_kernels
+from videopanda.fast import decode_kernels
 
 RESULT: dict = {"rows": []}
 

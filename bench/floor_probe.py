@@ -5,7 +5,7 @@
 Why: a target such as 8 videos in <= 2.5 ms (`--target-ms`) is only reachable if it is above what the parts would
 take if each ran at the best speed this GPU shows for it. This measures that floor:
 
-- every matrix product of the fused encode (`STAB._fast_forward` + the projector), alone, as one cuBLAS call
+- every matrix product of the fused encode (`FusedSTAB.forward` + the projector), alone, as one cuBLAS call
   (`F.linear`, bfloat16), each timed as its share of a CUDA graph of 10 calls;
 - the copy and read bandwidth of the GPU (a 512 MB `copy_` and a `sum`), and with it the time the memory-bound
   passes between the products would take if each moved only the bytes it must (listed by `passes`, each with why);

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 import triton
 
-from videopanda.modeling.gemm_kernels import EPILOGUES, Config, fused_linear
+from videopanda.fast.gemm_kernels import EPILOGUES, Config, fused_linear
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Benchmark

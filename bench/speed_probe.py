@@ -4,7 +4,7 @@
 
 - stab: the 7B-config STAB + projector (random weights, 8 frames at 448 px, bf16) in the forms of `--stab-variants`
   (see VARIANTS): fused eager (`--eager`), compiled (inductor default, max-autotune), compiled and replayed as a
-  hand-captured CUDA graph, and the package's `modeling.graphs.GraphedEncoder` (`graphed-encoder`); some variants
+  hand-captured CUDA graph, and the package's `fast.graphs.GraphedEncoder` (`graphed-encoder`); some variants
   swap in a form the package does not use (e.g. `folded-graph`: LSD's key/value projections folded into the query),
   for comparison. `--table`: the kernel table of each compiled form at 8 videos. `--address`: GraphedEncoder's whole
   call against its replay, and the kernel table of its 8-video replay (the measured side of bench/floor_probe.py).
@@ -13,7 +13,7 @@
   attention (kernels.lsd_attend) and GSTRA/FSRA pooling (kernels.ln_pool) kernels; each sweep's best is used by the
   compiled forms that follow.
 - decode: the 7B-shaped model's 64-token answer with the compiled lean loop, with and without fused q/k/v and
-  gate/up projections and compiled pointwise ops (`modeling/fused_llm.py`), and its time to first token.
+  gate/up projections and compiled pointwise ops (`fast/llm.py`), and its time to first token.
 - eval: one batch of 32 7B answers (8 new tokens): the visual encode, the prefill and whole `generate` calls per
   decoding mode, with and without compiled pointwise ops, and the prefill's kernel table.
 Writes JSON after every section, so a cut-off run still returns what it measured.
@@ -30,9 +30,8 @@ from pathlib import Path
 import torch
 
 from videopanda import bench as B
-from videopanda.modeling import kernels
-from videopanda.modeling.graphs import _own_cublas_workspace
-from videopanda.modeling.stab import STAB
+from videopanda.fast import FastOptions, FusedSTAB, kernels
+from videopanda.fast.graphs import _own_cublas_workspace
 
 RESULT: dict = {}
 
@@ -62,10 +61,10 @@ def kernel_table(fn, rows: int = 30) -> list[dict]:
         [{"kernel": "TOTAL", "ms": round(total / 1000, 4)}]
 
 
-def folded_lsd(self: STAB, crop: torch.Tensor) -> torch.Tensor:
+def folded_lsd(self: FusedSTAB, crop: torch.Tensor) -> torch.Tensor:
     """LSD with the key projection folded into the query and the value projection applied after pooling:
     scores_p = q_h . Wk_h n_p = (Wk_h^T q_h) . n_p, and sum_p a_p Wv_h n_p = Wv_h (sum_p a_p n_p), n = LN(x)."""
-    la, heads, s = self.local_attention, self.num_heads, self.conv_stride
+    la, heads, s = self.stab.local_attention, self.num_heads, self.conv_stride
     n, h, w, C = crop.shape[0], crop.shape[1] // s, crop.shape[2] // s, crop.shape[3]
     windows = crop.reshape(n, h, s, w, s, C)
     pooled = windows.mean((2, 4))
@@ -133,11 +132,11 @@ def address_rows(rows: list[dict]) -> None:
             print(rows[-1], flush=True)
 
 
-def graph_overhead_rows(stab: STAB, projector, inputs: dict, rows: list[dict]) -> None:
+def graph_overhead_rows(stab: FusedSTAB, projector, inputs: dict, rows: list[dict]) -> None:
     """Where GraphedEncoder's time goes beyond its graph: per batch, CUDA-event medians of a whole call and of its
     graph's replay alone (address set beforehand), and host microseconds per call of the call, the replay and
     the address fill, each over 200 calls queued without waiting."""
-    from videopanda.modeling.graphs import GraphedEncoder
+    from videopanda.fast import GraphedEncoder
 
     torch._dynamo.reset()
     enc = GraphedEncoder(stab, projector)
@@ -167,7 +166,7 @@ def section_stab(args) -> None:
     out = {"rows": rows}
     RESULT["stab"] = out
     stab, projector = B._visual_encoder("videopanda-7b", 4096, device, dtype)
-    stab.fuse()
+    stab = FusedSTAB(stab)
     inputs = {b: B.pixel_values(B.synthetic_videos(b, 8, 448, seed=b), "videopanda-7b").to(device, dtype)
               for b in (1, 8, 32)}
     boxes = {b: "full" for b in inputs}
@@ -176,23 +175,23 @@ def section_stab(args) -> None:
         return lambda: projector(stab(inputs[b], crop_boxes=crop).tokens)
 
     with torch.inference_mode():
-        stab.dpe_impl, stab.lsd_impl = "conv", "plain"  # the reference output: cuDNN's conv, keys and values
+        stab.options = FastOptions(dpe="conv", lsd="plain")  # the reference output: cuDNN's conv, keys and values
         ref = {b: plain(b)() for b in (1, 8)}
-        stab.dpe_impl = stab.lsd_impl = None
+        stab.options = FastOptions()
         for b in (1, 8, 32) if args.eager else ():
             rows.append({"impl": "fused-eager", "batch": b, "ms": cuda_ms(plain(b))})
             rows.append({"impl": "fused-eager-boxes", "batch": b, "ms": cuda_ms(plain(b, boxes[b]))})
         save(args.out)
-        orig_lsd = STAB._fast_lsd
-        STAB._fast_lsd = folded_lsd
+        orig_lsd = FusedSTAB._lsd
+        FusedSTAB._lsd = folded_lsd
         for b in (1, 8) if args.eager else ():
             diff = (plain(b, "full")() - ref[b]).abs().max().item()
             rows.append({"impl": "folded-lsd-eager", "batch": b, "ms": cuda_ms(plain(b, "full")), "max_diff": diff})
-        STAB._fast_lsd = orig_lsd
+        FusedSTAB._lsd = orig_lsd
         save(args.out)
 
         def compiled(mode, lsd, graphs, name):
-            STAB._fast_lsd = lsd
+            FusedSTAB._lsd = lsd
             torch._dynamo.reset()
             # "chunkproj<k>": the projector over k row blocks (its GELU intermediate per block ~L2-sized), the
             # blocks' outputs concatenated (inductor can let each matmul write its slice of the result)
@@ -223,7 +222,7 @@ def section_stab(args) -> None:
                 if b == 8 and args.table:  # the compiled function's kernels (inside a graph they are the same)
                     out.setdefault("tables", {})[rows[-1]["impl"]] = kernel_table(lambda: fn(inputs[b]))
                 save(args.out)
-            STAB._fast_lsd = orig_lsd
+            FusedSTAB._lsd = orig_lsd
 
         if not args.skip_dpe:
             # first, so that the compiled forms below use the best block sizes
@@ -246,13 +245,13 @@ def section_stab(args) -> None:
             graph_overhead_rows(stab, projector, inputs, rows)
             save(args.out)
         for variant in args.stab_variants.split(","):
-            if variant.startswith("graphed-encoder"):  # modeling.graphs.GraphedEncoder, as the package ships it
-                from videopanda.modeling.graphs import GraphedEncoder
+            if variant.startswith("graphed-encoder"):  # fast.graphs.GraphedEncoder, as the package ships it
+                from videopanda.fast import GraphedEncoder
 
                 torch._dynamo.reset()
                 # "-copy": the pixels copied into the graph's input (by_address=False); "-nogelu": the projector's
                 # first layer without the fused GELU GEMM
-                from videopanda.modeling import gemm_kernels
+                from videopanda.fast import gemm_kernels
 
                 package_rows = gemm_kernels.GELU_MIN_ROWS
                 if variant.endswith("-nogelu"):
@@ -272,16 +271,15 @@ def section_stab(args) -> None:
                 continue
             variant, _, blocks = variant.partition("@")
             mode, lsd, graphs, dpe = VARIANTS[variant.removesuffix("-cdt")]
-            package_dpe, package_fast_dpe = kernels.dpe3d, STAB._fast_dpe
+            package_dpe, package_fast_dpe = kernels.dpe3d, FusedSTAB._dpe
             package_blocks = kernels.BLOCK_H, kernels.BLOCK_C, kernels.NUM_WARPS
             if dpe in ("nodense", "taps"):
-                STAB._fast_dpe, dpe = DPE_FORMS[dpe], "triton"
+                FusedSTAB._dpe, dpe = DPE_FORMS[dpe], "triton"
             if blocks:  # "@HxCxWARPS": the dpe kernel's rows, channels and warps per program
                 kernels.BLOCK_H, kernels.BLOCK_C, kernels.NUM_WARPS = (int(v) for v in blocks.split("x"))
-            stab.dpe_impl = dpe
-            stab.unfold_impl = "torch" if variant.startswith("torchunfold") else None
-            stab.pool_impl = "plain" if variant.startswith("plainpool") else None
-            stab.lsd_impl = "triton" if lsd == "triton" else "plain"
+            stab.options = FastOptions(dpe=dpe, unfold="torch" if variant.startswith("torchunfold") else "auto",
+                                       pool="plain" if variant.startswith("plainpool") else "auto",
+                                       lsd="triton" if lsd == "triton" else "plain")
             # "-cdt": inductor tunes each Triton kernel's block sizes by coordinate descent while compiling
             # "realizemean": small reductions (LSD's 2x2 window mean) kept as reductions, so that the mean is
             # written once instead of recomputed from the crop by each pass that reads it
@@ -296,16 +294,16 @@ def section_stab(args) -> None:
             except Exception as err:  # keep the other variants
                 rows.append({"impl": variant, "error": f"{type(err).__name__}: {err}"[:400]})
                 save(args.out)
-            kernels.dpe3d, STAB._fast_dpe = package_dpe, package_fast_dpe
+            kernels.dpe3d, FusedSTAB._dpe = package_dpe, package_fast_dpe
             kernels.BLOCK_H, kernels.BLOCK_C, kernels.NUM_WARPS = package_blocks
-        stab.dpe_impl = stab.lsd_impl = stab.unfold_impl = stab.pool_impl = None
+        stab.options = FastOptions()
         save(args.out)
 
 
-def lsd_rows(stab: STAB, rows: list[dict]) -> tuple[int, int]:
+def lsd_rows(stab: FusedSTAB, rows: list[dict]) -> tuple[int, int]:
     """LSD's window attention (kernels.lsd_attend) alone at the batch-8 shape: block sizes, the difference from the
-    same math in float32 torch ops, and inductor's form (the score reduction and weighted sum of `lsd_impl="plain"`,
-    compiled). Returns the best (windows per program, warps)."""
+    same math in float32 torch ops, and inductor's form (the score reduction and weighted sum of
+    `FastOptions.lsd="plain"`, compiled). Returns the best (windows per program, warps)."""
     g = torch.Generator(device="cuda").manual_seed(0)
     C, heads = stab.dim, stab.num_heads
     kv = torch.randn(64, 16, 2, 16, 2, 2 * C, device="cuda", dtype=torch.bfloat16, generator=g)
@@ -333,35 +331,35 @@ def lsd_rows(stab: STAB, rows: list[dict]) -> tuple[int, int]:
 LSD_SWEEP = [(32, 4), (16, 4), (64, 4), (64, 8), (16, 2), (32, 2), (128, 8), (8, 1), (8, 2)]
 
 
-def dpe_rows(stab: STAB, rows: list[dict]) -> tuple[int, ...]:
+def dpe_rows(stab: FusedSTAB, rows: list[dict]) -> tuple[int, ...]:
     """The dpe alone at the batch-8 shape, channels-last [n, t, G, G, C]: every form and the Triton kernel's block
     sizes (the best is returned); max_diff against cuDNN's conv in float32."""
     x, want = dpe_case(stab)
     for label, impl, comp in (("dpe shift compiled", "shift", True), ("dpe conv eager", "conv", False),
                               ("dpe triton eager", "triton", False), ("dpe triton compiled", "triton", True)):
-        stab.dpe_impl = impl
-        fn = torch.compile(stab._fast_dpe, dynamic=False) if comp else stab._fast_dpe
+        stab.options = FastOptions(dpe=impl)
+        fn = torch.compile(stab._dpe, dynamic=False) if comp else stab._dpe
         diff = (fn(x, x)[0].float() - want).abs().max().item()
         rows.append({"impl": label, "batch": 8, "ms": cuda_ms(lambda fn=fn: fn(x, x)), "max_diff": diff})
         print(rows[-1], flush=True)
-    stab.dpe_impl = None
+    stab.options = FastOptions()
     return dpe_sweep(stab, rows, [(1, c, w) for c in (32, 64, 128) for w in (2, 4)])
 
 
-def dpe_case(stab: STAB) -> tuple[torch.Tensor, torch.Tensor]:
+def dpe_case(stab: FusedSTAB) -> tuple[torch.Tensor, torch.Tensor]:
     """The dpe's batch-8 input, channels-last [n, t, G, G, C], and cuDNN's conv of it in float32."""
     x = torch.randn(16, 4, 32, 32, stab.dim, device="cuda", dtype=torch.bfloat16)
     want = torch.nn.functional.conv3d(x.float().permute(0, 4, 1, 2, 3), stab._fold_dpe_w.float(),
-                                      stab.dpe.bias.float(), padding=1, groups=stab.dim).permute(0, 2, 3, 4, 1)
+                                      stab.stab.dpe.bias.float(), padding=1, groups=stab.dim).permute(0, 2, 3, 4, 1)
     return x, want
 
 
-def dpe_sweep(stab: STAB, rows: list[dict], configs: list[tuple[int, ...]]) -> tuple[int, ...]:
+def dpe_sweep(stab: FusedSTAB, rows: list[dict], configs: list[tuple[int, ...]]) -> tuple[int, ...]:
     """The Triton dpe kernel's (rows, channels, warps) per program at the batch-8 shape."""
     x, want = dpe_case(stab)
     xp = torch.nn.functional.pad(x, (0, 0, 1, 1, 1, 1))
     return kernel_sweep(rows, "dpe triton", {"block_h": "BLOCK_H", "block_c": "BLOCK_C", "warps": "NUM_WARPS"},
-                        configs, lambda: kernels.dpe3d(xp, stab._fold_dpe_w, stab.dpe.bias), want)
+                        configs, lambda: kernels.dpe3d(xp, stab._fold_dpe_w, stab.stab.dpe.bias), want)
 
 
 def gelu_rows(projector: torch.nn.Module, rows: list[dict]) -> None:
@@ -405,12 +403,12 @@ def kernel_sweep(rows: list[dict], impl: str, knobs: dict[str, str], configs: li
     return min(found)[1] if found else default
 
 
-def pool_sweep(stab: STAB, rows: list[dict]) -> None:
+def pool_sweep(stab: FusedSTAB, rows: list[dict]) -> None:
     """kernels.ln_pool's two passes by block size on GSTRA's shape at 8 videos (16 chunks of 4096 keys); the best
     of each are then used."""
     g = torch.Generator(device="cuda").manual_seed(0)
     x = torch.randn(16, 4096, stab.dim, device="cuda", generator=g).to(torch.bfloat16)
-    ln, u, s1, s0 = stab.dec.ln_3, stab._fold_gstra_gu, stab._fold_gstra_s1, stab._fold_gstra_s0
+    ln, u, s1, s0 = stab.stab.dec.ln_3, stab._fold_gstra_gu, stab._fold_gstra_s1, stab._fold_gstra_s0
     want = kernels.ln_pool(x, u, s1, s0, ln.weight, ln.bias, ln.eps).float()
     scores = lambda: kernels.ln_scores(x.view(-1, stab.dim), u, s1, s0, ln.eps)[0]  # noqa: E731
     best = kernel_sweep(rows, "ln_scores", {"rows": "POOL_SCORE_ROWS", "block_k": "POOL_BLOCK_K",
@@ -456,9 +454,9 @@ VARIANTS = {  # name -> (torch.compile mode, LSD form, manual CUDA graph replay,
     # the dpe kernel without writing the dense connection (the passes after it add x + chunk themselves)
     "nodense-lsd-graph": (None, "triton", True, "nodense"),
     "taps-lsd-graph": (None, "triton", True, "taps"),  # the dpe kernel reading tap-major [27, C] weights
-    # the package's default with inductor's permute + pad for the patch unfold (stab.unfold_impl="torch")
+    # the package's default with inductor's permute + pad for the patch unfold (FastOptions.unfold="torch")
     "torchunfold-lsd-graph": (None, "triton", True, "triton"),
-    # GSTRA's and FSRA's pooling as layer norm + two matmuls (stab.pool_impl="plain") instead of kernels.ln_pool
+    # GSTRA's and FSRA's pooling as layer norm + two matmuls (FastOptions.pool="plain") instead of kernels.ln_pool
     "plainpool-lsd-graph": (None, "triton", True, "triton"),
     # the projector over 2 / 3 / 4 row blocks (see `compiled`)
     **{f"chunkproj{k}-lsd-graph": (None, "triton", True, "triton") for k in (2, 3, 4)},
@@ -468,16 +466,16 @@ VARIANTS = {  # name -> (torch.compile mode, LSD form, manual CUDA graph replay,
 }
 
 
-def _dpe_nodense(self: STAB, x: torch.Tensor, residual: torch.Tensor):
-    out = kernels.dpe3d(torch.nn.functional.pad(x, (0, 0, 1, 1, 1, 1)), self._fold_dpe_w, self.dpe.bias)
+def _dpe_nodense(self: FusedSTAB, x: torch.Tensor, residual: torch.Tensor):
+    out = kernels.dpe3d(torch.nn.functional.pad(x, (0, 0, 1, 1, 1, 1)), self._fold_dpe_w, self.stab.stab.dpe.bias)
     return out, out + residual
 
 
-def _dpe_taps(self: STAB, x: torch.Tensor, residual: torch.Tensor):
+def _dpe_taps(self: FusedSTAB, x: torch.Tensor, residual: torch.Tensor):
     if getattr(self, "_probe_taps", None) is None:  # tap-major [27, C], passed as its [C, 27] transpose
         self._probe_taps = self._fold_dpe_w.view(-1, 27).t().contiguous()
     return kernels.dpe3d_residual(torch.nn.functional.pad(x, (0, 0, 1, 1, 1, 1)), self._probe_taps.t(),
-                                  self.dpe.bias, residual)
+                                  self.stab.stab.dpe.bias, residual)
 
 
 DPE_FORMS = {"nodense": _dpe_nodense, "taps": _dpe_taps}
@@ -486,8 +484,8 @@ DPE_FORMS = {"nodense": _dpe_nodense, "taps": _dpe_taps}
 def section_decode(args) -> None:
     """The 7B-shaped 64-token answer (compiled lean loop), unfused / fused projections / + compiled pointwise ops;
     `ttft_ms` is the same call with one new token (pixel_values on the device: STAB, prefill, first token)."""
+    from videopanda.fast import compile_pointwise, fuse_projections
     from videopanda.inference import generate
-    from videopanda.modeling.fused_llm import compile_pointwise, fuse_projections
 
     device, dtype = torch.device("cuda"), torch.bfloat16
     out = RESULT.setdefault("decode", {"rows": []})
@@ -527,8 +525,8 @@ def section_eval(args) -> None:
     """One batch of 32 7B answers (8 new tokens, left padding, as `videopanda eval`): the whole `generate` call
     per decoding mode, with and without compiled pointwise ops; prefill alone; the prefill's kernel table."""
     from videopanda.eval import videoqa
+    from videopanda.fast import compile_pointwise
     from videopanda.inference import decoding_options
-    from videopanda.modeling.fused_llm import compile_pointwise
 
     device, dtype = torch.device("cuda"), torch.bfloat16
     out = RESULT.setdefault("eval", {"rows": []})

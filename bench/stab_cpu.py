@@ -1,12 +1,13 @@
-"""STAB + projector latency: the straightforward STAB vs `STAB.fuse()`, eager and (optionally) torch.compile'd.
+"""STAB + projector latency: the straightforward STAB vs `videopanda.fast.FusedSTAB`, eager and (optionally)
+torch.compile'd.
 
 Named for where it was written (a CPU-only machine); `--device cuda` is the mode the targets are about.
 
 One square, all-valid video of `--frames` frames per batch element, random weights (timing does not depend on them).
 Modes:
   unfused           the straightforward STAB (training / parity path), eager
-  fused             STAB.fuse(), eager; crop boxes read from the mask (one small early device->host copy)
-  fused_boxes       STAB.fuse(), eager; crop_boxes="full" given (no host sync at all)
+  fused             FusedSTAB, eager; crop boxes read from the mask (one small early device->host copy)
+  fused_boxes       FusedSTAB, eager; crop_boxes="full" given (no host sync at all)
   compiled          fused + torch.compile(mode=--compile-mode, dynamic=False) of STAB+projector; boxes read from the
                     mask (three graphs: box read, patch/temporal, frame tokens)
   compiled_boxes    the same with crop_boxes="full": one graph (CUDA graphs with mode reduce-overhead)
@@ -32,6 +33,7 @@ import torch
 from torch import nn
 
 from videopanda.configuration import VARIANTS, VideoPandaConfig
+from videopanda.fast import FusedSTAB
 from videopanda.modeling.stab import STAB
 
 LLM_WIDTH = {"videopanda-7b": 4096, "videopanda-default": 576}  # Vicuna-7B, SmolLM2-135M
@@ -102,12 +104,12 @@ def run_variant(variant: str, args: argparse.Namespace, device: torch.device, dt
     stab, projector, config = build(variant, device, dtype)
     if args.stab_only:
         projector = nn.Identity()
-    fused = copy.deepcopy(stab).fuse()
+    fused = FusedSTAB(copy.deepcopy(stab))
     return [row for batch in args.batch_sizes
             for row in run_batch(variant, stab, fused, projector, config, batch, args, device)]
 
 
-def run_batch(variant: str, stab: STAB, fused: STAB, projector: nn.Module, config: VideoPandaConfig, batch: int,
+def run_batch(variant: str, stab: STAB, fused: FusedSTAB, projector: nn.Module, config: VideoPandaConfig, batch: int,
               args: argparse.Namespace, device: torch.device) -> list[dict]:
     px = video_batch(config, batch, args.frames, device)
     encoders: dict[str, Callable[[], torch.Tensor]] = {

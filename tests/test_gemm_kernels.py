@@ -1,4 +1,4 @@
-"""The fused GEMM + epilogue kernel (videopanda/modeling/gemm_kernels.py, timed by bench/gemm_probe.py) computes what
+"""The fused GEMM + epilogue kernel (videopanda/fast/gemm_kernels.py, timed by bench/gemm_probe.py) computes what
 torch computes, masks included, and leaves the padded buffer's border exactly zero. Without a GPU it runs under
 Triton's interpreter (set before Triton is imported, as tests/conftest.py does), on float32 inputs: the interpreter's
 bfloat16 tl.dot is not faithful on CPU."""
@@ -32,7 +32,7 @@ def _load_probe():
 
 
 probe = _load_probe()
-gk = importlib.import_module("videopanda.modeling.gemm_kernels")
+gk = importlib.import_module("videopanda.fast.gemm_kernels")
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 # Small tiles so that the tiny shapes span several tiles, a short last group, and tails in M, N and K.
 VARIANTS = ["ptr", "tma", "ptr-persist", "tma-persist"]
