@@ -13,6 +13,7 @@ import torch
 from videopanda import VideoPandaForCausalLM, VideoPandaProcessor
 from videopanda.configuration import variant_config
 from videopanda.data.synth import generate
+from videopanda.engine import Engine
 from videopanda.eval import (
     QAItem,
     contains_match,
@@ -151,16 +152,16 @@ def processor(tiny_processor) -> VideoPandaProcessor:
 
 
 @pytest.fixture(scope="module")
-def model(processor) -> VideoPandaForCausalLM:
+def model(processor) -> Engine:
     """The tiny variant with larger weights than the default init, so that answers differ between questions and
-    videos (its own model: the shared `tiny_model` is not to be changed)."""
+    videos (its own model: the shared `tiny_model` is not to be changed), in an Engine as `eval` loads it."""
     torch.manual_seed(0)
     net = VideoPandaForCausalLM(variant_config("videopanda-tiny", video_token_index=49152)).eval()
     with torch.no_grad():
         for name, p in net.named_parameters():
             if p.ndim >= 2 and not name.startswith("video_tower"):
                 p.normal_(0, 0.3)
-    return net
+    return Engine(net, processor)
 
 
 @pytest.fixture(scope="module")

@@ -76,11 +76,12 @@ def test_quantized_or_foreign_layers_are_left_alone():
 
 
 def test_bench_fuses_the_video_models_llm_on_request_with_the_same_answer():
-    """What `inference.load` does on a GPU, forced on CPU: the whole video model answers the same."""
+    """What `Engine.load` does on a GPU, forced on CPU: the whole video model answers the same."""
     from videopanda import bench
 
     fused, processor, _ = bench.build_model("tiny", torch.device("cpu"), torch.float32, fuse_llm=True)
     plain, _, _ = bench.build_model("tiny", torch.device("cpu"), torch.float32, fuse_llm=False)
+    fused, plain = fused.model, plain.model  # the engines' models
     assert hasattr(fused.language_model.model.layers[0].self_attn, "_fused_qkv_weight")
     assert not hasattr(plain.language_model.model.layers[0].self_attn, "_fused_qkv_weight")
     inputs = processor(videos=bench.synthetic_videos(1, 4, 56), text=processor.build_prompt("w5 w6"))
@@ -115,17 +116,15 @@ def test_compiled_pointwise_gives_the_same_logits_for_any_length_and_inside_a_co
 def test_compiled_decoding_with_compiled_pointwise_answers_the_same():
     """What `--compile` does on a GPU (fused projections + compiled pointwise ops + the compiled decode step),
     forced on CPU with the tiny video model: the same greedy tokens as plain dynamic decoding."""
-    from videopanda import bench, inference
+    from videopanda import bench
     from videopanda.fast import compile_pointwise
-    from videopanda.inference import generate
 
-    inference._COMPILED_STEP.clear()  # a fresh trace of the decode step, through the compiled pointwise functions
-    torch._dynamo.reset()
-    model, processor, _ = bench.build_model("tiny", torch.device("cpu"), torch.float32, fuse_llm=True)
+    torch._dynamo.reset()  # a fresh trace of the decode step (a new engine compiles its own), through the pointwise ops
+    engine, processor, _ = bench.build_model("tiny", torch.device("cpu"), torch.float32, fuse_llm=True)
     inputs = dict(processor(videos=bench.synthetic_videos(1, 4, 56), text=processor.build_prompt("w5 w6")))
-    want = generate(model, inputs, max_new_tokens=5, min_new_tokens=5, decoding="dynamic", pad_token_id=0)
-    assert compile_pointwise(model.language_model) > 0
-    got = generate(model, inputs, max_new_tokens=5, min_new_tokens=5, decoding="compiled", pad_token_id=0)
+    want = engine.generate(inputs, max_new_tokens=5, min_new_tokens=5, decoding="dynamic", pad_token_id=0)
+    assert compile_pointwise(engine.model.language_model) > 0
+    got = engine.generate(inputs, max_new_tokens=5, min_new_tokens=5, decoding="compiled", pad_token_id=0)
     assert torch.equal(got, want)
 
 
@@ -136,9 +135,9 @@ def test_bench_refuses_to_quantize_a_fused_llm():
 
     from videopanda import bench
 
-    model, _, _ = bench.build_model("tiny", torch.device("cpu"), torch.float32, fuse_llm=True)
+    engine, _, _ = bench.build_model("tiny", torch.device("cpu"), torch.float32, fuse_llm=True)
     with pytest.raises(ValueError, match="fused"):
-        bench.quantize_llm_in_place(model, "8bit")
+        bench.quantize_llm_in_place(engine.model, "8bit")
 
 
 def test_left_padded_prefill_takes_the_ragged_causal_path_with_the_same_results():

@@ -404,20 +404,21 @@ def test_server_survived_and_kept_no_upload(server: Server) -> None:
 
 
 def test_compile_flag_and_static_cache_worker_answers_the_same() -> None:
-    """--compile is a switch of `serve` (the worker then decodes with inference.decoding_options("compiled")); on
+    """--compile is a switch of `serve` (the worker then decodes with Engine.generate(decoding="compiled")); on
     CPU the static-cache form of the same path must give the dynamic worker's answer for one job and a batch."""
     import torch
 
-    from videopanda import inference
+    from videopanda.engine import Engine
     from videopanda.serve.worker import _Job, _Worker
     from videopanda.video import load_video
 
     assert "--compile" in run_commands("serve", "--help").stdout
-    model, processor = inference.load(MODEL, device="cpu")
+    engine = Engine.load(MODEL, device="cpu")
+    processor = engine.processor
     pixels = processor.preprocess(load_video(str(SAMPLE)))
 
     def answers(decoding: str, questions: list[str]) -> list[str]:
-        worker = _Worker(model, processor, max_queue=4, max_batch=4, decoding=decoding)
+        worker = _Worker(engine, processor, max_queue=4, max_batch=4, decoding=decoding)
         jobs = [_Job(stream=False, max_tokens=12, temperature=0.0, top_p=1.0, ignore_eos=False,
                      prompt=processor.build_prompt(q), pixels=pixels) for q in questions]
         worker._run(jobs)

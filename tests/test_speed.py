@@ -1,4 +1,5 @@
-"""Fast decoding and quantized loading (videopanda.inference): same greedy tokens in every mode, clear errors."""
+"""Fast decoding and quantized loading (`Engine`, `runtime`): the graphed encode, decoding modes, quantization and
+its clear errors. The Engine's greedy-token parity in every mode is tests/test_engine.py."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import importlib.util
 import pytest
 import torch
 
-from videopanda import VARIANTS, VideoPandaConfig, VideoPandaForCausalLM, inference
-from videopanda.inference import QuantizationError, decoding_options, generate
+from videopanda import VARIANTS, VideoPandaConfig, VideoPandaForCausalLM, runtime
+from videopanda.engine import Engine
+from videopanda.runtime import QuantizationError
 
 HAS_BNB = importlib.util.find_spec("bitsandbytes") is not None
 TEXT = dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -45,87 +47,49 @@ def batch(seed: int, size: int) -> dict[str, torch.Tensor]:
 
 
 @torch.inference_mode()
-def test_static_cache_gives_the_default_greedy_tokens_across_calls(model):
-    for seed, size in [(0, 1), (1, 1), (2, 3), (3, 1)]:  # the kept cache is reused, regrown, rebuilt for a new batch
-        inputs = batch(seed, size)
-        want = model.generate(**inputs, max_new_tokens=10, do_sample=False, pad_token_id=0)
-        with decoding_options(model, "static", inputs["input_ids"].shape[1] + 10, batch_size=size) as kwargs:
-            assert model.cache_keyword in kwargs and kwargs["disable_compile"] is True
-            got = model.generate(**inputs, max_new_tokens=10, do_sample=False, pad_token_id=0, **kwargs)
-        assert torch.equal(got, want), (seed, size)
-    assert model._videopanda_static_cache[0] == 1  # the last call's batch size
-
-
-@torch.inference_mode()
-@pytest.mark.parametrize("mode", ["static", "compiled"])
-def test_lean_greedy_loop_gives_the_default_greedy_tokens(model, mode):
-    """Single requests take `greedy_generate` (eager step, or compiled: on CPU a plain torch.compile, no graphs)."""
-    model.generation_config.eos_token_id = 94  # a token these inputs produce, so that stopping is exercised
-    try:
-        for seed, min_new in [(0, 0), (1, 0), (2, 10), (3, 10)]:
-            inputs = batch(seed, 1)
-            del inputs["attention_mask"]
-            want = model.generate(**inputs, max_new_tokens=10, min_new_tokens=min_new, do_sample=False)
-            got = generate(model, inputs, max_new_tokens=10, min_new_tokens=min_new, decoding=mode)
-            assert torch.equal(got, want), (seed, min_new, got[0, -10:], want[0, -10:])
-    finally:
-        model.generation_config.eos_token_id = None
-
-
-@torch.inference_mode()
-def test_compiled_mode_encodes_through_the_graphed_encoder():
-    """With the fused STAB, "compiled" single requests encode the video through a `GraphedEncoder` kept on the model
-    (CUDA graphs on a GPU; the plain encode here) and give the default greedy tokens."""
-    fused = tiny_model().eval()
+def test_compiled_mode_encodes_through_the_engines_graphed_encoder(model):
+    """"compiled" single requests encode the video through the engine's `GraphedEncoder` over its fused STAB (CUDA
+    graphs on a GPU; the fused encode here) and give the plain model's greedy tokens."""
+    engine = Engine(model, None, decoding="compiled")
     for seed in (0, 1):
         inputs = batch(seed, 1)
         del inputs["attention_mask"]
-        want = fused.generate(**inputs, max_new_tokens=8, do_sample=False)
-        got = generate(fused, inputs, max_new_tokens=8, decoding="compiled")
+        want = model.generate(**inputs, max_new_tokens=8, do_sample=False)
+        got = engine.generate(inputs, max_new_tokens=8)
         assert torch.equal(got, want), seed
-    assert fused._videopanda_graphed_encoder.stab.stab is fused.video_tower
-
-
-def test_a_concurrent_call_gets_a_fresh_cache(model):
-    with decoding_options(model, "static", 300) as outer, decoding_options(model, "static", 300) as inner:
-        assert model.cache_keyword in outer and inner.get("cache_implementation") == "static"
+    assert engine._graphed is not None and engine._graphed.stab is engine.encoder.stab
+    assert engine._graphed.projector is model.video_projector
 
 
 def test_decoding_modes():
     cpu = torch.device("cpu")
-    assert inference.resolve_decoding("auto", cpu) == "dynamic"
-    assert inference.resolve_decoding("auto", torch.device("cuda")) == inference.DEFAULT_DECODING["cuda"]
+    assert runtime.resolve_decoding("auto", cpu) == "dynamic"
+    assert runtime.resolve_decoding("auto", torch.device("cuda")) == runtime.DEFAULT_DECODING["cuda"]
+    assert runtime.resolve_decoding("compiled", cpu) == "compiled"
     with pytest.raises(ValueError, match="decoding must be one of"):
-        inference.resolve_decoding("fast", cpu)
-
-
-def test_compiled_mode_asks_transformers_for_cuda_graphs(model):
-    with decoding_options(model, "compiled", 200) as kwargs:
-        config = kwargs["compile_config"]
-        assert config.mode == "reduce-overhead" and config.fullgraph and config._compile_all_devices  # on CPU: asked
-        assert "disable_compile" not in kwargs
+        runtime.resolve_decoding("fast", cpu)
 
 
 def test_quantization_config_keeps_the_visual_side_and_head_in_16_bits():
-    q4 = inference.quantization_config("4bit", torch.bfloat16)
+    q4 = runtime.quantization_config("4bit", torch.bfloat16)
     assert q4.load_in_4bit and q4.bnb_4bit_quant_type == "nf4" and q4.bnb_4bit_use_double_quant
     assert q4.bnb_4bit_compute_dtype == torch.bfloat16
     assert q4.llm_int8_skip_modules == ["video_tower", "video_projector", "language_model.lm_head"]
-    q8 = inference.quantization_config("8bit")
+    q8 = runtime.quantization_config("8bit")
     assert q8.load_in_8bit and not q8.load_in_4bit and q8.llm_int8_skip_modules == q4.llm_int8_skip_modules
     with pytest.raises(QuantizationError, match="'8bit' or '4bit'"):
-        inference.quantization_config("2bit")
+        runtime.quantization_config("2bit")
 
 
 def test_quantization_errors_are_one_clear_line(monkeypatch):
     with pytest.raises(QuantizationError, match="8bit or 4bit"):
-        inference.check_quantization("3bit", torch.device("cpu"))
+        runtime.check_quantization("3bit", torch.device("cpu"))
     with pytest.raises(QuantizationError, match="default model's LLM is small"):
-        inference.load("videopanda-default", device="cpu", quantization="4bit")
+        Engine.load("videopanda-default", device="cpu", quantization="4bit")
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name))
     with pytest.raises(QuantizationError, match=r"needs bitsandbytes: pip install 'videopanda\[quant\]'"):
-        inference.check_quantization("4bit", torch.device("cpu"))
+        runtime.check_quantization("4bit", torch.device("cpu"))
 
 
 @pytest.mark.skipif(not HAS_BNB, reason="bitsandbytes is not installed")
@@ -133,9 +97,9 @@ def test_4bit_loading_quantizes_the_llm_only(model, tmp_path):
     import bitsandbytes as bnb
 
     model.save_pretrained(tmp_path)
-    inference.check_quantization("4bit", torch.device("cpu"))
+    runtime.check_quantization("4bit", torch.device("cpu"))
     q = VideoPandaForCausalLM.from_pretrained(tmp_path, dtype=torch.bfloat16, device_map={"": "cpu"},
-                                              quantization_config=inference.quantization_config("4bit"))
+                                              quantization_config=runtime.quantization_config("4bit"))
     kinds = {name: type(m) for name, m in q.named_modules()}
     assert kinds["language_model.model.layers.0.mlp.up_proj"] is bnb.nn.Linear4bit
     assert kinds["language_model.lm_head"] is torch.nn.Linear and kinds["video_projector.0"] is torch.nn.Linear

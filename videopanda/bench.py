@@ -1,9 +1,9 @@
 """Speed and memory benchmarks: `videopanda bench` (docs/speed.md says what every number means).
 
 Sections (--sections, comma-separated; all by default):
-  stab      our STAB + projector: latency and videos/s per batch size, eager, fused (`STAB.fuse`, when the model has
-            it) and, with --compile, torch.compile'd; with --reference-dir, the public reference `VideoTokenizer`
-            side by side, with the same weights and inputs, in the same process.
+  stab      our STAB + projector: latency and videos/s per batch size, eager, fused (`fast.FusedSTAB`, what the
+            `Engine` encodes with) and, with --compile, torch.compile'd; with --reference-dir, the public reference
+            `VideoTokenizer` side by side, with the same weights and inputs, in the same process.
   vit       the encoder anchor: CLIP ViT-L/14 at 224 px + a 2-layer MLP projector (random weights), 8 frames a video.
   generate  time to first token, decode tokens/s and end-to-end answer latency (pixel_values -> text) for N new
             tokens after the video prompt, per LLM and decoding mode (dynamic cache, static cache, static + compiled).
@@ -336,20 +336,19 @@ def synthetic_tokenizer(vocab_size: int) -> Any:
 
 
 def build_model(llm: str, device: Any, dtype: Any, fuse_llm: bool | None = None) -> tuple[Any, Any, str]:
-    """(model, processor, STAB config name). "default" loads the bundled model; the others get random weights,
-    built directly on `device` in `dtype` (a 7B-shaped model in a few seconds on a GPU). `fuse_llm`: as
-    `optimize_for_inference` (default: fused LLM projections on CUDA)."""
+    """(`Engine`, processor, STAB config name). "default" loads the bundled model; the others get random weights,
+    built directly on `device` in `dtype` (a 7B-shaped model in a few seconds on a GPU). `fuse_llm`: as for `Engine`
+    (default: fused LLM projections on CUDA)."""
     import torch
 
     from .configuration import VARIANTS, VideoPandaConfig
+    from .engine import Engine
     from .modeling.videopanda import VideoPandaForCausalLM
     from .processing import VideoPandaProcessor
 
     if llm == "default":
-        from .inference import load
-
-        model, processor = load("videopanda-default", device=str(device), dtype=_dtype_name(dtype))
-        return model, processor, "default"
+        engine = Engine.load("videopanda-default", device=str(device), dtype=_dtype_name(dtype), fuse_llm=fuse_llm)
+        return engine, engine.processor, "default"
     text, stab = RANDOM_LLMS[llm]
     variant = STAB_CONFIGS[stab]
     config = VideoPandaConfig(text_config=dict(text, dtype=str(dtype).removeprefix("torch.")),
@@ -359,12 +358,9 @@ def build_model(llm: str, device: Any, dtype: Any, fuse_llm: bool | None = None)
     with _default_dtype(dtype), torch.device(device):
         model = VideoPandaForCausalLM(config)
     model = model.to(device, dtype).eval()
-    if fuse_llm if fuse_llm is not None else torch.device(device).type == "cuda":
-        from .fast import fuse_projections
-
-        fuse_projections(model.language_model)
     model.generation_config.pad_token_id = 0
-    return model, VideoPandaProcessor(synthetic_tokenizer(text["vocab_size"]), config), stab
+    processor = VideoPandaProcessor(synthetic_tokenizer(text["vocab_size"]), config)
+    return Engine(model, processor, fuse_llm=fuse_llm), processor, stab
 
 
 def _dtype_name(dtype: Any) -> str:
@@ -453,7 +449,7 @@ def bench_stab(s: dict[str, Any], clock: Clock, device: Any, dtype: Any, log: Ca
                 graphed = None
                 _free(device)
         if s["compile"] and name == s["stab_configs"][-1]:  # one config: each batch size compiles anew
-            stab.compile(dynamic=False)  # what `optimize_for_inference(compile=True)` does
+            stab.compile(dynamic=False)  # as `FastEncoder.compile()`: static shapes
             projector.compile(dynamic=False)
             t0 = time.perf_counter()
             with torch.inference_mode():
@@ -470,8 +466,7 @@ def bench_stab(s: dict[str, Any], clock: Clock, device: Any, dtype: Any, log: Ca
 def _graphed(stab: Any, projector: Any, inputs: dict) -> Callable:
     """STAB + projector compiled with mode "reduce-overhead" (replayed as CUDA graphs) with the crop boxes read on
     the host beforehand (`STAB.crop_boxes_for`, as a caller does on the processor's output; not timed), so the call
-    has no host sync: what `encode_video(..., crop_boxes=)` runs after `optimize_for_inference(compile=True,
-    mode="reduce-overhead")`."""
+    has no host sync: what `FastEncoder.compile(mode="reduce-overhead")` runs when given host crop boxes."""
     import torch
 
     boxes = _host_boxes(stab, inputs)
@@ -483,8 +478,9 @@ def _graphed(stab: Any, projector: Any, inputs: dict) -> Callable:
 
 
 def _graphed_manual(stab: Any, projector: Any, inputs: dict) -> Callable:
-    """The same encode captured by `modeling.graphs.GraphedEncoder`: one CUDA graph per batch size, replayed with one
-    input copy and one launch (no torch.compile bookkeeping on the host per call)."""
+    """The same encode captured by `fast.GraphedEncoder` (the `Engine`'s encoder for "compiled" decoding): one CUDA
+    graph per batch size, replayed with one input copy and one launch (no torch.compile bookkeeping on the host per
+    call)."""
     from .fast import GraphedEncoder
 
     encoder = GraphedEncoder(stab, projector, max_graphs=len(inputs))
@@ -643,38 +639,31 @@ def bench_vit(s: dict[str, Any], clock: Clock, device: Any, dtype: Any, log: Cal
 
 
 # -- section: generation -----------------------------------------------------------------------------------------------
-def _generate_once(model: Any, processor: Any, inputs: dict, n_prompt: int, new_tokens: int, decoding: str,
-                   device: Any) -> tuple[Any, str]:
-    """pixel_values (host) -> text, as `inference.answer` runs it: copy to the device, STAB + prefill +
-    `new_tokens` greedy steps (exactly: EOS is held back until then), decode."""
-    import torch
-
-    from .inference import generate
-
-    with torch.inference_mode():
-        x = {k: v.to(device) for k, v in inputs.items()}
-        x["pixel_values"] = x["pixel_values"].to(model.dtype)
-        out = generate(model, x, max_new_tokens=new_tokens, min_new_tokens=new_tokens, decoding=decoding,
-                       pad_token_id=processor.tokenizer.pad_token_id)
-        tokens = out[0, n_prompt:].cpu()
-        return tokens, processor.decode(tokens)
+def _generate_once(engine: Any, processor: Any, inputs: dict, n_prompt: int, new_tokens: int, decoding: str
+                   ) -> tuple[Any, str]:
+    """pixel_values (host) -> text, as `Engine.answer` runs it: copy to the device, STAB + prefill + `new_tokens`
+    greedy steps (exactly: EOS is held back until then), decode."""
+    out = engine.generate(inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, decoding=decoding,
+                          pad_token_id=processor.tokenizer.pad_token_id)
+    tokens = out[0, n_prompt:].cpu()
+    return tokens, processor.decode(tokens)
 
 
 def bench_generate(s: dict[str, Any], clock: Clock, device: Any, dtype: Any, log: Callable[[str], None],
                    models: Callable[[str], tuple]) -> dict:
     rows = []
     for llm in s["llm"]:
-        model, processor, stab = models(llm)
+        engine, processor, stab = models(llm)
         videos = synthetic_videos(1, s["frames"], s["frame_size"], seed=100)
         inputs = dict(processor(videos=videos, text=processor.build_prompt(QUESTION)))
         n_prompt = inputs["input_ids"].shape[1]
-        n_visual = int((inputs["input_ids"] == model.config.video_token_index).sum())
+        n_visual = int((inputs["input_ids"] == engine.model.config.video_token_index).sum())
         baseline = None
         for mode in s["decoding"]:
-            if mode == "compiled" and getattr(model, "hf_quantizer", None) is not None:
+            if mode == "compiled" and getattr(engine.model, "hf_quantizer", None) is not None:
                 continue
             try:
-                rows.append(row := _generate_mode(s, clock, model, processor, inputs, n_prompt, mode, device, log,
+                rows.append(row := _generate_mode(s, clock, engine, processor, inputs, n_prompt, mode, device, log,
                                                   llm))
             except Exception as err:  # one failing mode (e.g. no compiler here) must not lose the others
                 rows.append({"llm": llm, "decoding": mode, "error": f"{type(err).__name__}: {err}",
@@ -687,7 +676,7 @@ def bench_generate(s: dict[str, Any], clock: Clock, device: Any, dtype: Any, log
             row.update(prompt_tokens=n_prompt, visual_tokens=n_visual, stab=stab,
                        same_tokens_as_first_mode=not differ.numel(),
                        first_difference=int(differ[0]) if differ.numel() else None)
-        del model, processor
+        del engine, processor
         if not _freed(device, rows, log):
             break
     return {"rows": rows}
@@ -706,7 +695,7 @@ def _freed(device: Any, errors: list, log: Callable[[str], None]) -> bool:
         return False
 
 
-def _generate_mode(s: dict, clock: Clock, model: Any, processor: Any, inputs: dict, n_prompt: int, mode: str,
+def _generate_mode(s: dict, clock: Clock, engine: Any, processor: Any, inputs: dict, n_prompt: int, mode: str,
                    device: Any, log: Callable[[str], None], llm: str) -> dict:
     """One decoding mode: a first call (compilation included, for "compiled"), warm-up, then `repeats` pairs of a
     1-token call (time to first token) and an n-token call (end to end), interleaved so that a machine whose load
@@ -715,7 +704,7 @@ def _generate_mode(s: dict, clock: Clock, model: Any, processor: Any, inputs: di
 
     def call(k: int) -> tuple[float, Any]:
         t0 = time.perf_counter()
-        tokens, _ = _generate_once(model, processor, inputs, n_prompt, k, mode, device)
+        tokens, _ = _generate_once(engine, processor, inputs, n_prompt, k, mode)
         clock.sync()
         return (time.perf_counter() - t0) * 1000, tokens
 
@@ -749,12 +738,12 @@ def bench_eval(s: dict[str, Any], clock: Clock, device: Any, dtype: Any, log: Ca
     import torch
 
     from .eval import videoqa
-    from .inference import decoding_options
 
     rows, e2e = [], []
     k = s["eval_new_tokens"]
     for llm in s["llm"]:
-        model, processor, _ = models(llm)
+        engine, processor, _ = models(llm)
+        model = engine.model
         pool = [processor.preprocess(v) for v in synthetic_videos(min(8, max(s["eval_batch_sizes"])), s["frames"],
                                                                    s["frame_size"], seed=200)]
         cast = model.dtype if model.dtype != torch.float32 else None
@@ -768,8 +757,7 @@ def bench_eval(s: dict[str, Any], clock: Clock, device: Any, dtype: Any, log: Ca
             length = batch.inputs["input_ids"].shape[1]
             for mode in s["eval_decoding"]:
                 def answer_batch(mode: str = mode) -> list[str]:
-                    with decoding_options(model, mode, length + k, b) as speed:
-                        return videoqa._generate(model, processor, batch.inputs, k, min_new_tokens=k, **speed)
+                    return videoqa._generate(engine, processor, batch.inputs, k, mode, min_new_tokens=k)
                 try:
                     t0 = time.perf_counter()
                     answer_batch()
@@ -788,16 +776,16 @@ def bench_eval(s: dict[str, Any], clock: Clock, device: Any, dtype: Any, log: Ca
                     f"{row['answers_per_s']:7.2f} answers/s")
         if s["eval_e2e"] and _has("av"):
             try:
-                e2e.append(_eval_e2e(s, model, processor, llm, log))
+                e2e.append(_eval_e2e(s, engine, processor, llm, log))
             except Exception as err:
                 e2e.append({"llm": llm, "error": f"{type(err).__name__}: {err}"[:300]})
                 log(f"  eval run_videoqa {llm}: FAILED {type(err).__name__}: {err}")
-        model = processor = None  # freed before the next LLM
+        engine = model = processor = None  # freed before the next LLM
         _free(device)
     return {"rows": rows, "run_videoqa": e2e}
 
 
-def _eval_e2e(s: dict, model: Any, processor: Any, llm: str, log: Callable[[str], None]) -> dict:
+def _eval_e2e(s: dict, engine: Any, processor: Any, llm: str, log: Callable[[str], None]) -> dict:
     """`run_videoqa` over synthetic clip files: decoding, preprocessing and batching as `videopanda eval` runs
     them (the answers stop at EOS, so their length is the model's own)."""
     from .data.synth import generate
@@ -809,7 +797,7 @@ def _eval_e2e(s: dict, model: Any, processor: Any, llm: str, log: Callable[[str]
         generate(root, n=2 * max(2, b // 4), seed=0, splits=(0.5, 0.0, 0.5), num_frames=s["frames"], size=128,
                  progress=False)
         items = read_qa(root / "test_q.json", root / "test_a.json")[: 2 * b]
-        summary = run_videoqa(model, processor, items, root / "videos", root / "pred.jsonl", dataset="synth",
+        summary = run_videoqa(engine, processor, items, root / "videos", root / "pred.jsonl", dataset="synth",
                               batch_size=b, max_new_tokens=s["eval_new_tokens"], num_workers=2, progress=False)
     row = {"llm": llm, "batch": b, "questions": len(items), "videos": len({i.video_name for i in items}),
            "seconds": summary["seconds"], "answers_per_s": summary["answers_per_second"],
@@ -824,13 +812,14 @@ def bench_memory(s: dict[str, Any], clock: Clock, device: Any, dtype: Any, log: 
                  models: Callable[[str], tuple]) -> dict:
     rows = []
     for llm in s["llm"]:
-        model, _, stab = models(llm)
+        engine, _, stab = models(llm)
+        model = engine.model
         visual = _weights_mb(model.video_tower) + _weights_mb(model.video_projector)
         rows.append({"llm": llm, "stab": stab, "weights": _dtype_name(model.dtype),
                      "total_mb": _weights_mb(model), "visual_mb": round(visual, 1),
                      "llm_mb": _weights_mb(model.language_model)})
         log(f"  memory {llm}: {rows[-1]['total_mb']} MB of weights ({rows[-1]['weights']})")
-        del model
+        del engine, model
         _free(device)
     quantized = []
     if s["quant"] and "7b-random" in s["llm"] or s["quant"] and "tiny" in s["llm"]:
@@ -847,16 +836,16 @@ def bench_memory(s: dict[str, Any], clock: Clock, device: Any, dtype: Any, log: 
 
 def quantize_llm_in_place(model: Any, kind: str) -> int:
     """Replace the LLM's decoder Linear layers by bitsandbytes 8-bit or NF4 4-bit layers, quantizing the weights
-    they already hold (what `load(..., quantization=...)` does while reading a checkpoint, for a model built with
+    they already hold (what `Engine.load(..., quantization=...)` does while reading a checkpoint, for a model built with
     random weights). The STAB, projector and LM head are untouched. Returns the number of layers replaced."""
     if any(hasattr(m, "_fused_qkv_weight") or hasattr(m, "_fused_gate_up_weight") for m in model.modules()):
         # the fused 16-bit matrices would stay in memory and keep serving the forward: build with fuse_llm=False
-        raise ValueError("quantize_llm_in_place needs an LLM without fused projections (modeling/fused_llm.py)")
+        raise ValueError("quantize_llm_in_place needs an LLM without fused projections (fast/llm.py)")
     import bitsandbytes as bnb
     import torch
     from torch import nn
 
-    from .inference import quantization_config
+    from .runtime import quantization_config
 
     config = quantization_config(kind, model.dtype)
     decoder = model.language_model.model
@@ -889,7 +878,8 @@ def quantize_llm_in_place(model: Any, kind: str) -> int:
 
 def _quantized_row(s: dict, clock: Clock, device: Any, dtype: Any, llm: str, kind: str,
                    log: Callable[[str], None], models: Callable[[str], tuple]) -> dict:
-    model, processor, _ = models(llm, fuse_llm=False)  # as `load(quantization=)`: bitsandbytes layers stay unfused
+    engine, processor, _ = models(llm, fuse_llm=False)  # as `Engine.load(quantization=)`: bnb layers stay unfused
+    model = engine.model
     layers = quantize_llm_in_place(model, kind)
     _free(device)
     row = {"llm": llm, "quantization": kind, "layers_quantized": layers, "total_mb": _weights_mb(model),
@@ -899,13 +889,13 @@ def _quantized_row(s: dict, clock: Clock, device: Any, dtype: Any, llm: str, kin
     inputs = dict(processor(videos=videos, text=processor.build_prompt(QUESTION)))
     n_prompt = inputs["input_ids"].shape[1]
     n = s["new_tokens"]
-    e2e = clock.time(lambda: _generate_once(model, processor, inputs, n_prompt, n, "dynamic", device), events=False,
+    e2e = clock.time(lambda: _generate_once(engine, processor, inputs, n_prompt, n, "dynamic"), events=False,
                      warmup=1, repeats=max(2, s["repeats"] // 2))
     row.update(decoding="dynamic", new_tokens=n, prompt_tokens=n_prompt, e2e_ms=e2e["median_ms"],
                peak_mem_mb=e2e["peak_mem_mb"])
     log(f"  memory {llm} {kind}: {row['total_mb']} MB of weights; e2e {row['e2e_ms']:.1f} ms for {n} tokens, "
         f"peak {row['peak_mem_mb']} MB")
-    model = None
+    engine = model = None
     return row
 
 
@@ -934,7 +924,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None] | None = None) -> d
     """Run the selected sections and return (and write to --out) the results as one JSON-able dict."""
     import torch
 
-    from .inference import resolve_device, resolve_dtype
+    from .runtime import resolve_device, resolve_dtype
 
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     device = resolve_device(args.device)

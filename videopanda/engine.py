@@ -196,14 +196,15 @@ class Engine:
         return self.model.embed_inputs(input_ids, None, visual=visual)
 
     def _to_device(self, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None, Any, Any]:
-        """(input_ids, attention_mask, pixel_values, crop boxes) on the model's device; the boxes are read from
-        the pixels while they are still on the host, so the device path has no host sync."""
+        """(input_ids, attention_mask, pixel_values, crop boxes) on the model's device. A single video's boxes are
+        read while its pixels are still on the host, so its encode (a CUDA-graph replay with "compiled") has no host
+        sync."""
         ids, mask, pixels = inputs["input_ids"], inputs.get("attention_mask"), inputs.get("pixel_values")
         if isinstance(pixels, torch.Tensor) and pixels.ndim == 4:  # [B, 4, S, S] images
             pixels = pixels[:, None]
         boxes = inputs.get("crop_boxes")
-        if boxes is None and isinstance(pixels, torch.Tensor) and pixels.device.type == "cpu":
-            boxes = self.crop_boxes_for(pixels)
+        if boxes is None and isinstance(pixels, torch.Tensor) and pixels.device.type == "cpu" and len(pixels) == 1:
+            boxes = self.crop_boxes_for(pixels)  # a batch's are read on the device, overlapped with its patch embed
         dtype = self.model.video_projector[0].weight.dtype
         cuda = self.device.type == "cuda"
         if isinstance(pixels, torch.Tensor):

@@ -115,14 +115,15 @@ def _inference_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _load_model(args: argparse.Namespace) -> tuple[Any, Any]:
-    from ..inference import load
+    """(`Engine`, its processor) on this rank's device."""
+    from ..engine import Engine
     from .sharding import rank_device
 
-    model, processor = load(args.model, device=rank_device(args.device), dtype=args.dtype, quantization=args.load_in,
-                            subfolder=args.subfolder, revision=args.revision)
+    engine = Engine.load(args.model, device=rank_device(args.device), dtype=args.dtype, quantization=args.load_in,
+                         subfolder=args.subfolder, revision=args.revision)
     if args.frames is not None:
-        processor.config.num_frames = args.frames
-    return model, processor
+        engine.processor.config.num_frames = args.frames
+    return engine, engine.processor
 
 
 def _print(summary: dict[str, Any]) -> None:

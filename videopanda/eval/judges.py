@@ -438,7 +438,7 @@ class LocalJudge(Judge):
     ) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from ..inference import resolve_device, resolve_dtype
+        from ..runtime import resolve_device, resolve_dtype
 
         if batch_size < 1 or max_new_tokens < 1:
             raise ValueError(f"need batch_size >= 1 and max_new_tokens >= 1; got {batch_size}, {max_new_tokens}")

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ..inference import decoding_options
+from ..engine import Engine
 from ..processing import VideoPandaProcessor
 from ..video import VideoDecodeError, load_video
 from .metrics import summarize
@@ -357,36 +357,17 @@ class _Prefetcher:
 
 
 # -- inference ---------------------------------------------------------------------------------------------------------
-@torch.inference_mode()
-def _generate(
-    model: torch.nn.Module,
-    processor: VideoPandaProcessor,
-    inputs: dict[str, Any],
-    max_new_tokens: int,
-    **generate_kwargs: Any,
-) -> list[str]:
+def _generate(engine: Engine, processor: VideoPandaProcessor, inputs: dict[str, Any], max_new_tokens: int,
+              decoding: str, min_new_tokens: int = 0) -> list[str]:
     """Greedy answers to one collated batch (left-padded prompts, one video each); only new tokens are decoded."""
     prompt_len = inputs["input_ids"].shape[1]
-    pixels = inputs["pixel_values"]
-    pixels = (
-        pixels.to(model.device, model.dtype, non_blocking=True)
-        if isinstance(pixels, torch.Tensor)
-        else [p.to(model.device, model.dtype, non_blocking=True) for p in pixels]
-    )
-    tensors = {k: v.to(model.device) for k, v in inputs.items() if k != "pixel_values"}
-    out = model.generate(
-        **tensors,
-        pixel_values=pixels,
-        do_sample=False,
-        max_new_tokens=max_new_tokens,
-        pad_token_id=processor.tokenizer.pad_token_id,
-        **generate_kwargs,
-    )
+    out = engine.generate(inputs, max_new_tokens=max_new_tokens, decoding=decoding, min_new_tokens=min_new_tokens,
+                          pad_token_id=processor.tokenizer.pad_token_id)
     return processor.batch_decode(out[:, prompt_len:])
 
 
 def run_videoqa(
-    model: torch.nn.Module,
+    engine: Engine,
     processor: VideoPandaProcessor,
     items: Sequence[QAItem],
     video_dir: str | os.PathLike,
@@ -408,8 +389,8 @@ def run_videoqa(
     final file is the same as an uninterrupted run's.
 
     Args:
-        model: a VideoPandaForCausalLM (or anything with its `generate`, `device` and `dtype`), in eval mode.
-        processor: its VideoPandaProcessor.
+        engine: the loaded model (`Engine`).
+        processor: its VideoPandaProcessor (`engine.processor`).
         items: the questions (see `read_qa`); question ids must be unique.
         video_dir: folder of the videos.
         out_path: the JSONL file, created or resumed.
@@ -420,8 +401,8 @@ def run_videoqa(
         num_workers: threads decoding videos ahead of generation (plus one collating the next batch); 0 does
             everything in the calling thread.
         progress: show a tqdm bar.
-        decoding: "auto", "dynamic", "static" or "compiled" (`inference.decoding_options`; "compiled" is
-            `--compile`: each new batch size compiles once).
+        decoding: "auto", "dynamic", "static" or "compiled" (`Engine.generate`; "compiled" is `--compile`: each
+            new batch size compiles once).
 
     Returns:
         {"total", "done" (answered now), "skipped_existing" (already in the file), "num_failed", "failed" (a list of
@@ -451,9 +432,9 @@ def run_videoqa(
     pending = [item for item in items if item.question_id not in done]
     batches = _batches(pending, batch_size)
     frames = num_frames or processor.config.num_frames
-    cast = getattr(model, "dtype", None)
-    cast = cast if isinstance(cast, torch.dtype) and cast != torch.float32 else None  # float32 = the processor's
-    pin = getattr(getattr(model, "device", None), "type", "cpu") == "cuda"
+    cast = engine.model.dtype
+    cast = cast if cast != torch.float32 else None  # float32 = the processor's
+    pin = engine.device.type == "cuda"
     prefetch = _Prefetcher(
         batches,
         lambda name: _decode(video_dir, name, dataset, processor, frames),
@@ -468,9 +449,7 @@ def run_videoqa(
                 ready = prefetch.get(index)
                 failed.extend(ready.failed)
                 if ready.items:
-                    length = ready.inputs["input_ids"].shape[1] + max_new_tokens
-                    with decoding_options(model, decoding, length, len(ready.items)) as speed:
-                        preds = _generate(model, processor, ready.inputs, max_new_tokens, **speed)
+                    preds = _generate(engine, processor, ready.inputs, max_new_tokens, decoding)
                     records = [item.record(pred) for item, pred in zip(ready.items, preds)]
                     out.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
                     out.flush()

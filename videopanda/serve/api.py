@@ -43,6 +43,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
+from ..engine import Engine
 from ..processing import VIDEO_TOKEN, VideoPandaProcessor
 from . import ServeArgs
 from .budget import TextBudget
@@ -62,14 +63,15 @@ _BODY_SLACK = MIB  # the JSON around the base64 upload: text, history, settings
 _DISCONNECT_POLL_S = 0.25
 
 
-def create_app(model: Any, processor: VideoPandaProcessor, args: ServeArgs) -> FastAPI:
+def create_app(engine: Engine, args: ServeArgs) -> FastAPI:
     """The FastAPI app around a loaded model; its worker thread starts now and stops with the app's lifespan."""
-    worker = _Worker(model, processor, max_queue=args.max_queue, max_batch=args.max_batch,
+    processor = engine.processor
+    worker = _Worker(engine, processor, max_queue=args.max_queue, max_batch=args.max_batch,
                      decoding="compiled" if args.compile else "auto")
     max_upload = int(args.max_upload_mb * MIB)
     body_limit = (max_upload + 2) // 3 * 4 + _BODY_SLACK
     num_frames = args.frames or processor.config.num_frames
-    context = getattr(model.config.text_config, "max_position_embeddings", None)
+    context = getattr(engine.model.config.text_config, "max_position_embeddings", None)
     budget = TextBudget.of(processor.tokenizer, context)
     processor.tokenize("warm-up", [])  # settles the tokenizer's state before request threads share it
     uploads = UploadFolders()
@@ -297,14 +299,12 @@ def run_server(args: ServeArgs) -> None:
     import uvicorn
     from transformers.utils import logging as hf_logging
 
-    from .. import inference
-
     hf_logging.disable_progress_bar()
-    model, processor = inference.load(args.model, device=args.device, dtype=args.dtype, subfolder=args.subfolder,
-                                        revision=args.revision)
+    engine = Engine.load(args.model, device=args.device, dtype=args.dtype, subfolder=args.subfolder,
+                         revision=args.revision)
     if args.frames is not None:
-        processor.config.num_frames = args.frames
-    app = create_app(model, processor, args)
+        engine.processor.config.num_frames = args.frames
+    app = create_app(engine, args)
     _raise_open_files_limit(args.max_connections + 256)  # the model's files, the log, the listening socket ...
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", lifespan="on",
                             http=guarded_h11_protocol(args.max_connections, args.header_timeout),

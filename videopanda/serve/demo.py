@@ -11,10 +11,13 @@ import os
 import sys
 import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..video import VideoDecodeError, load_video
 from . import DemoArgs
+
+if TYPE_CHECKING:  # the page module stays light: the engine (torch, transformers) is loaded by run_demo
+    from ..engine import Engine
 
 __all__ = ["build_demo", "run_demo"]
 
@@ -27,10 +30,11 @@ DEFAULT_MODEL_NOTE = ("The bundled default model was trained on synthetic clips 
 _UPLOAD_CACHE = (3600, 3600)  # Gradio deletes uploaded files older than an hour, checking every hour
 
 
-def build_demo(model: Any, processor: Any, args: DemoArgs) -> Any:
-    """The `gr.Blocks` page around a loaded model and processor (see `videopanda.inference.load`)."""
+def build_demo(engine: Engine, args: DemoArgs) -> Any:
+    """The `gr.Blocks` page around a loaded model (`Engine.load`)."""
     import gradio as gr
 
+    processor = engine.processor
     num_frames = args.frames or processor.config.num_frames
 
     def decode(path: str, cache: dict[str, Any]) -> Any:
@@ -57,13 +61,13 @@ def build_demo(model: Any, processor: Any, args: DemoArgs) -> Any:
         chat = [*chat, {"role": "user", "content": question}, {"role": "assistant", "content": ""}]
         yield "", chat, history
         text = ""
-        for text in _stream_answer(model, processor, frames, question, history, args.max_tokens):
+        for text in _stream_answer(engine, frames, question, history, args.max_tokens):
             chat[-1] = {"role": "assistant", "content": text}
             yield "", chat, history
         yield "", chat, [*history, (question, text)]
 
     with gr.Blocks(title=TITLE, delete_cache=_UPLOAD_CACHE, analytics_enabled=False) as page:
-        default = getattr(model, "loading_report", {}).get("kind") == "default"
+        default = engine.loading_report.get("kind") == "default"
         gr.Markdown(f"# {TITLE}\n{INTRO} {DEFAULT_MODEL_NOTE if default else ''}")
         history = gr.State([])
         cache = gr.State({})
@@ -85,21 +89,21 @@ def build_demo(model: Any, processor: Any, args: DemoArgs) -> Any:
     return page
 
 
-def _stream_answer(model: Any, processor: Any, frames: Any, question: str, history: list[tuple[str, str]],
+def _stream_answer(engine: Engine, frames: Any, question: str, history: list[tuple[str, str]],
                    max_tokens: int) -> Iterator[str]:
     """The answer so far, after each new piece: generation runs in a thread and feeds a TextIteratorStreamer."""
     import gradio as gr
     from transformers import TextIteratorStreamer
 
-    from .. import inference
+    from ..engine import ContextLengthError
 
-    streamer = TextIteratorStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
+    streamer = TextIteratorStreamer(engine.processor.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
     outcome: dict[str, Any] = {}
 
     def work() -> None:
         try:
-            outcome["answer"] = inference.answer(model, processor, frames, question, [tuple(t) for t in history],
-                                                 max_new_tokens=max_tokens, streamer=streamer)
+            outcome["answer"] = engine.answer(frames, question, [tuple(t) for t in history],
+                                              max_new_tokens=max_tokens, streamer=streamer)
         except Exception as err:  # shown on the page; the streamer must still end, or the page would wait
             outcome["error"] = err
             streamer.end()
@@ -113,7 +117,7 @@ def _stream_answer(model: Any, processor: Any, frames: Any, question: str, histo
     thread.join()
     if "error" in outcome:
         err = outcome["error"]
-        message = f"{err}; press 'New chat' to start over" if isinstance(err, inference.ContextLengthError) else err
+        message = f"{err}; press 'New chat' to start over" if isinstance(err, ContextLengthError) else err
         raise gr.Error(f"no answer: {message}")
     yield outcome["answer"].text
 
@@ -124,14 +128,14 @@ def run_demo(args: DemoArgs) -> None:
     import gradio  # noqa: F401  (fail before the slow model load if the extra is missing)
     from transformers.utils import logging as hf_logging
 
-    from .. import inference
+    from ..engine import Engine
 
     hf_logging.disable_progress_bar()
-    model, processor = inference.load(args.model, device=args.device, dtype=args.dtype, subfolder=args.subfolder,
-                                        revision=args.revision)
+    engine = Engine.load(args.model, device=args.device, dtype=args.dtype, subfolder=args.subfolder,
+                         revision=args.revision)
     if args.frames is not None:
-        processor.config.num_frames = args.frames
-    page = build_demo(model, processor, args)
+        engine.processor.config.num_frames = args.frames
+    page = build_demo(engine, args)
     print(f"demo of {args.model} at http://{args.host}:{args.port}", file=sys.stderr, flush=True)
     page.queue(max_size=16).launch(server_name=args.host, server_port=args.port, share=False, inbrowser=False,
                                    show_error=True, quiet=True, max_file_size=int(args.max_upload_mb * MIB),

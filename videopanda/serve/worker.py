@@ -1,6 +1,6 @@
 """The one thread that owns the model, and the bounded queue in front of it.
 
-Queued non-streaming jobs with the same settings share one left-padded `model.generate`; a streaming job runs alone
+Queued non-streaming jobs with the same settings share one left-padded `Engine.generate`; a streaming job runs alone
 with a streamer that feeds its response. A job whose client has gone leaves the queue, or stops at its next token.
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
 
-from ..inference import decoding_options
+from ..engine import Engine
 from ..processing import VideoPandaProcessor
 
 __all__ = ["QueueFull"]
@@ -102,18 +102,18 @@ class _Worker:
     (counted in the request threads), so no tokenising happens here and no lock is shared with request threads.
     """
 
-    def __init__(self, model: Any, processor: VideoPandaProcessor, *, max_queue: int, max_batch: int,
+    def __init__(self, engine: Engine, processor: VideoPandaProcessor, *, max_queue: int, max_batch: int,
                  decoding: str = "auto") -> None:
-        self.model, self.processor = model, processor
+        self.engine, self.processor = engine, processor
         self.max_queue, self.max_batch = max_queue, max_batch
-        self.decoding = decoding  # inference.decoding_options: "compiled" with --compile
+        self.decoding = decoding  # Engine.generate's mode: "compiled" with --compile
         self._cond = threading.Condition()
         self._queue: deque[_Job] = deque()
         self._waiting = 0
         self._running = 0
         self._closed = False
         self.stats = {"requests": 0, "batches": 0, "completion_tokens": 0, "rejected": 0, "cancelled": 0}
-        eos = model.generation_config.eos_token_id
+        eos = engine.model.generation_config.eos_token_id
         self._eos = {*(eos if isinstance(eos, list) else [eos]), processor.tokenizer.eos_token_id} - {None}
         self._thread = threading.Thread(target=self._loop, name="videopanda-worker", daemon=True)
         self._thread.start()
@@ -212,7 +212,7 @@ class _Worker:
 
     @torch.inference_mode()
     def _run(self, jobs: list[_Job]) -> None:
-        proc, model = self.processor, self.model
+        proc = self.processor
         rows = [j.input_ids if j.input_ids is not None else proc.tokenize(j.prompt, [proc.count_tokens(j.pixels)])
                 for j in jobs]
         width = max(map(len, rows))
@@ -221,20 +221,16 @@ class _Worker:
         for i, row in enumerate(rows):  # left padding, as generation needs
             input_ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
             attention_mask[i, width - len(row):] = 1
-        inputs = {"input_ids": input_ids.to(model.device), "attention_mask": attention_mask.to(model.device),
-                  "pixel_values": torch.stack([j.pixels for j in jobs]).to(model.device, model.dtype)}
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask,
+                  "pixel_values": torch.stack([j.pixels for j in jobs])}  # the engine moves them to its device
         first = jobs[0]
         max_new = max(j.max_tokens for j in jobs)
-        kwargs: dict[str, Any] = dict(do_sample=False)
-        if first.temperature > 0:
-            kwargs = dict(do_sample=True, temperature=first.temperature, top_p=first.top_p)
-        if first.ignore_eos:
-            kwargs["min_new_tokens"] = max_new  # keeps EOS from being chosen, as vLLM's ignore_eos
         streamer = _JobStreamer(proc.tokenizer, first) if first.stream else None
-        with decoding_options(model, self.decoding, width + max_new, len(jobs)) as speed:
-            out = model.generate(**inputs, max_new_tokens=max_new, streamer=streamer,
-                                 pad_token_id=proc.tokenizer.pad_token_id,
-                                 stopping_criteria=StoppingCriteriaList([_CancelCheck(jobs)]), **kwargs, **speed)
+        out = self.engine.generate(inputs, max_new_tokens=max_new, decoding=self.decoding,
+                                   temperature=first.temperature, top_p=first.top_p,
+                                   min_new_tokens=max_new if first.ignore_eos else 0,  # as vLLM's ignore_eos
+                                   streamer=streamer, pad_token_id=proc.tokenizer.pad_token_id,
+                                   stopping_criteria=StoppingCriteriaList([_CancelCheck(jobs)]))
         for job, row in zip(jobs, out[:, width:].tolist()):
             job.pixels = job.input_ids = None  # 6 MB a video at 224 px; the job may outlive its request a little
             result = self._result(job, row)
