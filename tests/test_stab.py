@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from videopanda.modeling.stab import STAB, count_visual_tokens
+from videopanda.modeling.stab import FSRA, GSTRA, LSD, LSTE, STAB, count_visual_tokens
 
 FIXTURES = Path(__file__).parent / "fixtures" / "reference_stab"
 # case: (T, canvas, top, left, h, w, empty frames) -- from fixtures/reference_stab/README.md
@@ -211,18 +211,35 @@ def test_ablation_runs_and_keeps_the_token_layout(name, T):
         assert sorted(used) == sorted(n for n, _ in stab.named_parameters())
 
 
+def test_paper_modules_keep_the_reference_keys():
+    """One class per paper module; LSTE's two parts stay registered at the top level (`lmhra1.*`, `dpe.*`, the
+    reference's keys) and the LSTE runs those same modules, also in a copy."""
+    import copy
+
+    stab = STAB(32, 4)
+    assert isinstance(stab.lste, LSTE) and isinstance(stab.dec, GSTRA)
+    assert isinstance(stab.local_attention, LSD) and isinstance(stab.global_attention, FSRA)
+    keys = list(stab.state_dict())
+    assert "lmhra1.pos_embed.3.weight" in keys and "dpe.bias" in keys and not any(k.startswith("lste.") for k in keys)
+    assert keys.index("patch_embedding.weight") < keys.index("lmhra1.pos_embed.0.weight") < keys.index("dpe.weight") \
+        < keys.index("dec.attn.in_proj_weight")  # the reference's order
+    twin = copy.deepcopy(stab)
+    assert twin.lste.lmhra1 is twin.lmhra1 and twin.lste.dpe is twin.dpe and twin.lmhra1 is not stab.lmhra1
+    assert STAB(32, 4, use_lste=False).lste is None
+
+
 def test_ablation_class_tokens():
     """Which token sits in the CLS slot: FSRA's without GSTRA, GSTRA's without FSRA, the mean LSD token with neither."""
     px = box_input(1, 4, 112, [(0, 0, 112, 112)])
     with torch.no_grad():
         no_gstra = tiny_stab(use_gstra=False)
         out = no_gstra(px)
-        feats = no_gstra._temporal(no_gstra.patch_embedding(px[0, :, :3])[None])[0]
+        feats = no_gstra.temporal(no_gstra.patch_embedding(px[0, :, :3])[None])[0]
         tokens = no_gstra.local_attention(feats.permute(0, 2, 3, 1))
         assert torch.allclose(out.tokens[0], no_gstra.global_attention(no_gstra.class_embedding, tokens[:1])[0],
                               atol=1e-5)
         no_fsra = tiny_stab(use_fsra=False)
-        _, video_cls = no_fsra._temporal(no_fsra.patch_embedding(px[0, :, :3])[None])
+        _, video_cls = no_fsra.temporal(no_fsra.patch_embedding(px[0, :, :3])[None])
         cls = no_fsra(px).tokens.view(4, 21, 32)[:, 0]
         assert torch.allclose(cls, video_cls, atol=1e-5)
         neither = tiny_stab(use_gstra=False, use_fsra=False, downsample="avgpool")
