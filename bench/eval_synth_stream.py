@@ -17,21 +17,20 @@ from collections import defaultdict
 import torch
 
 from videopanda.data.synth_stream import SynthQAStream
+from videopanda.engine import Engine
 from videopanda.eval.metrics import exact_match, token_f1
-from videopanda.inference import load
 
 
 @torch.inference_mode()
-def evaluate(model, processor, seed: int, n: int, batch_size: int, wide: bool = False) -> dict:
+def evaluate(engine: Engine, processor, seed: int, n: int, batch_size: int, wide: bool = False) -> dict:
     stream = SynthQAStream(processor, seed=seed, noise=0.0, wide=wide)
     per_family: dict[str, list[float]] = defaultdict(list)
     examples = []
     start = time.perf_counter()
     for lo in range(0, n, batch_size):
         items = [stream.example(i) for i in range(lo, min(n, lo + batch_size))]
-        inputs = processor(videos=[f for f, _ in items], text=[q["question"] for _, q in items]).to(model.device)
-        inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
-        out = model.generate(**inputs, max_new_tokens=48, do_sample=False)
+        inputs = processor(videos=[f for f, _ in items], text=[q["question"] for _, q in items])
+        out = engine.generate(dict(inputs), max_new_tokens=48)
         preds = processor.batch_decode(out[:, inputs["input_ids"].shape[1]:])
         for (_, q), pred in zip(items, preds):
             score = token_f1(pred, q["answer"]) if q["family"] == "caption" else \
@@ -57,8 +56,8 @@ def main() -> None:
                         "frame rate, frame shape, object size, travel and outline")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
-    model, processor = load(args.model, device=args.device)
-    result = evaluate(model, processor, args.seed, args.n, args.batch_size, args.wide)
+    engine = Engine.load(args.model, device=args.device)
+    result = evaluate(engine, engine.processor, args.seed, args.n, args.batch_size, args.wide)
     flags = [f"--{k.replace('_', '-')}" + ("" if isinstance(v, bool) else f" {v}")
              for k, v in vars(args).items() if v is not False]
     result["command"] = "python bench/eval_synth_stream.py " + " ".join(flags)

@@ -13,9 +13,9 @@ import argparse
 import json
 
 import torch
+from transformers import StoppingCriteriaList
 
 from videopanda import bench
-from videopanda.inference import decoding_options, generate
 
 
 def main() -> None:
@@ -26,23 +26,25 @@ def main() -> None:
     args = p.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    model, processor, _ = bench.build_model(args.llm, device, dtype)
+    engine, processor, _ = bench.build_model(args.llm, device, dtype)
     inputs = dict(processor(videos=bench.synthetic_videos(1, 8, 448, seed=100),
                             text=processor.build_prompt(bench.QUESTION)))
     x = {k: v.to(device) for k, v in inputs.items()}
     x["pixel_values"] = x["pixel_values"].to(dtype)
     n, n_prompt = args.new_tokens, x["input_ids"].shape[1]
     with torch.inference_mode():
-        ref = model.generate(**x, max_new_tokens=n, min_new_tokens=n, do_sample=False, return_dict_in_generate=True,
-                             output_logits=True)
+        # the reference: the plain model (plain STAB, transformers' dynamic cache)
+        ref = engine.model.generate(**x, max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                                    return_dict_in_generate=True, output_logits=True)
         want = ref.sequences[0, n_prompt:]
         report = {}
-        runs = {f"{m} (lean loop)": lambda m=m: generate(model, x, max_new_tokens=n, min_new_tokens=n, decoding=m)
+        runs = {f"{m} (lean loop)": lambda m=m: engine.generate(inputs, max_new_tokens=n, min_new_tokens=n,
+                                                                 decoding=m)
                 for m in args.modes.split(",")}
         for m in args.modes.split(","):
-            def hf(m: str = m) -> torch.Tensor:
-                with decoding_options(model, m, n_prompt + n) as speed:
-                    return model.generate(**x, max_new_tokens=n, min_new_tokens=n, do_sample=False, **speed)
+            def hf(m: str = m) -> torch.Tensor:  # stopping criteria (none here) take transformers' loop
+                return engine.generate(inputs, max_new_tokens=n, min_new_tokens=n, decoding=m,
+                                       stopping_criteria=StoppingCriteriaList())
             runs[f"{m} (transformers generate)"] = hf
         for name, run in runs.items():
             got = run()[0, n_prompt:]

@@ -1,4 +1,4 @@
-"""Where the time of a compiled 7B-shaped answer goes: GPU kernels of `greedy_generate`, from torch.profiler.
+"""Where the time of a compiled 7B-shaped answer goes: GPU kernels of the Engine's lean greedy loop (torch.profiler).
 
 Usage (GPU): python bench/profile_decode.py [--llm 7b-random] [--new-tokens 64] [--decoding compiled]
 Prints the kernels sorted by total GPU time and the wall time of the profiled answer.
@@ -13,7 +13,6 @@ import torch
 import torch._inductor.config
 
 from videopanda import bench
-from videopanda.inference import generate
 
 
 def main() -> None:
@@ -32,7 +31,7 @@ def main() -> None:
     if args.coordinate_descent:
         torch._inductor.config.coordinate_descent_tuning = True
     device = torch.device("cuda")
-    model, processor, _ = bench.build_model(args.llm, device, torch.bfloat16)
+    engine, processor, _ = bench.build_model(args.llm, device, torch.bfloat16)
     inputs = dict(processor(videos=bench.synthetic_videos(1, 8, 448, seed=100),
                             text=processor.build_prompt(bench.QUESTION)))
     x = {k: v.to(device) for k, v in inputs.items()}
@@ -40,7 +39,7 @@ def main() -> None:
     n = args.new_tokens
 
     def answer() -> torch.Tensor:
-        return generate(model, x, max_new_tokens=n, min_new_tokens=n, decoding=args.decoding)
+        return engine.generate(x, max_new_tokens=n, min_new_tokens=n, decoding=args.decoding)
 
     for _ in range(3):
         answer()

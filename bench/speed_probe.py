@@ -485,18 +485,18 @@ def section_decode(args) -> None:
     """The 7B-shaped 64-token answer (compiled lean loop), unfused / fused projections / + compiled pointwise ops;
     `ttft_ms` is the same call with one new token (pixel_values on the device: STAB, prefill, first token)."""
     from videopanda.fast import compile_pointwise, fuse_projections
-    from videopanda.inference import generate
 
     device, dtype = torch.device("cuda"), torch.bfloat16
     out = RESULT.setdefault("decode", {"rows": []})
-    model, processor, _ = B.build_model("7b-random", device, dtype, fuse_llm=False)  # "plain" first
+    engine, processor, _ = B.build_model("7b-random", device, dtype, fuse_llm=False)  # "plain" first
+    model = engine.model
     inputs = dict(processor(videos=B.synthetic_videos(1, 8, 448, seed=100), text=processor.build_prompt(B.QUESTION)))
     x = {"input_ids": inputs["input_ids"].to(device), "pixel_values": inputs["pixel_values"].to(device, dtype)}
 
     def answer(n=64):
         torch.cuda.synchronize()
         t0 = time.perf_counter()
-        y = generate(model, x, max_new_tokens=n, min_new_tokens=n, decoding="compiled", pad_token_id=0)
+        y = engine.generate(x, max_new_tokens=n, min_new_tokens=n, decoding="compiled", pad_token_id=0)
         torch.cuda.synchronize()
         return (time.perf_counter() - t0) * 1000, y
 
@@ -526,11 +526,11 @@ def section_eval(args) -> None:
     per decoding mode, with and without compiled pointwise ops; prefill alone; the prefill's kernel table."""
     from videopanda.eval import videoqa
     from videopanda.fast import compile_pointwise
-    from videopanda.inference import decoding_options
 
     device, dtype = torch.device("cuda"), torch.bfloat16
     out = RESULT.setdefault("eval", {"rows": []})
-    model, processor, _ = B.build_model("7b-random", device, dtype)
+    engine, processor, _ = B.build_model("7b-random", device, dtype)
+    model = engine.model
     pool = [processor.preprocess(v) for v in B.synthetic_videos(8, 8, 448, seed=200)]
     b, k = args.eval_batch, 8
     items = [videoqa.QAItem(i, f"v{i % 8}", f"{B.QUESTION} {'and more ' * (i % 4)}".strip(), "") for i in range(b)]
@@ -542,9 +542,9 @@ def section_eval(args) -> None:
     out["prompt"] = length
     with torch.inference_mode():
         out["rows"].append({"what": "visual encode", "batch": b, "ms": cuda_ms(
-            lambda: model.encode_video_flat(x["pixel_values"]), repeats=5)})
+            lambda: engine.encode(x["pixel_values"]), repeats=5)})
         for pointwise in [v == "pointwise" for v in args.eval_variants.split(",")]:
-            free_static_cache(model)
+            free_static_cache(engine)
             if pointwise:
                 out["pointwise_modules"] = compile_pointwise(model.language_model)
             tag = " +pointwise" if pointwise else ""
@@ -557,8 +557,7 @@ def section_eval(args) -> None:
                 out["table_prefill" + tag] = kernel_table(lambda: model(**x, logits_to_keep=1), rows=25)
             for mode in args.eval_modes.split(","):
                 def run(mode=mode):
-                    with decoding_options(model, mode, length + k, b) as speed:
-                        return videoqa._generate(model, processor, batch.inputs, k, min_new_tokens=k, **speed)
+                    return videoqa._generate(engine, processor, batch.inputs, k, mode, min_new_tokens=k)
                 run()
                 torch.cuda.synchronize()
                 times = []
@@ -622,23 +621,21 @@ def main() -> None:
         free_gpu()
 
 
-def free_static_cache(model) -> None:
-    """Drop the static KV cache kept on the model and the compiled steps holding it (37 GB at batch 32)."""
+def free_static_cache(engine) -> None:
+    """Drop the engine's static KV cache and the compiled steps holding it (37 GB at batch 32)."""
     import gc
 
-    model._videopanda_static_cache = None
+    engine.clear_caches()
     torch._dynamo.reset()
     gc.collect()
     torch.cuda.empty_cache()
 
 
 def free_gpu() -> None:
-    """Drop what a section left on the GPU (compiled decode steps and their CUDA-graph pools hold the model)."""
+    """Drop what a section left on the GPU (compiled decode steps and their CUDA-graph pools hold the model; each
+    section's engine, and with it its compiled step, is gone once the section returns)."""
     import gc
 
-    from videopanda import inference
-
-    inference._COMPILED_STEP.clear()
     torch._dynamo.reset()
     gc.collect()
     torch.cuda.empty_cache()

@@ -1,6 +1,7 @@
 """The package's import graph, parsed (not imported): no cycles, and dependencies point one way.
 
-cli / serve / eval / train / bench -> inference -> fast -> modeling, processing, video -> transforms, configuration.
+cli / serve / eval / bench -> engine -> fast -> modeling, processing, video -> transforms, configuration; runtime
+(device, dtype, decoding checks) is a leaf that any layer above the model may use.
 Imports inside functions count too: a lazy import that goes upward is still an upward dependency.
 """
 
@@ -12,6 +13,11 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "videopanda"
 # what each lower layer may import from the package (besides itself)
 ALLOWED = {
+    # the loaded model ready to answer: what cli / serve / eval / bench use; nothing below imports it
+    "videopanda.engine": ("videopanda.engine", "videopanda.fast", "videopanda.modeling", "videopanda.processing",
+                          "videopanda.video", "videopanda.runtime", "videopanda.weights", "videopanda.configuration",
+                          "videopanda.transforms"),
+    "videopanda.runtime": (),
     # the inference forms (fused STAB, Triton kernels, LLM fusions) are built from the plain model, never the reverse
     "videopanda.fast": ("videopanda.fast", "videopanda.modeling", "videopanda.configuration", "videopanda.transforms"),
     "videopanda.modeling": ("videopanda.modeling", "videopanda.configuration", "videopanda.transforms",
@@ -128,3 +134,6 @@ def test_the_checks_see_a_cycle_and_an_upward_import():
     assert "videopanda.modeling.stab" in edges["videopanda.modeling.videopanda"]
     assert "videopanda.modeling.stab" in edges["videopanda.fast.stab"]
     assert "videopanda.flags" in edges["videopanda.cli"]
+    for user in ("videopanda.cli", "videopanda.serve.worker", "videopanda.eval.videoqa", "videopanda.bench"):
+        assert "videopanda.engine" in edges[user], user  # every user answers through the Engine
+    assert "videopanda.fast" in edges["videopanda.engine"]

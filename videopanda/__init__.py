@@ -11,6 +11,7 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
+    "Engine": ".engine",
     "STAB": ".modeling.stab",
     "VARIANTS": ".configuration",
     "VideoDecodeError": ".video",

@@ -278,6 +278,12 @@ class Engine:
         return Answer(processor.decode(new), n_prompt, visual, int(new.numel()), time.perf_counter() - start)
 
     # -- decoding state: the kept cache, compiled parts ----------------------------------------------------------------
+    def clear_caches(self) -> None:
+        """Drop the kept static KV cache, the compiled decode step and the captured visual-encode graphs (their
+        memory: a 7B cache at batch 32 holds tens of GB); the next call rebuilds what it needs. The caller holds no
+        call in flight. Compiled element-wise ops stay (they hold no tensors)."""
+        with self._lock:
+            self._cache = self._step = self._graphed = None
     def _static_cache(self, batch_size: int, max_length: int) -> Any:
         """The kept StaticCache, reset, so its tensors keep their addresses: a compiled, CUDA-graph decode step is then
         captured once and replayed by every later call of the same batch size and bucket. A call that needs more
