@@ -135,7 +135,8 @@ class FusedSTAB(nn.Module):
     def refold(self) -> None:
         """Compute the folded constants from the STAB's current weights (in float32 at least, stored in the
         parameter dtype). Eager calls do it themselves when the weights changed; compiled code does not."""
-        self._fold()
+        with torch.inference_mode(False):  # normal tensors even when called under inference mode: a later call
+            self._fold()  # with autograd on may save them for backward, which inference tensors refuse
         self._folded_from = self._weights_key()
 
     def _fold(self) -> None:
