@@ -240,7 +240,7 @@ def slow_if(slow: bool) -> list:
 
 def heavy(code: str) -> bool:
     """Loads a model or renders clips."""
-    return bool(re.search(r"from_pretrained|inference\.load|generate\(", code))
+    return bool(re.search(r"from_pretrained|Engine\.load|generate\(", code))
 
 
 @pytest.fixture
