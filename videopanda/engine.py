@@ -59,13 +59,13 @@ class ContextLengthError(ValueError):
 
 @dataclass
 class Answer:
+    """One answer and its cost: the prompt's tokens (visual ones included), the answer's, and the seconds taken."""
+
     text: str
     prompt_tokens: int
     visual_tokens: int
     new_tokens: int
     seconds: float
-
-
 
 
 class Engine:
