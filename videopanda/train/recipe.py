@@ -8,6 +8,9 @@ global batch, so the loss curve does not depend on the process count.
 
 Checkpoints (`OUT/checkpoint-000200/`) hold the trainable weights, optimiser, scheduler, step and RNG states, and
 are written to a temporary folder then renamed (atomic). `--resume` continues from the newest one.
+
+`train` reads top to bottom: `_setup` (processes, model, data, optimizer, resumed state), `_train_loop` (one
+`_train_step` per step, `_Progress` for the log, checkpoints on the way) and `_teardown` (final model, summary).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -38,7 +41,7 @@ from ..processing import VideoPandaProcessor
 from ..weights import DEFAULT_LORA_WEIGHTS, DEFAULT_MODEL, save_visual_weights
 from . import fsdp
 from .args import STAGES, TrainArgs
-from .distill import save_compressor_apart, setup_distillation
+from .distill import Distiller, save_compressor_apart, setup_distillation
 from .lora import add_lora, lora_state_dict, merge_lora, stack_lora
 from .tblog import open_writer, write_record
 
@@ -370,7 +373,49 @@ def make_dataset(args: TrainArgs, processor: VideoPandaProcessor, teacher_inputs
     return PositionFlip(data, args.seed) if args.flip else data  # flips by position: see PositionFlip
 
 
+@dataclass
+class _Run:
+    """One training run as `_setup` builds it: where it runs, what it trains, and its steps [start, total)."""
+
+    args: TrainArgs
+    rank: int
+    world: int
+    device: torch.device
+    out: Path
+    model: VideoPandaForCausalLM
+    processor: VideoPandaProcessor
+    distiller: Distiller | None
+    sharded: bool  # --fsdp over several processes
+    data: torch.utils.data.Dataset
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    counter: SkipCounter
+    start: int
+    total: int
+
+    @property
+    def saves(self) -> bool:
+        """Whether this process calls `save_checkpoint`: rank 0, and every rank of a sharded run (the states are
+        gathered from the shards; rank 0 writes)."""
+        return self.rank == 0 or self.sharded
+
+    def save(self, step: int) -> None:
+        save_checkpoint(self.out, step, self.model, self.optimizer, self.scheduler, self.args, self.counter)
+
+
 def train(args: TrainArgs) -> dict[str, Any]:
+    """Train one stage as `args` say (resuming with --resume); returns the summary that OUT/summary.json holds."""
+    run = _setup(args)
+    done = _finished_summary(run)
+    if done is not None:
+        return done
+    steps, last_loss = _train_loop(run)
+    return _teardown(run, steps, last_loss)
+
+
+def _setup(args: TrainArgs) -> _Run:
+    """Processes, device, model (sharded with --fsdp), data, optimizer and scheduler, then the newest checkpoint's
+    state with --resume (its RNG states included)."""
     if args.lora_r and importlib.util.find_spec("peft") is None:
         raise ValueError("--lora-r needs the package 'peft': pip install 'videopanda[train]'")
     rank, world = init_distributed()
@@ -379,11 +424,7 @@ def train(args: TrainArgs) -> dict[str, Any]:
         prepare_out(out, args)  # before anything is loaded: a wrong --out costs nothing
     if world > 1:
         dist.barrier()
-    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    device = _pick_device()
     torch.manual_seed(args.seed)
     args.batch_size = args.batch_size or (8 if device.type == "cuda" else 2)
     check_memory(args, device)
@@ -395,9 +436,8 @@ def train(args: TrainArgs) -> dict[str, Any]:
     elif args.fsdp and rank == 0:
         print("note: --fsdp with one process: nothing to shard, training as usual", file=sys.stderr)
     data = make_dataset(args, processor, distiller.teacher_inputs if distiller else None)
-    stream = isinstance(data, SynthQAStream)
     per_step = args.batch_size * args.grad_accum * world
-    if stream and not args.steps:
+    if isinstance(data, SynthQAStream) and not args.steps:
         raise ValueError("--data synth:SEED is an endless stream: give --steps")
     total = args.steps or math.ceil(len(data) / per_step)
     optimizer, scheduler = make_optimizer(model, args, total)
@@ -409,110 +449,196 @@ def train(args: TrainArgs) -> dict[str, Any]:
         start = load_checkpoint(*found, model, optimizer, scheduler, counter)
         if rank == 0:
             keep_log_until(out, start)
-    if start >= total and (out / "summary.json").is_file() and (out / "final").is_dir():
-        if rank == 0:
-            print(f"note: the run in {out} already finished at step {start}; nothing to do", file=sys.stderr)
+    return _Run(args, rank, world, device, out, model, processor, distiller, sharded, data, optimizer, scheduler,
+                counter, start, total)
+
+
+def _pick_device() -> torch.device:
+    """This process's GPU (LOCAL_RANK under torchrun), with TF32 matmuls, or the CPU."""
+    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return device
+
+
+def _finished_summary(run: _Run) -> dict[str, Any] | None:
+    """The summary of a run in --out that had already finished (resumed at its last step), else None."""
+    out = run.out
+    if run.start >= run.total and (out / "summary.json").is_file() and (out / "final").is_dir():
+        if run.rank == 0:
+            print(f"note: the run in {out} already finished at step {run.start}; nothing to do", file=sys.stderr)
         return json.loads((out / "summary.json").read_text())
-    if rank == 0:
-        print_plan(model, args, None if stream else len(data), total, start, world, device)
-    ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 and not sharded else model
-    # The loader gets its own generator: by default `iter(loader)` draws its workers' base seed from the global
-    # torch RNG, one draw more in a resumed run than in an uninterrupted one at the same step, which shifted every
-    # later dropout mask and made resume inexact.
-    loader = torch.utils.data.DataLoader(
-        data, batch_sampler=make_batch_sampler(data, args, rank, world, start, total),
-        num_workers=args.num_workers, collate_fn=partial(collate, pad_id=processor.tokenizer.pad_token_id),
-        generator=torch.Generator().manual_seed(args.seed + start))
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and args.dtype != "float32" \
+    return None
+
+
+def _train_loop(run: _Run) -> tuple[int, float]:
+    """Steps [start, total), logged and checkpointed on the way; stops early, after a checkpoint, when
+    --max-minutes runs out. Returns the steps reached and the last step's loss."""
+    args, world = run.args, run.world
+    if run.rank == 0:
+        stream = isinstance(run.data, SynthQAStream)
+        print_plan(run.model, args, None if stream else len(run.data), run.total, run.start, world, run.device)
+    ddp = torch.nn.parallel.DistributedDataParallel(run.model) if world > 1 and not run.sharded else run.model
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if run.device.type == "cuda" and args.dtype != "float32" \
         else torch.autocast("cpu", enabled=False)
-    log = (out / "train_log.jsonl").open("a") if rank == 0 else None
-    writer = open_writer(out, args.tensorboard, rank)
-    bar = tqdm(total=total, initial=start, disable=rank != 0, desc=f"train {args.stage}")
-    micro = iter(loader)
+    micro = iter(_make_loader(run))
+    progress = _Progress(run)
     last_loss = float("nan")
-    tick, tokens = time.perf_counter(), 0
+    total = run.total
     deadline = time.monotonic() + 60 * args.max_minutes if args.max_minutes else float("inf")
-    for step in range(start, total):
-        if _time_is_up(deadline, world, device):
-            if rank == 0 or sharded:
-                save_checkpoint(out, step, model, optimizer, scheduler, args, counter)
+    for step in range(run.start, total):
+        if _time_is_up(deadline, world, run.device):
+            if run.saves:
+                run.save(step)
             total = step
             break
         batches = [next(micro) for _ in range(args.grad_accum)]
-        counts = [(b["seen"], b["skipped"]) for b in batches]
-        # Every rank counts the whole global batch: the log, summary and checkpoint hold the run's counts (not rank
-        # 0's share), and all ranks stop together on too many skips (one rank raising alone left the others hanging).
-        if world > 1:
-            gathered: list[Any] = [None] * world
-            dist.all_gather_object(gathered, counts)
-            counts = [c for rank_counts in gathered for c in rank_counts]
-        for seen, reasons in counts:
-            counter.add(seen, reasons)
-        if counter.total > args.max_skip_fraction * max(counter.seen, 1) and counter.seen >= 20:
-            raise RuntimeError(f"too many skipped samples: {counter.total} of {counter.seen} ({counter.skipped})")
-        n_tokens = torch.tensor(float(sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches if "labels" in b)),
-                                device=device)
-        if world > 1:
-            dist.all_reduce(n_tokens)
-        n_frames = distiller.count_frames(batches, device, world) if distiller else None  # valid frames, global
-        step_loss = torch.zeros((), device=device)
-        step_video = torch.zeros((), device=device)
-        for i, b in enumerate(batches):
-            if "input_ids" not in b:
-                continue
-            inputs = {k: (v.to(device) if isinstance(v, torch.Tensor) else [x.to(device) for x in v])
-                      for k, v in b.items() if k in ("input_ids", "labels", "attention_mask", "pixel_values")}
-            sync = i == len(batches) - 1 or world == 1
-            ctx = ddp.no_sync() if (world > 1 and not sync and not sharded) else _null()
-            if sharded:
-                fsdp.set_gradient_sync(model, sync)
-            with ctx, autocast:
-                # loss = sum of token losses / tokens of the global step; DDP averages grads over ranks, hence * world
-                if distiller is None:
-                    loss = ddp(**inputs, num_items_in_batch=n_tokens / world).loss
-                else:  # LM loss + weight x video loss (per valid frame of the global step): train/distill.py
-                    loss, video = distiller.forward(ddp, b, inputs, n_tokens / world, n_frames / world)
-                    step_video += video.detach() / world
-            loss.backward()
-            step_loss += loss.detach() / world
-            tokens += int(b["attention_mask"].sum())
-        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        if world > 1:
-            dist.all_reduce(step_loss)
-            if distiller:
-                dist.all_reduce(step_video)
+        _count_skips(run, batches)
+        step_loss, step_video, tokens = _train_step(run, ddp, autocast, batches)
         last_loss = float(step_loss)
-        bar.update(1)
-        if rank == 0 and ((step + 1) % args.log_every == 0 or step + 1 == total):
-            rate = tokens * world / (time.perf_counter() - tick)
-            record = {"step": step + 1, "loss": last_loss, "lr": scheduler.get_last_lr()[0], "tokens_per_s": rate,
-                      "skipped": counter.total}
-            if distiller:  # "loss" is the total: lm_loss + distill_weight * video_loss
-                record.update(video_loss=float(step_video), lm_loss=last_loss - args.distill_weight * float(step_video))
-            log.write(json.dumps(record) + "\n")
-            log.flush()
-            write_record(writer, record)
-            bar.set_postfix(loss=f"{last_loss:.4f}")
-            tick, tokens = time.perf_counter(), 0
-        if (rank == 0 or sharded) and ((step + 1) % args.save_every == 0 or step + 1 == total):
-            save_checkpoint(out, step + 1, model, optimizer, scheduler, args, counter)
+        progress.update(step + 1, last_loss, step_video, tokens)
+        if run.saves and ((step + 1) % args.save_every == 0 or step + 1 == total):
+            run.save(step + 1)
         if world > 1:
             dist.barrier()
-    bar.close()
-    summary = {"steps": total, "final_loss": last_loss if math.isfinite(last_loss) else None,
+    progress.close()
+    return total, last_loss
+
+
+def _make_loader(run: _Run) -> torch.utils.data.DataLoader:
+    """This rank's micro-batches of steps [start, total).
+
+    The loader gets its own generator: by default `iter(loader)` draws its workers' base seed from the global torch
+    RNG, one draw more in a resumed run than in an uninterrupted one at the same step, which shifted every later
+    dropout mask and made resume inexact.
+    """
+    args = run.args
+    return torch.utils.data.DataLoader(
+        run.data, batch_sampler=make_batch_sampler(run.data, args, run.rank, run.world, run.start, run.total),
+        num_workers=args.num_workers, collate_fn=partial(collate, pad_id=run.processor.tokenizer.pad_token_id),
+        generator=torch.Generator().manual_seed(args.seed + run.start))
+
+
+def _count_skips(run: _Run, batches: list[dict[str, Any]]) -> None:
+    """Add the step's seen and skipped samples to the run's counter; raise past --max-skip-fraction.
+
+    Every rank counts the whole global batch: the log, summary and checkpoint hold the run's counts (not rank 0's
+    share), and all ranks stop together on too many skips (one rank raising alone left the others hanging).
+    """
+    counts = [(b["seen"], b["skipped"]) for b in batches]
+    if run.world > 1:
+        gathered: list[Any] = [None] * run.world
+        dist.all_gather_object(gathered, counts)
+        counts = [c for rank_counts in gathered for c in rank_counts]
+    counter = run.counter
+    for seen, reasons in counts:
+        counter.add(seen, reasons)
+    if counter.total > run.args.max_skip_fraction * max(counter.seen, 1) and counter.seen >= 20:
+        raise RuntimeError(f"too many skipped samples: {counter.total} of {counter.seen} ({counter.skipped})")
+
+
+def _train_step(run: _Run, ddp: torch.nn.Module, autocast: torch.autocast,
+                batches: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """One optimizer step over this rank's micro-batches. Returns the global step's loss and video loss (summed
+    over ranks) and the tokens this rank processed."""
+    device, world = run.device, run.world
+    n_tokens = torch.tensor(float(sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches if "labels" in b)),
+                            device=device)
+    if world > 1:
+        dist.all_reduce(n_tokens)
+    n_frames = run.distiller.count_frames(batches, device, world) if run.distiller else None  # valid frames, global
+    step_loss = torch.zeros((), device=device)
+    step_video = torch.zeros((), device=device)
+    tokens = 0
+    for i, b in enumerate(batches):
+        if "input_ids" not in b:
+            continue
+        sync = i == len(batches) - 1 or world == 1
+        loss, video = _forward(run, ddp, autocast, b, sync, n_tokens, n_frames)
+        if video is not None:
+            step_video += video.detach() / world
+        loss.backward()
+        step_loss += loss.detach() / world
+        tokens += int(b["attention_mask"].sum())
+    torch.nn.utils.clip_grad_norm_([p for p in run.model.parameters() if p.requires_grad], 1.0)
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    if world > 1:
+        dist.all_reduce(step_loss)
+        if run.distiller:
+            dist.all_reduce(step_video)
+    return step_loss, step_video, tokens
+
+
+def _forward(run: _Run, ddp: torch.nn.Module, autocast: torch.autocast, batch: dict[str, Any], sync: bool,
+             n_tokens: torch.Tensor, n_frames: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The loss of one micro-batch (and its video loss with --distill); gradients are synchronised across ranks
+    only on the step's last micro-batch (`sync`)."""
+    world = run.world
+    inputs = {k: (v.to(run.device) if isinstance(v, torch.Tensor) else [x.to(run.device) for x in v])
+              for k, v in batch.items() if k in ("input_ids", "labels", "attention_mask", "pixel_values")}
+    ctx = ddp.no_sync() if (world > 1 and not sync and not run.sharded) else _null()
+    if run.sharded:
+        fsdp.set_gradient_sync(run.model, sync)
+    with ctx, autocast:
+        # loss = sum of token losses / tokens of the global step; DDP averages grads over ranks, hence * world
+        if run.distiller is None:
+            return ddp(**inputs, num_items_in_batch=n_tokens / world).loss, None
+        # LM loss + weight x video loss (per valid frame of the global step): train/distill.py
+        return run.distiller.forward(ddp, batch, inputs, n_tokens / world, n_frames / world)
+
+
+class _Progress:
+    """What rank 0 reports as the run goes: train_log.jsonl, TensorBoard (--tensorboard), the tqdm bar, tokens/s."""
+
+    def __init__(self, run: _Run) -> None:
+        self.run = run
+        self.log = (run.out / "train_log.jsonl").open("a") if run.rank == 0 else None
+        self.writer = open_writer(run.out, run.args.tensorboard, run.rank)
+        self.bar = tqdm(total=run.total, initial=run.start, disable=run.rank != 0, desc=f"train {run.args.stage}")
+        self.tick, self.tokens = time.perf_counter(), 0
+
+    def update(self, step: int, loss: float, video_loss: torch.Tensor, tokens: int) -> None:
+        """After `step` steps: a log record every --log-every steps and at the last one."""
+        run, args = self.run, self.run.args
+        self.tokens += tokens
+        self.bar.update(1)
+        if run.rank != 0 or not (step % args.log_every == 0 or step == run.total):
+            return
+        rate = self.tokens * run.world / (time.perf_counter() - self.tick)
+        record = {"step": step, "loss": loss, "lr": run.scheduler.get_last_lr()[0], "tokens_per_s": rate,
+                  "skipped": run.counter.total}
+        if run.distiller:  # "loss" is the total: lm_loss + distill_weight * video_loss
+            record.update(video_loss=float(video_loss), lm_loss=loss - args.distill_weight * float(video_loss))
+        self.log.write(json.dumps(record) + "\n")
+        self.log.flush()
+        write_record(self.writer, record)
+        self.bar.set_postfix(loss=f"{loss:.4f}")
+        self.tick, self.tokens = time.perf_counter(), 0
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.writer is not None:
+            self.writer.close()
+        if self.log is not None:
+            self.log.close()
+
+
+def _teardown(run: _Run, steps: int, last_loss: float) -> dict[str, Any]:
+    """The final model (OUT/final), the summary (OUT/summary.json, returned), and the process group closed."""
+    counter = run.counter
+    summary = {"steps": steps, "final_loss": last_loss if math.isfinite(last_loss) else None,
                "skipped": counter.skipped, "seen": counter.seen}
-    if device.type == "cuda":
-        summary["peak_memory_gib"] = _peak_memory_gib(world)
-    if writer is not None:
-        writer.close()
-    save_compressor_apart(model, out / "final", rank)  # --distill: final/compressor.safetensors, not in the model
-    final = save_final_sharded(out, model, processor, args) if sharded else None
-    if rank == 0:
-        summary["final"] = str(final or save_final(out, model, processor, args))
-        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    if run.device.type == "cuda":
+        summary["peak_memory_gib"] = _peak_memory_gib(run.world)
+    save_compressor_apart(run.model, run.out / "final", run.rank)  # --distill: final/compressor.safetensors apart
+    final = save_final_sharded(run.out, run.model, run.processor, run.args) if run.sharded else None
+    if run.rank == 0:
+        summary["final"] = str(final or save_final(run.out, run.model, run.processor, run.args))
+        (run.out / "summary.json").write_text(json.dumps(summary, indent=2))
     if dist.is_initialized():
         dist.destroy_process_group()
     return summary
