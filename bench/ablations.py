@@ -35,16 +35,15 @@ def build(folder: Path, overrides: dict[str, object], image_size: int) -> int:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from videopanda.configuration import VARIANTS as NAMED
-    from videopanda.configuration import VideoPandaConfig
+    from videopanda.configuration import variant_config
     from videopanda.modeling.videopanda import VideoPandaForCausalLM
     from videopanda.processing import VideoPandaProcessor
     from videopanda.weights import default_video_token_id, smollm2_dir
 
     llm = AutoModelForCausalLM.from_pretrained(smollm2_dir(), dtype=torch.float32)
-    fields = {**NAMED["videopanda-default"], "image_size": image_size, "teacher_image_size": image_size // 2,
-              **overrides}
-    config = VideoPandaConfig(text_config=llm.config.to_dict(), video_token_index=default_video_token_id(), **fields)
+    fields = {"image_size": image_size, "teacher_image_size": image_size // 2, **overrides}
+    config = variant_config("videopanda-default", text_config=llm.config.to_dict(),
+                            video_token_index=default_video_token_id(), **fields)
     torch.manual_seed(0)
     model = VideoPandaForCausalLM(config, language_model=llm)
     model.save_pretrained(folder)

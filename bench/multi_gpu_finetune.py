@@ -2,8 +2,9 @@
 """Multi-GPU finetune benchmark: one GPU vs `torchrun --fsdp` on N GPUs, at the same global batch.
 
 It builds a LLaMA-shaped Video-Panda with random weights (`--size 1b`: hidden 2048, 16 layers, 16 heads, MLP 8192,
-LLaMA's 32,000-row vocabulary, about 1.2B parameters in the LLM, plus the paper's STAB, VideoPandaConfig's defaults:
-width 1024, 448 px, 8 frames), trains the finetune stage for `--steps` on the synthetic stream (`synth:SEED`) twice:
+LLaMA's 32,000-row vocabulary, about 1.2B parameters in the LLM, plus the paper's STAB, that of the "videopanda-7b"
+variant: width 1024, 448 px, 8 frames; `--size tiny`: the "videopanda-tiny" variant with the same vocabulary), trains
+the finetune stage for `--steps` on the synthetic stream (`synth:SEED`) twice:
 
   * one process on one GPU, micro-batch `global / N` with `--grad-accum N`;
   * `torchrun --nproc_per_node N ... --fsdp`, micro-batch `global / N` per GPU;
@@ -39,11 +40,13 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout, installed or not
 VOCAB = 32000  # LLaMA / Vicuna; the byte tokenizer uses the first 260 rows, the placeholder id is 32000
+LLAMA = dict(vocab_size=VOCAB, max_position_embeddings=4096, rms_norm_eps=1e-5, tie_word_embeddings=False)
+# --size: (named variant, LLM fields that replace the variant's). "1b" is the paper's STAB ("videopanda-7b") around a
+# narrower LLaMA; "tiny" is the test model ("videopanda-tiny"), with LLaMA's vocabulary as the 1b.
 SIZES = {
-    "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=16,
-               num_key_value_heads=16),
-    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2),
+    "1b": ("videopanda-7b", dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+                                 num_attention_heads=16, num_key_value_heads=16)),
+    "tiny": ("videopanda-tiny", {}),
 }
 
 
@@ -64,13 +67,12 @@ def byte_tokenizer():
 
 def build_model(size: str, folder: Path, dropout: float) -> dict[str, int]:
     """Save a random-weight VideoPandaForCausalLM folder (model + tokenizer); returns parameter counts."""
-    from videopanda import VARIANTS, VideoPandaConfig, VideoPandaForCausalLM, VideoPandaProcessor
+    from videopanda import VideoPandaForCausalLM, VideoPandaProcessor
+    from videopanda.configuration import variant_config
 
-    text = dict(model_type="llama", vocab_size=VOCAB, max_position_embeddings=4096, rms_norm_eps=1e-5,
-                tie_word_embeddings=False, **SIZES[size])
-    visual = {} if size == "1b" else dict(VARIANTS["videopanda-tiny"])
-    visual["prompt_format"] = "videopanda_v1"
-    config = VideoPandaConfig(text_config=text, video_token_index=VOCAB, dropout=dropout, **visual)
+    variant, shape = SIZES[size]
+    config = variant_config(variant, text_config={**shape, **LLAMA}, video_token_index=VOCAB, dropout=dropout,
+                            prompt_format="videopanda_v1")
     torch.manual_seed(0)
     model = VideoPandaForCausalLM(config)
     counts = {"total": sum(p.numel() for p in model.parameters()),

@@ -130,7 +130,7 @@ class VideoPandaProcessor(ProcessorMixin):
         config.json, read by `VideoPandaConfig.from_official`). kwargs: `subfolder`, constructor arguments
         (`system_prompt`, ...) and video processor numbers to override (`num_frames`, ...).
         """
-        from .configuration import VARIANTS
+        from .configuration import variant_config
         from .weights import DEFAULT_MODEL, default_video_token_id, read_config_dict, resolve_model, smollm2_dir
 
         subfolder = kwargs.pop("subfolder", None) or None
@@ -144,8 +144,7 @@ class VideoPandaProcessor(ProcessorMixin):
                                local_files_only=local_files_only)
         if source.kind == "default":
             tokenizer = AutoTokenizer.from_pretrained(smollm2_dir())
-            config = VideoPandaConfig(text_config={"model_type": "llama"}, video_token_index=default_video_token_id(),
-                                      **VARIANTS[DEFAULT_MODEL])
+            config = variant_config(DEFAULT_MODEL, video_token_index=default_video_token_id())
         elif (source.folder / PROCESSOR_NAME).is_file():  # a hub copy of a folder we saved
             return super().from_pretrained(str(source.folder), **kwargs)
         elif source.kind == "official":

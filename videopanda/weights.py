@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from .configuration import VARIANTS, VideoPandaConfig, is_official_config
+from .configuration import VideoPandaConfig, is_official_config, variant_config
 
 logger = logging.getLogger(__name__)
 
@@ -211,8 +211,7 @@ def assemble_default_model(cls: type, dtype: torch.dtype = torch.float32):
     from transformers import AutoModelForCausalLM
 
     llm = AutoModelForCausalLM.from_pretrained(smollm2_dir(), dtype=dtype)
-    config = VideoPandaConfig(text_config=llm.config.to_dict(), video_token_index=default_video_token_id(),
-                              **VARIANTS[DEFAULT_MODEL])
+    config = variant_config(DEFAULT_MODEL, text_config=llm.config.to_dict(), video_token_index=default_video_token_id())
     torch.manual_seed(0)  # untrained visual weights are at least reproducible
     model = cls(config, language_model=llm).to(dtype)
     if DEFAULT_VISUAL_WEIGHTS.is_file():
