@@ -310,10 +310,10 @@ def test_write_video_rejects_bad_frames(tmp_path: Path) -> None:
 
 
 def _processor():
-    from videopanda.configuration import VARIANTS, VideoPandaConfig
+    from videopanda.configuration import variant_config
 
     class Processor:  # `SynthQAStream.example` needs only the frame count of the model
-        config = VideoPandaConfig(text_config={"model_type": "llama"}, **VARIANTS["videopanda-tiny"])
+        config = variant_config("videopanda-tiny")
 
     return Processor()
 

