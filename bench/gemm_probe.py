@@ -230,7 +230,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--out", required=True, help="JSON file to write")
     ap.add_argument("--configs", default=CONFIGS, help="tiles BMxBNxBKwWARPSsSTAGES[gGROUP], comma-separated")
     ap.add_argument("--variants", default=VARIANTS, help="ptr, tma, ptr-persist, tma-persist (comma-separated)")
-    ap.add_argument("--epilogues", default=",".join(EPILOGUES))
+    ap.add_argument("--epilogues", default=",".join(EPILOGUES), help="comma-separated (default: %(default)s)")
     ap.add_argument("--frames", type=int, default=64, help="residual_pad: frames F")
     ap.add_argument("--grid", type=int, default=32, help="residual_pad: grid side G")
     ap.add_argument("--no-graph", dest="graph", action="store_false", help="skip the CUDA-graph timings")

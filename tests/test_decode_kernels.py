@@ -58,14 +58,19 @@ def test_linear_keeps_the_library_where_the_kernel_does_not_apply():
 def test_fused_llama_decodes_through_the_kernels_with_the_same_logits(gpu_rounding):
     """A bfloat16 LLaMA (grouped heads) with fused projections: greedy decoding with a static cache (one-row steps)
     goes through the kernel and gives the logits and tokens of the library's path."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
+    from videopanda.configuration import variant_config
     from videopanda.fast import fuse_projections, unfuse
 
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, attn_implementation="sdpa")
+    # The tiny variant's LLM (4 query heads over 2 key/value heads) with a 128-word vocabulary: bfloat16 logits over
+    # SmolLM2's 49152 words tie too often for greedy tokens to be compared, and the LM head runs through the kernel in
+    # Triton's interpreter at every step.
+    config = variant_config("videopanda-tiny", text_config={"vocab_size": 128}).text_config
+    config._attn_implementation = "sdpa"
     model = LlamaForCausalLM(config).eval().bfloat16()
+    assert model.config._attn_implementation == "sdpa"
     assert fuse_projections(model, FastOptions(gemv="triton")) == 4
     assert model.fused_llm_check.ok  # the load-time check ran the probe through the kernel too, and agreed
     ids = torch.randint(0, 128, (1, 9))

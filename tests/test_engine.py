@@ -11,22 +11,24 @@ from pathlib import Path
 import pytest
 import torch
 
-from videopanda import VARIANTS, VideoPandaConfig, VideoPandaForCausalLM, engine
+from videopanda import VideoPandaForCausalLM, engine
+from videopanda.configuration import variant_config
 from videopanda.engine import Engine
 from videopanda.transforms import count_visual_tokens
 from videopanda.video import load_video
 
 SAMPLE = Path(__file__).resolve().parents[1] / "videopanda" / "assets" / "sample.mp4"
 
-TEXT = dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, vocab_size=300, max_position_embeddings=2048)
+# The tiny variant's LLM with a 300-word vocabulary: the synthetic prompts below are ids under 300 with the placeholder
+# 299 inside the vocabulary, and the greedy tokens they give (eos 94 below is one) are those of this vocabulary.
+SMALL_VOCAB = {"vocab_size": 300}
 VID = 299
 
 
 def tiny_model(seed: int = 0) -> VideoPandaForCausalLM:
     torch.manual_seed(seed)
-    net = VideoPandaForCausalLM(VideoPandaConfig(text_config=TEXT, video_token_index=VID,
-                                                 **VARIANTS["videopanda-tiny"])).eval()
+    net = VideoPandaForCausalLM(variant_config("videopanda-tiny", text_config=SMALL_VOCAB,
+                                               video_token_index=VID)).eval()
     with torch.no_grad():  # sharper logits than the default init, so that greedy paths differ between inputs
         for name, p in net.named_parameters():
             if p.ndim >= 2 and not name.startswith("video_tower"):

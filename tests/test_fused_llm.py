@@ -8,17 +8,29 @@ import warnings
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
+from videopanda import VideoPandaForCausalLM
+from videopanda.configuration import variant_config
+from videopanda.engine import Engine
 from videopanda.fast import CompiledOps, fast_check, fuse_projections
 from videopanda.fast import llm as fused_llm
 
 
 def _tiny(bias: bool = False) -> LlamaForCausalLM:
+    """The tiny variant's LLM alone (4 query heads over 2 key/value heads: the fused q/k/v split and GQA are exercised);
+    `bias` adds the q/k/v and MLP biases that the fused matrices must carry too."""
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, attention_bias=bias, mlp_bias=bias)
+    config = variant_config("videopanda-tiny", text_config={"attention_bias": bias, "mlp_bias": bias}).text_config
+    assert config.num_attention_heads != config.num_key_value_heads
     return LlamaForCausalLM(config).eval()
+
+
+def _video_engine(processor, fuse_llm: bool) -> Engine:
+    """An engine over its own tiny video model (seed 0; fusing changes the model, so not the shared one)."""
+    torch.manual_seed(0)
+    config = variant_config("videopanda-tiny", video_token_index=processor.video_token_index)
+    return Engine(VideoPandaForCausalLM(config).eval(), processor, fuse_llm=fuse_llm)
 
 
 def _generate(model, ids, cache, **kwargs):
@@ -75,13 +87,13 @@ def test_quantized_or_foreign_layers_are_left_alone():
     assert not hasattr(attn, "_fused_qkv_weight") and "forward" not in attn.__dict__
 
 
-def test_bench_fuses_the_video_models_llm_on_request_with_the_same_answer():
+def test_the_engine_fuses_the_video_models_llm_on_request_with_the_same_answer(tiny_processor):
     """What `Engine.load` does on a GPU, forced on CPU: the whole video model answers the same."""
     from videopanda import bench
 
-    fused, processor, _ = bench.build_model("tiny", torch.device("cpu"), torch.float32, fuse_llm=True)
-    plain, _, _ = bench.build_model("tiny", torch.device("cpu"), torch.float32, fuse_llm=False)
-    fused, plain = fused.model, plain.model  # the engines' models
+    processor = tiny_processor
+    fused = _video_engine(processor, fuse_llm=True).model
+    plain = _video_engine(processor, fuse_llm=False).model
     assert hasattr(fused.language_model.model.layers[0].self_attn, "_fused_qkv_weight")
     assert not hasattr(plain.language_model.model.layers[0].self_attn, "_fused_qkv_weight")
     inputs = processor(videos=bench.synthetic_videos(1, 4, 56), text=processor.build_prompt("w5 w6"))
@@ -113,14 +125,15 @@ def test_compiled_pointwise_gives_the_same_logits_for_any_length_and_inside_a_co
     assert graphs[0] == 3 and graphs[1] <= 3 and graphs[2] == 0  # static, then length-dynamic, then reused
 
 
-def test_compiled_decoding_with_compiled_pointwise_answers_the_same():
+def test_compiled_decoding_with_compiled_pointwise_answers_the_same(tiny_processor):
     """What `--compile` does on a GPU (fused projections + compiled pointwise ops + the compiled decode step),
     forced on CPU with the tiny video model: the same greedy tokens as plain dynamic decoding."""
     from videopanda import bench
     from videopanda.fast import compile_pointwise
 
     torch._dynamo.reset()  # a fresh trace of the decode step (a new engine compiles its own), through the pointwise ops
-    engine, processor, _ = bench.build_model("tiny", torch.device("cpu"), torch.float32, fuse_llm=True)
+    processor = tiny_processor
+    engine = _video_engine(processor, fuse_llm=True)
     inputs = dict(processor(videos=bench.synthetic_videos(1, 4, 56), text=processor.build_prompt("w5 w6")))
     want = engine.generate(inputs, max_new_tokens=5, min_new_tokens=5, decoding="dynamic", pad_token_id=0)
     assert compile_pointwise(engine.model.language_model) > 0
@@ -128,14 +141,14 @@ def test_compiled_decoding_with_compiled_pointwise_answers_the_same():
     assert torch.equal(got, want)
 
 
-def test_bench_refuses_to_quantize_a_fused_llm():
+def test_bench_refuses_to_quantize_a_fused_llm(tiny_processor):
     """The fused 16-bit q/k/v and gate/up matrices would keep their memory and serve the forward of a model quantized
     afterwards, so the bench's memory rows build their model unfused, and quantizing a fused one is an error."""
     import pytest
 
     from videopanda import bench
 
-    engine, _, _ = bench.build_model("tiny", torch.device("cpu"), torch.float32, fuse_llm=True)
+    engine = _video_engine(tiny_processor, fuse_llm=True)
     with pytest.raises(ValueError, match="fused"):
         bench.quantize_llm_in_place(engine.model, "8bit")
 

@@ -5,8 +5,9 @@ bfloat16 tl.dot is not faithful on CPU."""
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -20,19 +21,8 @@ if not torch.cuda.is_available():
 pytest.importorskip("triton")
 
 
-def _load_probe():
-    """bench/ is no package: load the script by path, once."""
-    if "gemm_probe" not in sys.modules:
-        path = Path(__file__).resolve().parents[1] / "bench" / "gemm_probe.py"
-        spec = importlib.util.spec_from_file_location("gemm_probe", path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["gemm_probe"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["gemm_probe"]
-
-
-probe = _load_probe()
 gk = importlib.import_module("videopanda.fast.gemm_kernels")
+ROOT = Path(__file__).resolve().parents[1]
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 # Small tiles so that the tiny shapes span several tiles, a short last group, and tails in M, N and K.
 VARIANTS = ["ptr", "tma", "ptr-persist", "tma-persist"]
@@ -122,7 +112,7 @@ def test_border_rows_cover_the_border_once():
     assert torch.equal(hit, border.expand(frames, w, w))
 
 
-def test_config_parse_and_cli():
+def test_config_parse_and_unknown_names():
     cfg = gk.Config.parse("128x256x64w8s3", "tma-persist")
     assert (cfg.bm, cfg.bn, cfg.bk, cfg.warps, cfg.stages, cfg.group_m, cfg.tma, cfg.persistent) == \
         (128, 256, 64, 8, 3, 8, True, True)
@@ -130,7 +120,25 @@ def test_config_parse_and_cli():
     assert gk.Config.parse("256x128x64w8s4g16").group_m == 16
     with pytest.raises(ValueError, match="variant"):
         gk.Config.parse("128x128x64w8s4", "wgmma")
-    args = probe.parse_args(["--out", "x.json", "--configs", "64x64x32w4s2", "--no-graph"])
-    assert args.configs == "64x64x32w4s2" and not args.graph and args.epilogues == "gelu,residual_pad"
     with pytest.raises(ValueError, match="epilogue"):
         gk.fused_linear(*_inputs(4, 8, 8), gk.Config(), "relu")
+
+
+def test_probe_command_line(tmp_path):
+    """`python bench/gemm_probe.py`, run as users run it: its help offers the package's epilogues, its flags parse, and
+    without a GPU (TRITON_INTERPRET set, on any machine) it refuses in one line and writes nothing."""
+    env = {**os.environ, "TRITON_INTERPRET": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+
+    def probe(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "bench/gemm_probe.py", *argv], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=120)
+
+    out = tmp_path / "x.json"
+    ran = probe("--help")
+    assert ran.returncode == 0 and "--no-graph" in ran.stdout and "--configs" in ran.stdout
+    assert f"(default: {','.join(gk.EPILOGUES)})" in " ".join(ran.stdout.split())
+    ran = probe("--out", str(out), "--configs", "64x64x32w4s2", "--no-graph")
+    assert ran.returncode == 1 and ran.stderr.strip().splitlines()[-1] == \
+        "gemm_probe times CUDA kernels: run it on a GPU, without TRITON_INTERPRET"
+    assert not out.exists()

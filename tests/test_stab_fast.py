@@ -7,7 +7,8 @@ import dataclasses
 import pytest
 import torch
 
-from videopanda import VARIANTS, VideoPandaConfig, VideoPandaForCausalLM
+from videopanda import VideoPandaForCausalLM
+from videopanda.configuration import variant_config
 from videopanda.fast import FastEncoder, FastOptions, FusedSTAB, GraphedEncoder, kernels
 from videopanda.modeling.stab import STAB
 
@@ -364,10 +365,9 @@ def test_inductor_compiles_the_fast_path():
 
 
 def tiny_model(layers: int = 2) -> VideoPandaForCausalLM:
-    text = dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
-                num_attention_heads=4, num_key_value_heads=2, vocab_size=300, max_position_embeddings=2048)
+    """The tiny variant, its own copy: these tests perturb the STAB's weights and switch the model to training."""
     torch.manual_seed(0)
-    model = VideoPandaForCausalLM(VideoPandaConfig(text_config=text, **VARIANTS["videopanda-tiny"])).eval()
+    model = VideoPandaForCausalLM(variant_config("videopanda-tiny", text_config={"num_hidden_layers": layers})).eval()
     with torch.no_grad():  # wake the zero-initialised STAB branches
         for p in model.video_tower.parameters():
             p.add_(0.05 * torch.randn_like(p))
