@@ -32,7 +32,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from videopanda.configuration import VARIANTS, VideoPandaConfig
+from videopanda.configuration import VideoPandaConfig, variant_config
 from videopanda.fast import FusedSTAB
 from videopanda.modeling.stab import STAB
 
@@ -40,7 +40,7 @@ LLM_WIDTH = {"videopanda-7b": 4096, "videopanda-default": 576}  # Vicuna-7B, Smo
 
 
 def build(variant: str, device: torch.device, dtype: torch.dtype) -> tuple[STAB, nn.Module, VideoPandaConfig]:
-    config = VideoPandaConfig(text_config={"model_type": "llama"}, **VARIANTS[variant])
+    config = variant_config(variant)
     torch.manual_seed(0)
     stab = STAB.from_config(config).eval()
     with torch.no_grad():  # wake the zero-initialised branches; BN statistics away from identity

@@ -7,7 +7,7 @@ import torch
 from official_checkpoint import write_official_checkpoint
 from transformers import AutoModelForCausalLM
 
-from videopanda import VARIANTS, VideoPandaConfig, VideoPandaForCausalLM
+from videopanda import VideoPandaForCausalLM
 from videopanda.configuration import variant_config
 from videopanda.weights import CheckpointError
 
@@ -176,7 +176,7 @@ def test_config_validates_itself():
 ])
 def test_wraps_other_causal_lms(text, tmp_path):
     torch.manual_seed(0)
-    config = VideoPandaConfig(text_config=text, video_token_index=VID, **VARIANTS["videopanda-tiny"])
+    config = variant_config("videopanda-tiny", text_config=text, video_token_index=VID)  # every LLM field replaced
     net = VideoPandaForCausalLM(config).eval()
     ids = torch.tensor([prompt(168)])
     out = net.generate(input_ids=ids, pixel_values=video()[None], max_new_tokens=3, do_sample=False)

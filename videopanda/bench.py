@@ -37,18 +37,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from .configuration import TEXT_CONFIGS
+from .configuration import VARIANTS
 
 SECTIONS = ("stab", "vit", "generate", "eval", "memory")
 LLMS = ("default", "default-random", "7b-random", "tiny")
 DECODINGS = ("dynamic", "static", "compiled")
 STAB_CONFIGS = {"default": "videopanda-default", "7b": "videopanda-7b", "tiny": "videopanda-tiny"}
 
-# Shapes of the random-weight LLMs (LLaMA architecture): those of the named variants.
-SMOLLM2_135M = TEXT_CONFIGS["videopanda-default"]
-LLAMA_7B = TEXT_CONFIGS["videopanda-7b"]
-TINY_LLM = TEXT_CONFIGS["videopanda-tiny"]
-RANDOM_LLMS = {"default-random": (SMOLLM2_135M, "default"), "7b-random": (LLAMA_7B, "7b"), "tiny": (TINY_LLM, "tiny")}
+# The random-weight LLMs (LLaMA architecture) by STAB config: each that variant's own LLM shape.
+RANDOM_LLMS = {"default-random": "default", "7b-random": "7b", "tiny": "tiny"}
 VIT_CONFIGS = {  # CLIP ViT-L/14 at 224 (LLaVA's and LanguageBind's encoder), and a tiny one for tests
     "large": dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
                   image_size=224, patch_size=14),
@@ -302,7 +299,6 @@ def pixel_values(videos: list[Any], variant: str) -> Any:
     """[B, T, 4, S, S] float32 for a STAB variant (the processor's anypixel resize, pad, normalise, mask)."""
     import torch
 
-    from .configuration import VARIANTS
     from .transforms import frames_to_pixel_values
 
     v = VARIANTS[variant]
@@ -341,7 +337,7 @@ def build_model(llm: str, device: Any, dtype: Any, fuse_llm: bool | None = None)
     (default: fused LLM projections on CUDA)."""
     import torch
 
-    from .configuration import VARIANTS, VideoPandaConfig
+    from .configuration import variant_config
     from .engine import Engine
     from .modeling.videopanda import VideoPandaForCausalLM
     from .processing import VideoPandaProcessor
@@ -349,17 +345,17 @@ def build_model(llm: str, device: Any, dtype: Any, fuse_llm: bool | None = None)
     if llm == "default":
         engine = Engine.load("videopanda-default", device=str(device), dtype=_dtype_name(dtype), fuse_llm=fuse_llm)
         return engine, engine.processor, "default"
-    text, stab = RANDOM_LLMS[llm]
+    stab = RANDOM_LLMS[llm]
     variant = STAB_CONFIGS[stab]
-    config = VideoPandaConfig(text_config=dict(text, dtype=str(dtype).removeprefix("torch.")),
-                              video_token_index=text["vocab_size"],
-                              **{**VARIANTS[variant], "prompt_format": "videopanda_v1"})
+    vocab_size = VARIANTS[variant]["text_config"]["vocab_size"]
+    config = variant_config(variant, text_config={"dtype": str(dtype).removeprefix("torch.")},
+                            video_token_index=vocab_size, prompt_format="videopanda_v1")
     torch.manual_seed(0)
     with _default_dtype(dtype), torch.device(device):
         model = VideoPandaForCausalLM(config)
     model = model.to(device, dtype).eval()
     model.generation_config.pad_token_id = 0
-    processor = VideoPandaProcessor(synthetic_tokenizer(text["vocab_size"]), config)
+    processor = VideoPandaProcessor(synthetic_tokenizer(vocab_size), config)
     return Engine(model, processor, fuse_llm=fuse_llm), processor, stab
 
 
@@ -388,10 +384,10 @@ def _visual_encoder(variant: str, llm_width: int, device: Any, dtype: Any) -> An
     import torch
     from torch import nn
 
-    from .configuration import VARIANTS, VideoPandaConfig
+    from .configuration import variant_config
     from .modeling.stab import STAB
 
-    c = VideoPandaConfig(text_config={"model_type": "llama", "hidden_size": llm_width}, **VARIANTS[variant])
+    c = variant_config(variant)  # its visual fields; the projector below maps them to `llm_width`
     torch.manual_seed(0)
     stab = STAB(c.stab_hidden_size, c.stab_num_heads, patch_size=c.patch_size, conv_stride=c.conv_stride,
                 chunk_size=c.chunk_size, lste_reduction=c.lste_reduction, mlp_ratio=c.gstra_mlp_ratio,

