@@ -1,7 +1,8 @@
 """Whole-process wall time of `videopanda ask` on the bundled clip vs a text-only SmolLM2 answer of the same length.
 
-Both are fresh `python -m ...` processes with a warm cache (the GGUF already converted), started the same way and
-generating the same number of new tokens; medians of --runs runs each. Writes JSON with the machine and command.
+Both are fresh processes with a warm cache (the default model already assembled from the GGUF and the bundled files),
+generating the same number of new tokens; the runs alternate (ask, text, ask, text, ...) after one untimed run of
+each, and the medians of --runs runs each are compared. Writes JSON with the machine, its load and the command.
 
     python bench/cpu_ask_vs_text.py --runs 3 --out bench/results/cpu_ask_vs_text.json
 """
@@ -52,14 +53,16 @@ def main() -> None:
     args = parser.parse_args()
     ask = [sys.executable, "-m", "videopanda", "ask", str(CLIP), QUESTION, "--json", "--device", "cpu"]
     timed(ask)  # warm the cache and the page cache
-    ask_times, answers = [], []
-    for _ in range(args.runs):
+    n = json.loads(timed(ask)[1])["new_tokens"]
+    text_cmd = [sys.executable, "-c", TEXT_ONLY, str(n)]
+    timed(text_cmd)
+    load_before = os.getloadavg()
+    ask_times, text_times, answers = [], [], []
+    for _ in range(args.runs):  # interleaved, so that a drift in the machine's load affects both alike
         seconds, out = timed(ask)
         ask_times.append(seconds)
         answers.append(json.loads(out))
-    n = answers[0]["new_tokens"]
-    text_cmd = [sys.executable, "-c", TEXT_ONLY, str(n)]
-    text_times = [timed(text_cmd)[0] for _ in range(args.runs)]
+        text_times.append(timed(text_cmd)[0])
     result = {
         "what": "whole-process wall time, warm cache: videopanda ask (8 frames, 584 visual tokens) vs text-only "
                 "SmolLM2-135M-Instruct generating the same number of new tokens",
@@ -67,7 +70,11 @@ def main() -> None:
         "ask_seconds": ask_times, "text_only_seconds": text_times,
         "ask_median": statistics.median(ask_times), "text_only_median": statistics.median(text_times),
         "ratio": statistics.median(ask_times) / statistics.median(text_times),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
+        "ratios": [a / t for a, t in zip(ask_times, text_times)],
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
+                    "load_average_before": load_before, "load_average_after": os.getloadavg()},
+        "git_commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                     cwd=ROOT).stdout.strip() or None,
         "command": "python bench/cpu_ask_vs_text.py " + " ".join(sys.argv[1:]),
     }
     Path(args.out).write_text(json.dumps(result, indent=2))
