@@ -10,35 +10,21 @@ from pathlib import Path
 
 import pytest
 import torch
+from sharp_model import VID, sharp_tiny_model
 
 from videopanda import VideoPandaForCausalLM, engine
-from videopanda.configuration import variant_config
 from videopanda.engine import Engine
 from videopanda.transforms import count_visual_tokens
 from videopanda.video import load_video
 
 SAMPLE = Path(__file__).resolve().parents[1] / "videopanda" / "assets" / "sample.mp4"
 
-# The tiny variant's LLM with a 300-word vocabulary: the synthetic prompts below are ids under 300 with the placeholder
-# 299 inside the vocabulary, and the greedy tokens they give (eos 94 below is one) are those of this vocabulary.
-SMALL_VOCAB = {"vocab_size": 300}
-VID = 299
-
-
-def tiny_model(seed: int = 0) -> VideoPandaForCausalLM:
-    torch.manual_seed(seed)
-    net = VideoPandaForCausalLM(variant_config("videopanda-tiny", text_config=SMALL_VOCAB,
-                                               video_token_index=VID)).eval()
-    with torch.no_grad():  # sharper logits than the default init, so that greedy paths differ between inputs
-        for name, p in net.named_parameters():
-            if p.ndim >= 2 and not name.startswith("video_tower"):
-                p.normal_(0, 0.3)
-    return net
+# Greedy tokens of this model: eos 94 below is one that these synthetic inputs give.
 
 
 @pytest.fixture(scope="module")
 def model() -> VideoPandaForCausalLM:
-    return tiny_model()
+    return sharp_tiny_model()
 
 
 def batch(seed: int, size: int, frames: int = 8) -> dict[str, torch.Tensor]:
@@ -118,7 +104,7 @@ def test_the_engine_encodes_through_the_fused_stab(model):
 def test_engines_share_no_state_and_leave_the_model_plain():
     """Two engines (one model each, and two on one model) keep their own static caches and compiled steps, and
     nothing of theirs is set on the model: its modules carry no `_videopanda_*` attributes afterwards."""
-    first, second = tiny_model(0), tiny_model(1)
+    first, second = sharp_tiny_model(0), sharp_tiny_model(1)
     names = {n for m in first.modules() for n in vars(m)}
     engines = [Engine(first, None), Engine(second, None), Engine(first, None)]
     inputs = batch(0, 1)

@@ -7,33 +7,18 @@ import importlib.util
 
 import pytest
 import torch
+from sharp_model import VID, sharp_tiny_model
 
 from videopanda import VideoPandaForCausalLM, runtime
-from videopanda.configuration import variant_config
 from videopanda.engine import Engine
 from videopanda.runtime import QuantizationError
 
 HAS_BNB = importlib.util.find_spec("bitsandbytes") is not None
-# The tiny variant's LLM with a 300-word vocabulary: the synthetic prompts below are ids under 300 with the placeholder
-# 299 inside the vocabulary.
-SMALL_VOCAB = {"vocab_size": 300}
-VID = 299
 
 
 @pytest.fixture(scope="module")
 def model() -> VideoPandaForCausalLM:
-    return tiny_model()
-
-
-def tiny_model() -> VideoPandaForCausalLM:
-    torch.manual_seed(0)
-    net = VideoPandaForCausalLM(variant_config("videopanda-tiny", text_config=SMALL_VOCAB,
-                                               video_token_index=VID)).eval()
-    with torch.no_grad():  # sharper logits than the default init, so that greedy paths differ between inputs
-        for name, p in net.named_parameters():
-            if p.ndim >= 2 and not name.startswith("video_tower"):
-                p.normal_(0, 0.3)
-    return net
+    return sharp_tiny_model()
 
 
 def batch(seed: int, size: int) -> dict[str, torch.Tensor]:
