@@ -45,6 +45,7 @@ from starlette.requests import ClientDisconnect
 
 from ..engine import Engine
 from ..processing import VIDEO_TOKEN, VideoPandaProcessor
+from ..weights import ModelSource
 from . import ServeArgs
 from .budget import TextBudget
 from .connections import _raise_open_files_limit, guarded_h11_protocol
@@ -294,14 +295,14 @@ async def _wait(request: Request, job: _Job, worker: _Worker) -> _Result | None:
         worker.cancel(job)  # no-op once finished; frees a queued job's place; stops a running one
 
 
-def run_server(args: ServeArgs) -> None:
+def run_server(args: ServeArgs, source: ModelSource | None = None) -> None:
     """Load the model, then serve until interrupted (the port opens only once the model is ready)."""
     import uvicorn
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     engine = Engine.load(args.model, device=args.device, dtype=args.dtype, subfolder=args.subfolder,
-                         revision=args.revision)
+                         revision=args.revision, source=source)
     if args.frames is not None:
         engine.processor.config.num_frames = args.frames
     app = create_app(engine, args)

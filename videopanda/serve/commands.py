@@ -9,10 +9,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..flags import Command, add_dataclass_flags, build_parser, dataclass_from_args, run
 from . import DemoArgs, ServeArgs
+
+if TYPE_CHECKING:
+    from ..weights import ModelSource
 
 __all__ = ["COMMANDS", "cmd_demo", "cmd_serve", "main"]
 
@@ -39,18 +42,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Serve an OpenAI-compatible chat completions API about videos (POST /v1/chat/completions)."""
     settings = dataclass_from_args(ServeArgs, args)
     run_server = _optional("api", "run_server", "serve")
-    _check_model(settings)
+    source = _resolve_model(settings)
     if settings.api_key is None and os.environ.get("VIDEOPANDA_API_KEY"):
         settings.api_key = os.environ["VIDEOPANDA_API_KEY"]
-    run_server(settings)
+    run_server(settings, source)
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """A web page to upload a video and chat about it, with streamed answers (Gradio)."""
     settings = dataclass_from_args(DemoArgs, args)
-    _check_model(settings)
-    _optional("demo", "run_demo", "demo")(settings)
+    run_demo = _optional("demo", "run_demo", "demo")
+    run_demo(settings, _resolve_model(settings))
     return 0
 
 
@@ -66,12 +69,12 @@ COMMANDS = (Command(("serve",), cmd_serve, serve_flags, SERVE_EXAMPLES),
             Command(("demo",), cmd_demo, demo_flags, DEMO_EXAMPLES))
 
 
-def _check_model(settings: ServeArgs | DemoArgs) -> None:
-    """Refuse a model name that is no checkpoint folder and no hub id in one line, before anything loads (a hub id is
-    downloaded here, with progress bars)."""
+def _resolve_model(settings: ServeArgs | DemoArgs) -> ModelSource:
+    """The model name resolved once, before anything loads: a name that is no checkpoint folder and no hub id is
+    refused in one line, and a hub id is downloaded here, with progress bars."""
     from ..weights import resolve_model
 
-    resolve_model(settings.model, subfolder=settings.subfolder, revision=settings.revision)
+    return resolve_model(settings.model, subfolder=settings.subfolder, revision=settings.revision)
 
 
 def _optional(module: str, name: str, command: str) -> Any:

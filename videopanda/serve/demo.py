@@ -18,6 +18,7 @@ from . import DemoArgs
 
 if TYPE_CHECKING:  # the page module stays light: the engine (torch, transformers) is loaded by run_demo
     from ..engine import Engine
+    from ..weights import ModelSource
 
 __all__ = ["build_demo", "run_demo"]
 
@@ -122,7 +123,7 @@ def _stream_answer(engine: Engine, frames: Any, question: str, history: list[tup
     yield outcome["answer"].text
 
 
-def run_demo(args: DemoArgs) -> None:
+def run_demo(args: DemoArgs, source: ModelSource | None = None) -> None:
     """Load the model, then serve the page until interrupted."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a local demo
     import gradio  # noqa: F401  (fail before the slow model load if the extra is missing)
@@ -132,7 +133,7 @@ def run_demo(args: DemoArgs) -> None:
 
     hf_logging.disable_progress_bar()
     engine = Engine.load(args.model, device=args.device, dtype=args.dtype, subfolder=args.subfolder,
-                         revision=args.revision)
+                         revision=args.revision, source=source)
     if args.frames is not None:
         engine.processor.config.num_frames = args.frames
     page = build_demo(engine, args)
