@@ -88,6 +88,17 @@ class Server:
         return httpx.post(f"{self.base}/v1/chat/completions", headers={**AUTH, **(headers or {})}, timeout=60,
                           **kwargs)
 
+    def __enter__(self) -> Server:
+        try:
+            self.wait_ready()
+        except BaseException:  # pytest.fail included: the process must not outlive a failed start
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     def stop(self) -> None:
         self.proc.terminate()
         try:
@@ -110,13 +121,9 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(media: Path) -> Iterator[Server]:
-    srv = Server(media, "--model", MODEL, "--api-key", KEY, "--media-dir", str(media / "media"),
-                 "--max-upload-mb", "0.25", "--max-queue", "2", "--max-batch", "4", "--max-tokens", "256")
-    try:
-        srv.wait_ready()
+    with Server(media, "--model", MODEL, "--api-key", KEY, "--media-dir", str(media / "media"),
+                "--max-upload-mb", "0.25", "--max-queue", "2", "--max-batch", "4", "--max-tokens", "256") as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="module")

@@ -168,14 +168,10 @@ def test_a_stream_left_unread_is_dropped() -> None:
 def hostile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     root = tmp_path_factory.mktemp("hostile")
     (root / "media").mkdir()
-    srv = Server(root, "--model", MODEL, "--media-dir", str(root / "media"), "--max-upload-mb", str(UPLOAD_MB),
-                 "--max-queue", str(MAX_QUEUE), "--max-connections", str(MAX_CONNECTIONS), "--header-timeout",
-                 str(HEADER_TIMEOUT), "--body-timeout", str(BODY_TIMEOUT), "--max-tokens", "64")
-    try:
-        srv.wait_ready()
+    with Server(root, "--model", MODEL, "--media-dir", str(root / "media"), "--max-upload-mb", str(UPLOAD_MB),
+                "--max-queue", str(MAX_QUEUE), "--max-connections", str(MAX_CONNECTIONS), "--header-timeout",
+                str(HEADER_TIMEOUT), "--body-timeout", str(BODY_TIMEOUT), "--max-tokens", "64") as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="module")
