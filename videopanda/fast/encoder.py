@@ -10,6 +10,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from ..modeling.videopanda import encode_by_frame_count
 from .options import FastOptions
 from .stab import CropBoxes, FusedSTAB
 
@@ -59,15 +60,7 @@ class FastEncoder:
             return self._encode_tensor(pixel_values, crop_boxes)
         if crop_boxes is not None:
             raise ValueError("crop_boxes is for a [B, T, 4, S, S] tensor of pixel values, not a list of videos")
-        by_length: dict[int, list[int]] = {}
-        for i, video in enumerate(pixel_values):
-            by_length.setdefault(video.shape[0], []).append(i)
-        parts: list[torch.Tensor | None] = [None] * len(pixel_values)
-        for idx in by_length.values():
-            tokens, per_video = self._encode_tensor(torch.stack([pixel_values[i] for i in idx]), None)
-            for i, part in zip(idx, tokens.split(per_video)):
-                parts[i] = part
-        return torch.cat(parts), [p.shape[0] for p in parts]
+        return encode_by_frame_count(pixel_values, lambda batch: self._encode_tensor(batch, None))
 
     def _encode_tensor(self, pixel_values: torch.Tensor, crop_boxes: CropBoxes | None
                        ) -> tuple[torch.Tensor, list[int]]:

@@ -11,6 +11,7 @@ Shape legend: B batch, T frames, S canvas side, N tokens, D LLM width.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -126,15 +127,7 @@ class VideoPandaForCausalLM(VideoPandaPreTrainedModel, GenerationMixin):
             out = self.video_tower(pixel_values.to(device=weight.device, dtype=weight.dtype))
             per_video = out.tokens_per_frame.view(pixel_values.shape[0], -1).sum(1).tolist()
             return self.video_projector(out.tokens), per_video
-        by_length: dict[int, list[int]] = {}
-        for i, video in enumerate(pixel_values):
-            by_length.setdefault(video.shape[0], []).append(i)
-        parts: list[torch.Tensor] = [None] * len(pixel_values)  # type: ignore[list-item]
-        for idx in by_length.values():
-            tokens, per_video = self.encode_video_flat(torch.stack([pixel_values[i] for i in idx]))
-            for i, part in zip(idx, tokens.split(per_video)):
-                parts[i] = part
-        return torch.cat(parts), [p.shape[0] for p in parts]
+        return encode_by_frame_count(pixel_values, self.encode_video_flat)
 
     def encode_video(self, pixel_values: torch.Tensor | list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
         """Projected visual tokens in the exact order they enter the LLM.
@@ -201,6 +194,22 @@ class VideoPandaForCausalLM(VideoPandaPreTrainedModel, GenerationMixin):
         return self.language_model(
             inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids, labels=labels,
             use_cache=use_cache, logits_to_keep=logits_to_keep, **kwargs)
+
+
+def encode_by_frame_count(videos: list[torch.Tensor],
+                          encode: Callable[[torch.Tensor], tuple[torch.Tensor, list[int]]]
+                          ) -> tuple[torch.Tensor, list[int]]:
+    """A list of [T_b, 4, S, S] videos encoded as one batch per distinct T (`encode` takes [B, T, 4, S, S] and gives
+    (flat tokens, tokens per video)); the result is flat in the list's order, as for one batch."""
+    by_length: dict[int, list[int]] = {}
+    for i, video in enumerate(videos):
+        by_length.setdefault(video.shape[0], []).append(i)
+    parts: list[torch.Tensor] = [None] * len(videos)  # type: ignore[list-item]
+    for idx in by_length.values():
+        tokens, per_video = encode(torch.stack([videos[i] for i in idx]))
+        for i, part in zip(idx, tokens.split(per_video)):
+            parts[i] = part
+    return torch.cat(parts), [p.shape[0] for p in parts]
 
 
 def cache_keyword(lm: nn.Module) -> str:
