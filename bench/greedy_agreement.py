@@ -1,63 +1,103 @@
-"""Do the decoding modes give the same greedy tokens in bfloat16 on a GPU, and where they differ, is it a near-tie?
+"""Does the Engine give the plain model's greedy tokens? And where it does not, is it a near-tie?
 
-Runs one 7B-shaped (random weights) answer per mode and compares each with transformers' dynamic-cache `generate`:
-the first differing position, and there the gap between the two best logits of the reference (a gap below bfloat16's
-resolution means the kernels' rounding, not a bug, picked the other token).
+The reference is the plain model: the faithful STAB and the unfused LLM, through transformers' `generate` (dynamic
+cache). It answers first, for every batch size, before the `Engine` is built (on CUDA the engine fuses the LLM's
+projections in place). Then the engine answers the same prompts in each decoding mode: the fused STAB, the fused LLM
+on CUDA, and for a single greedy request in "static"/"compiled" its own decode loop. Each row gives the first
+differing (video, position) and there the gap between the reference's two best logits: a gap below the dtype's
+resolution means rounding in other kernels picked the other token, not a bug (docs/speed.md).
 
-Usage (GPU): python bench/greedy_agreement.py [--llm 7b-random] [--new-tokens 64] [--modes static,compiled]
+Usage: python bench/greedy_agreement.py [--llm 7b-random,default-random] [--device auto] [--dtype auto]
+           [--new-tokens 64] [--modes dynamic,static,compiled] [--batch-sizes 1,2] [--out FILE.json]
+"default" is the bundled model's real weights; the others are random weights of that shape (`videopanda bench`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import time
+from typing import Any
 
 import torch
-from transformers import StoppingCriteriaList
 
 from videopanda import bench
+from videopanda.engine import Engine
+
+QUESTIONS = ("What happens in the video?", "Describe the video.", "What colour is the object?", "What moves?")
+FRAME_SIZE = {"7b": 448, "default": 224}
+
+
+def reference(model: Any, processor: Any, videos: list, batch: int, new_tokens: int, device: torch.device,
+              dtype: torch.dtype) -> tuple[dict, int, Any]:
+    """(device inputs, prompt length, transformers' greedy output with logits) of the plain model."""
+    prompts = [processor.build_prompt(q) for q in QUESTIONS[:batch]]
+    inputs = processor(videos=videos[:batch], text=prompts if batch > 1 else prompts[0])
+    inputs = {k: v.to(device) for k, v in inputs.items()}
+    inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
+    with torch.inference_mode():
+        out = model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                             pad_token_id=processor.tokenizer.pad_token_id or 0, return_dict_in_generate=True,
+                             output_logits=True)
+    return inputs, inputs["input_ids"].shape[1], out
+
+
+def compare(got: torch.Tensor, ref: Any, n_prompt: int) -> dict[str, Any]:
+    """Same tokens, or the first difference with the reference's top-2 logit gap there."""
+    want = ref.sequences[:, n_prompt:].cpu()
+    differ = (got[:, n_prompt:].cpu() != want).nonzero()
+    if not differ.numel():
+        return {"identical": True}
+    video, pos = (int(i) for i in differ[0])
+    top = ref.logits[pos][video].float().topk(2)
+    return {"identical": False, "first_difference": [video, pos], "differing_tokens": int(differ.shape[0]),
+            "ref_top2": [round(v, 4) for v in top.values.tolist()],
+            "gap": round(float(top.values[0] - top.values[1]), 5), "ref_token": int(want[video, pos]),
+            "got_token": int(got[video, n_prompt + pos]), "got_is_ref_second": int(got[video, n_prompt + pos]) ==
+            int(top.indices[1])}
+
+
+def run_llm(llm: str, device: torch.device, dtype: torch.dtype, args: argparse.Namespace) -> list[dict]:
+    plain, processor, stab = bench.build_model(llm, device, dtype, fuse_llm=False)
+    model = plain.model
+    batches = [int(b) for b in args.batch_sizes.split(",")]
+    videos = bench.synthetic_videos(max(batches), 8, FRAME_SIZE.get(stab, 112), seed=100)
+    refs = {b: reference(model, processor, videos, b, args.new_tokens, device, dtype) for b in batches}
+    engine = Engine(model, processor)
+    rows = []
+    for batch, (inputs, n_prompt, ref) in refs.items():
+        for mode in args.modes.split(","):
+            start = time.perf_counter()
+            got = engine.generate(inputs, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
+                                  decoding=mode, pad_token_id=processor.tokenizer.pad_token_id or 0)
+            row = {"llm": llm, "batch": batch, "decoding": mode, **compare(got, ref, n_prompt),
+                   "seconds": round(time.perf_counter() - start, 2)}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--llm", default="7b-random", choices=bench.LLMS)
+    p.add_argument("--llm", default="7b-random,default-random", help=f"comma-separated, from {','.join(bench.LLMS)}")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"))
     p.add_argument("--new-tokens", type=int, default=64)
-    p.add_argument("--modes", default="static,compiled")
+    p.add_argument("--modes", default="dynamic,static,compiled")
+    p.add_argument("--batch-sizes", default="1,2")
+    p.add_argument("--out", help="JSON file to write")
     args = p.parse_args()
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    engine, processor, _ = bench.build_model(args.llm, device, dtype)
-    inputs = dict(processor(videos=bench.synthetic_videos(1, 8, 448, seed=100),
-                            text=processor.build_prompt(bench.QUESTION)))
-    x = {k: v.to(device) for k, v in inputs.items()}
-    x["pixel_values"] = x["pixel_values"].to(dtype)
-    n, n_prompt = args.new_tokens, x["input_ids"].shape[1]
-    with torch.inference_mode():
-        # the reference: the plain model (plain STAB, transformers' dynamic cache)
-        ref = engine.model.generate(**x, max_new_tokens=n, min_new_tokens=n, do_sample=False,
-                                    return_dict_in_generate=True, output_logits=True)
-        want = ref.sequences[0, n_prompt:]
-        report = {}
-        runs = {f"{m} (lean loop)": lambda m=m: engine.generate(inputs, max_new_tokens=n, min_new_tokens=n,
-                                                                 decoding=m)
-                for m in args.modes.split(",")}
-        for m in args.modes.split(","):
-            def hf(m: str = m) -> torch.Tensor:  # stopping criteria (none here) take transformers' loop
-                return engine.generate(inputs, max_new_tokens=n, min_new_tokens=n, decoding=m,
-                                       stopping_criteria=StoppingCriteriaList())
-            runs[f"{m} (transformers generate)"] = hf
-        for name, run in runs.items():
-            got = run()[0, n_prompt:]
-            differ = (got != want).nonzero()
-            first = int(differ[0]) if differ.numel() else None
-            row = {"same": first is None, "first_difference": first}
-            if first is not None:
-                top = ref.logits[first][0].float().topk(2)
-                row.update(ref_top2=[round(v, 4) for v in top.values.tolist()],
-                           gap=round(float(top.values[0] - top.values[1]), 5), ref_token=int(want[first]),
-                           got_token=int(got[first]), got_is_ref_second=int(got[first]) == int(top.indices[1]))
-            report[name] = row
-            print(name, json.dumps(row))
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    dtype = getattr(torch, args.dtype) if args.dtype != "auto" else \
+        torch.bfloat16 if device.type == "cuda" else torch.float32
+    rows = [row for llm in args.llm.split(",") for row in run_llm(llm, device, dtype, args)]
+    report = {"command": "python bench/greedy_agreement.py " + " ".join(f"--{k.replace('_', '-')} {v}"
+                                                                        for k, v in vars(args).items() if v),
+              **bench.environment(device), "dtype": str(dtype).removeprefix("torch."), "rows": rows,
+              "all_identical": all(r["identical"] for r in rows)}
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(report, f, indent=1)
 
 
 if __name__ == "__main__":
