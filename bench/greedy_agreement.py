@@ -5,10 +5,13 @@ cache). It answers first, for every batch size, before the `Engine` is built (on
 projections in place). Then the engine answers the same prompts in each decoding mode: the fused STAB, the fused LLM
 on CUDA, and for a single greedy request in "static"/"compiled" its own decode loop. Each row gives the first
 differing (video, position) and there the gap between the reference's two best logits: a gap below the dtype's
-resolution means rounding in other kernels picked the other token, not a bug (docs/speed.md).
+resolution means rounding in other kernels picked the other token, not a bug (docs/speed.md). With --float32-truth,
+each row also says where the plain model and the engine first leave the plain model's float32 answer: in bfloat16,
+how far rounding alone moves an answer.
 
 Usage: python bench/greedy_agreement.py [--llm 7b-random,default-random] [--device auto] [--dtype auto]
-           [--new-tokens 64] [--modes dynamic,static,compiled] [--batch-sizes 1,2] [--out FILE.json]
+           [--new-tokens 64] [--modes dynamic,static,compiled] [--batch-sizes 1,2] [--float32-truth]
+           [--out FILE.json]
 "default" is the bundled model's real weights; the others are random weights of that shape (`videopanda bench`).
 """
 
@@ -16,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import sys
 import time
 from typing import Any
 
@@ -57,12 +62,30 @@ def compare(got: torch.Tensor, ref: Any, n_prompt: int) -> dict[str, Any]:
             int(top.indices[1])}
 
 
+def first_difference(a: torch.Tensor, b: torch.Tensor) -> list[int] | None:
+    differ = (a.cpu() != b.cpu()).nonzero()
+    return [int(i) for i in differ[0]] if differ.numel() else None
+
+
+def float32_truth(llm: str, device: torch.device, videos: list, batches: list[int], new_tokens: int
+                  ) -> dict[int, torch.Tensor]:
+    """The plain model's new tokens in float32, per batch size: how far bfloat16 itself moves the answer."""
+    plain, processor, _ = bench.build_model(llm, device, torch.float32, fuse_llm=False)
+    truth = {}
+    for b in batches:
+        _, n_prompt, out = reference(plain.model, processor, videos, b, new_tokens, device, torch.float32)
+        truth[b] = out.sequences[:, n_prompt:].cpu()
+    del plain
+    return truth
+
+
 def run_llm(llm: str, device: torch.device, dtype: torch.dtype, args: argparse.Namespace) -> list[dict]:
     plain, processor, stab = bench.build_model(llm, device, dtype, fuse_llm=False)
     model = plain.model
     batches = [int(b) for b in args.batch_sizes.split(",")]
     videos = bench.synthetic_videos(max(batches), 8, FRAME_SIZE.get(stab, 112), seed=100)
     refs = {b: reference(model, processor, videos, b, args.new_tokens, device, dtype) for b in batches}
+    truth = float32_truth(llm, device, videos, batches, args.new_tokens) if args.float32_truth else None
     engine = Engine(model, processor)
     rows = []
     for batch, (inputs, n_prompt, ref) in refs.items():
@@ -72,6 +95,9 @@ def run_llm(llm: str, device: torch.device, dtype: torch.dtype, args: argparse.N
                                   decoding=mode, pad_token_id=processor.tokenizer.pad_token_id or 0)
             row = {"llm": llm, "batch": batch, "decoding": mode, **compare(got, ref, n_prompt),
                    "seconds": round(time.perf_counter() - start, 2)}
+            if truth is not None:  # first (video, position) where each differs from the float32 plain model
+                row["plain_vs_float32"] = first_difference(ref.sequences[:, n_prompt:], truth[batch])
+                row["engine_vs_float32"] = first_difference(got[:, n_prompt:], truth[batch])
             rows.append(row)
             print(json.dumps(row), flush=True)
     return rows
@@ -85,14 +111,15 @@ def main() -> None:
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--modes", default="dynamic,static,compiled")
     p.add_argument("--batch-sizes", default="1,2")
+    p.add_argument("--float32-truth", action="store_true",
+                   help="also answer with the plain model in float32 and give where each side first leaves it")
     p.add_argument("--out", help="JSON file to write")
     args = p.parse_args()
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     dtype = getattr(torch, args.dtype) if args.dtype != "auto" else \
         torch.bfloat16 if device.type == "cuda" else torch.float32
     rows = [row for llm in args.llm.split(",") for row in run_llm(llm, device, dtype, args)]
-    report = {"command": "python bench/greedy_agreement.py " + " ".join(f"--{k.replace('_', '-')} {v}"
-                                                                        for k, v in vars(args).items() if v),
+    report = {"command": shlex.join(["python", "bench/greedy_agreement.py", *sys.argv[1:]]),
               **bench.environment(device), "dtype": str(dtype).removeprefix("torch."), "rows": rows,
               "all_identical": all(r["identical"] for r in rows)}
     if args.out:
