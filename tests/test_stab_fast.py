@@ -292,8 +292,8 @@ def test_fused_stab_shares_the_weights_and_is_inference_only():
 
 
 def test_changed_weights_are_refolded():
-    """New weights in the STAB (a load, an in-place update, a new dtype) make the folds stale: an eager call folds
-    again, so the fused tokens follow the STAB's."""
+    """New weights in the STAB (a load, an in-place update, a new dtype, tensors replaced) make the folds stale: an
+    eager call folds again, so the fused tokens follow the STAB's."""
     px = make_input(*CASES["padded_frames"])
     stab = make_stab()
     fused = FusedSTAB(stab)
@@ -311,6 +311,9 @@ def test_changed_weights_are_refolded():
         fused.float()
         assert fused._fold_patch_lste_w.dtype == torch.float32
         assert (fused(px.float()).tokens.double() - stab.double()(px).tokens).abs().max() < 1e-4
+        fused.double()
+        stab.load_state_dict(make_stab().state_dict(), assign=True)  # new tensors in place of the old ones
+        assert (fused(px).tokens - stab(px).tokens).abs().max() < 1e-12
 
 
 def test_dynamo_traces_the_fast_path_without_graph_breaks():
