@@ -130,10 +130,10 @@ class FusedSTAB(nn.Module):
         """Where the STAB's tensors are and how often each was changed in place: differs once its weights change.
 
         Read through the modules' own parameter and buffer dicts (kept by `refold`), so that a tensor replaced by
-        assignment is seen too, without walking the module tree on every call (most of a small call's host time)."""
+        assignment is seen too, without walking the module tree on every call (about a thousand Python calls each)."""
         # inference tensors (made under torch.inference_mode) keep no version counter
         return tuple((t.data_ptr(), -1 if t.is_inference() else t._version)
-                     for t in (table[name] for table, name in self._slots) if t is not None)
+                     for t in (table.get(name) for table, name in self._slots) if t is not None)
 
     @torch.no_grad()
     def refold(self) -> None:
