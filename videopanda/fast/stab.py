@@ -67,7 +67,7 @@ class FusedSTAB(nn.Module):
         self.conv_stride, self.chunk_size, self.empty_frame_patches = \
             stab.conv_stride, stab.chunk_size, stab.empty_frame_patches
         self._folded_from: tuple = ()
-        self._slots: list[tuple[dict, str]] = []  # (a module's parameter or buffer dict, a name in it)
+        self._slots: list[tuple[nn.Module, str]] = []  # (a module of the STAB, one of its tensors' names)
         self.refold()
         super().train(False)
 
@@ -129,11 +129,11 @@ class FusedSTAB(nn.Module):
     def _weights_key(self) -> tuple:
         """Where the STAB's tensors are and how often each was changed in place: differs once its weights change.
 
-        Read through the modules' own parameter and buffer dicts (kept by `refold`), so that a tensor replaced by
+        Read by name from each module (the (module, name) pairs kept by `refold`), so that a tensor replaced by
         assignment is seen too, without walking the module tree on every call (about a thousand Python calls each)."""
         # inference tensors (made under torch.inference_mode) keep no version counter
         return tuple((t.data_ptr(), -1 if t.is_inference() else t._version)
-                     for t in (table.get(name) for table, name in self._slots) if t is not None)
+                     for t in (getattr(module, name, None) for module, name in self._slots) if t is not None)
 
     @torch.no_grad()
     def refold(self) -> None:
@@ -141,8 +141,8 @@ class FusedSTAB(nn.Module):
         parameter dtype). Eager calls do it themselves when the weights changed; compiled code does not."""
         with torch.inference_mode(False):  # normal tensors even when called under inference mode: a later call
             self._fold()  # with autograd on may save them for backward, which inference tensors refuse
-        self._slots = [(table, name) for module in self.stab.modules()
-                       for table in (module._parameters, module._buffers) for name in table]
+        self._slots = [(module, name) for module in self.stab.modules()
+                       for name, _ in (*module.named_parameters(recurse=False), *module.named_buffers(recurse=False))]
         self._folded_from = self._weights_key()
 
     def _fold(self) -> None:
