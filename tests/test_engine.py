@@ -19,8 +19,6 @@ from videopanda.video import load_video
 
 SAMPLE = Path(__file__).resolve().parents[1] / "videopanda" / "assets" / "sample.mp4"
 
-# Greedy tokens of this model: eos 94 below is one that these synthetic inputs give.
-
 
 @pytest.fixture(scope="module")
 def model() -> VideoPandaForCausalLM:
