@@ -53,7 +53,10 @@ def main() -> None:
     p.add_argument("--label-after", default="after")
     p.add_argument("--out", type=Path, help="JSON file to write")
     args = p.parse_args()
-    before, after = json.loads(args.before.read_text()), json.loads(args.after.read_text())
+    try:
+        before, after = json.loads(args.before.read_text()), json.loads(args.after.read_text())
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"error: cannot read a bench JSON file: {err}") from None
     table = compare(before, after, args.tolerance)
     if not table:
         raise SystemExit("error: the two files share no measurement (other sections, configs or batch sizes?)")

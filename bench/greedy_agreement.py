@@ -115,6 +115,9 @@ def main() -> None:
                    help="also answer with the plain model in float32 and give where each side first leaves it")
     p.add_argument("--out", help="JSON file to write")
     args = p.parse_args()
+    unknown = set(args.llm.split(",")) - set(bench.LLMS)
+    if unknown:
+        p.error(f"unknown --llm {', '.join(sorted(unknown))}; choose from {', '.join(bench.LLMS)}")
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     dtype = getattr(torch, args.dtype) if args.dtype != "auto" else \
         torch.bfloat16 if device.type == "cuda" else torch.float32
