@@ -47,24 +47,24 @@ def reference(model: Any, processor: Any, videos: list, batch: int, new_tokens: 
     return inputs, inputs["input_ids"].shape[1], out
 
 
-def compare(got: torch.Tensor, ref: Any, n_prompt: int) -> dict[str, Any]:
-    """Same tokens, or the first difference with the reference's top-2 logit gap there."""
-    want = ref.sequences[:, n_prompt:].cpu()
-    differ = (got[:, n_prompt:].cpu() != want).nonzero()
-    if not differ.numel():
-        return {"identical": True}
-    video, pos = (int(i) for i in differ[0])
-    top = ref.logits[pos][video].float().topk(2)
-    return {"identical": False, "first_difference": [video, pos], "differing_tokens": int(differ.shape[0]),
-            "ref_top2": [round(v, 4) for v in top.values.tolist()],
-            "gap": round(float(top.values[0] - top.values[1]), 5), "ref_token": int(want[video, pos]),
-            "got_token": int(got[video, n_prompt + pos]), "got_is_ref_second": int(got[video, n_prompt + pos]) ==
-            int(top.indices[1])}
-
-
 def first_difference(a: torch.Tensor, b: torch.Tensor) -> list[int] | None:
+    """[row, position] of the first token where `a` and `b` differ, or None when they are equal."""
     differ = (a.cpu() != b.cpu()).nonzero()
     return [int(i) for i in differ[0]] if differ.numel() else None
+
+
+def compare(got: torch.Tensor, ref: Any, n_prompt: int) -> dict[str, Any]:
+    """Same tokens, or the first difference with the reference's top-2 logit gap there."""
+    want, new = ref.sequences[:, n_prompt:].cpu(), got[:, n_prompt:].cpu()
+    first = first_difference(new, want)
+    if first is None:
+        return {"identical": True}
+    video, pos = first
+    top = ref.logits[pos][video].float().topk(2)
+    return {"identical": False, "first_difference": [video, pos], "differing_tokens": int((new != want).sum()),
+            "ref_top2": [round(v, 4) for v in top.values.tolist()],
+            "gap": round(float(top.values[0] - top.values[1]), 5), "ref_token": int(want[video, pos]),
+            "got_token": int(new[video, pos]), "got_is_ref_second": int(new[video, pos]) == int(top.indices[1])}
 
 
 def float32_truth(llm: str, device: torch.device, videos: list, batches: list[int], new_tokens: int
