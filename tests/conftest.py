@@ -25,6 +25,10 @@ from PIL import Image
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# Under pytest-xdist (`-n auto`, the README's test command) the workers share the cores instead of each taking all.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
 
 def _one_frame(d: Path) -> str:
     """A 1-frame square mp4: a *video*, so it is padded to the model's 8 frames as the reference pads short clips."""
