@@ -5,9 +5,9 @@ after time, after/before, and whether it is within the tolerance. Run both bench
 other, so that only the code differs.
 
 A side may be several files, comma-separated: rounds of the same code, each in its own process (alternate before and
-after). On a GPU one process can be 10-30% slower than the next for the same code, so one round each is not enough
-to judge 5%. A side's time is then the median over its rounds, and the table also gives each side's fastest and
-slowest round.
+after). On an H100 one process of the same code ran up to 35% slower than the next
+(results/h100_stab_before_after_rounds.json), so one round each is not enough to judge 5%. A side's time is then the
+median over its rounds, and the table also gives each side's fastest and slowest round.
 
 Usage: python bench/compare_runs.py BEFORE.json[,BEFORE2.json...] AFTER.json[,AFTER2.json...] [--tolerance 0.05]
            [--label-before 9ca132d] [--label-after HEAD] [--out FILE.json]
@@ -45,6 +45,7 @@ def times(runs: list[dict[str, Any]]) -> dict[tuple, list[float]]:
 def compare(before: list[dict[str, Any]], after: list[dict[str, Any]], tolerance: float) -> list[dict[str, Any]]:
     """One row per measurement on both sides: before, after (medians over rounds), ratio, within tolerance."""
     old, new = times(before), times(after)
+    single = (rows_by_key(before[0]), rows_by_key(after[0])) if len(before) == len(after) == 1 else None
     table = []
     for key in old.keys() & new.keys():
         a, b = statistics.median(old[key]), statistics.median(new[key])
@@ -55,9 +56,9 @@ def compare(before: list[dict[str, Any]], after: list[dict[str, Any]], tolerance
         if len(old[key]) > 1 or len(new[key]) > 1:
             row.update(rounds_before=len(old[key]), rounds_after=len(new[key]),
                        range_before=[min(old[key]), max(old[key])], range_after=[min(new[key]), max(new[key])])
-        if len(before) == len(after) == 1 and "answers_per_s" in rows_by_key(before[0])[key]:
-            row.update(answers_per_s_before=rows_by_key(before[0])[key]["answers_per_s"],
-                       answers_per_s_after=rows_by_key(after[0])[key]["answers_per_s"])
+        if single and "answers_per_s" in single[0][key]:
+            row.update(answers_per_s_before=single[0][key]["answers_per_s"],
+                       answers_per_s_after=single[1][key]["answers_per_s"])
         table.append(row)
     return sorted(table, key=lambda r: tuple(str(r.get(k, "")) for k in ("section", *KEYS)))
 
